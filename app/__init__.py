@@ -1,0 +1,1 @@
+"""Lethe HTTP side: FastAPI app, ledger, registry. Never imports torch."""

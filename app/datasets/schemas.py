@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class DatasetByReference(BaseModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    uri: str = Field(min_length=1, description="Path of an .npz already in the artifact store.")
+
+
+class DatasetRead(BaseModel):
+    id: str
+    name: str
+    n_points: int
+    n_test: int
+    n_classes: int
+    input_shape: list[int]
+    has_subjects: bool
+    sha256: str
+    created_at: datetime
+    n_tombstoned: int = 0
+    n_erased: int = 0

@@ -1,0 +1,43 @@
+"""Datasets and their points (with tombstones)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, new_id, utcnow
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    uri: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    n_points: Mapped[int]
+    n_test: Mapped[int]
+    n_classes: Mapped[int]
+    input_shape: Mapped[list[Any]]
+    has_subjects: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Point(Base):
+    __tablename__ = "points"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "point_id"),
+        Index("ix_points_dataset_subject", "dataset_id", "subject_hash"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    point_id: Mapped[str] = mapped_column(String(200))
+    row: Mapped[int]  # index into the dataset's arrays
+    # Keyed hash (HMAC) of the data subject; subject ids are never stored in clear.
+    subject_hash: Mapped[str | None] = mapped_column(String(64))
+    tombstoned_at: Mapped[datetime | None]
+    erased_at: Mapped[datetime | None]

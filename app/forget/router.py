@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query
+from fastapi.responses import JSONResponse
+
+from app.auth import Forgetter, Reader
+from app.db import SessionDep
+from app.forget import service
+from app.forget.schemas import ForgetCreate, ForgetResponse, RequestRead, RequestSummary
+from app.jobs.outbox import safe_relay
+from app.paging import Page, PageParams, next_cursor, page_params
+
+router = APIRouter(tags=["forget"])
+
+
+@router.post("/forget", response_model=ForgetResponse, status_code=202,
+             responses={200: {"model": ForgetResponse, "description": "nothing needed a job"}})
+def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, background: BackgroundTasks,
+           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
+    """Forget points or data subjects: free ones are answered now, the rest go to an unlearning job."""
+    response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
+                                      idempotency_key=idempotency_key)
+    session.commit()
+    headers = {}
+    if response.get("job_id"):
+        headers["Location"] = f"/jobs/{response['job_id']}"
+        background.add_task(safe_relay)  # publish after commit (outbox); the relay thread retries
+    return JSONResponse(response, status_code=status, headers=headers, background=background)
+
+
+@router.get("/requests", response_model=Page[RequestSummary])
+def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
+                  status: Annotated[str | None, Query()] = None) -> Page[RequestSummary]:
+    items, total = service.list_requests(session, tenant_id=caller.tenant_id, status=status,
+                                         offset=page.offset, limit=page.limit)
+    return Page(items=items, total=total, next=next_cursor(page, total))
+
+
+@router.get("/requests/{request_id}", response_model=RequestRead)
+def get_request(request_id: str, caller: Reader, session: SessionDep) -> RequestRead:
+    return service.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
+                                                                     request_id=request_id))
+
+
+@router.post("/requests/{request_id}/cancel", response_model=RequestRead)
+def cancel_request(request_id: str, caller: Forgetter, session: SessionDep) -> RequestRead:
+    request = service.cancel(session, tenant_id=caller.tenant_id, request_id=request_id)
+    session.commit()
+    return service.request_read(session, request=request)

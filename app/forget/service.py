@@ -1,0 +1,317 @@
+"""POST /forget: validate, triage, tombstone, record, and queue the rest — in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.datasets.tables import Point
+from app.db import utcnow
+from app.errors import Conflict, NotFound, Unprocessable
+from app.forget.schemas import ForgetCreate, PointDisposition, RequestRead, RequestSummary
+from app.forget.tables import Disposition, ForgetRequest
+from app.forget.triage import Candidate, triage
+from app.identity import keyed_hash
+from app.jobs import service as jobs
+from app.jobs.tables import Job, JobRequest
+from app.ledger import service as ledger
+from app.registry import service as registry
+from app.registry.schemas import ALGORITHMS
+from app.registry.tables import Model, Version
+from workers.engine.params import validate_params
+
+FINAL = ("free", "pruned", "unlearned")
+LIVE = FINAL + ("pending",)
+CHUNK = 10_000
+
+
+def body_hash(body: ForgetCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _chunks(values: list[Any]) -> list[list[Any]]:
+    return [values[i:i + CHUNK] for i in range(0, len(values), CHUNK)]
+
+
+def _points_by_id(session: Session, *, dataset_id: str, point_ids: list[str]) -> dict[str, Point]:
+    found: dict[str, Point] = {}
+    for chunk in _chunks(sorted(set(point_ids))):
+        for p in session.scalars(select(Point).where(Point.dataset_id == dataset_id, Point.point_id.in_(chunk))):
+            found[p.point_id] = p
+    return found
+
+
+def _points_by_subject(session: Session, *, dataset_id: str, subject_ids: list[str]) -> tuple[list[Point], list[str]]:
+    hashes = {keyed_hash(s): s for s in dict.fromkeys(subject_ids)}
+    points: list[Point] = []
+    seen: set[str] = set()
+    for chunk in _chunks(list(hashes)):
+        for p in session.scalars(select(Point).where(Point.dataset_id == dataset_id, Point.subject_hash.in_(chunk))):
+            points.append(p)
+            seen.add(p.subject_hash or "")
+    return points, [s for h, s in hashes.items() if h not in seen]
+
+
+def _live_dispositions(session: Session, *, model_id: str, point_pks: list[int]) -> dict[int, Disposition]:
+    """Each point's strongest disposition in this lineage: final beats pending."""
+    out: dict[int, Disposition] = {}
+    for chunk in _chunks(point_pks):
+        for d in session.scalars(select(Disposition).where(Disposition.model_id == model_id,
+                                                           Disposition.point_pk.in_(chunk),
+                                                           Disposition.disposition.in_(LIVE))):
+            if d.point_pk not in out or d.disposition in FINAL:
+                out[d.point_pk] = d
+    return out
+
+
+def _deciding_scores(session: Session, *, model: Model, version: Version) -> tuple[Version | None, Any]:
+    """Scores of the current version, else of its nearest scored ancestor (they decide until ours land)."""
+    method = model.policy.get("scorer", "gradnorm")
+    v: Version | None = version
+    while v is not None:
+        run = registry.influence_run(session, version=v, method=method)
+        scores = registry.load_scores(run) if run else None
+        if scores is not None and v.threshold is not None:
+            return v, scores
+        v = session.get(Version, v.parent_id) if v.parent_id else None
+    return None, None
+
+
+def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, policy: dict[str, Any]) -> tuple[
+        str, dict[str, Any]]:
+    """The request's algorithm and params, defaulting to the model's policy; 422 when unknown."""
+    algo = algorithm or policy.get("algorithm", "finetune")
+    if algo not in ALGORITHMS:
+        raise Unprocessable(f"unknown algorithm '{algo}'; choose one of {list(ALGORITHMS)}")
+    if params is None:
+        params = dict(policy.get("params") or {}) if algo == policy.get("algorithm") else {}
+    try:
+        return algo, validate_params(algo, params)
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from exc
+
+
+def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str | None) -> tuple[
+        dict[str, Any], int]:
+    """Handle a forget request; returns (response body, HTTP status). The caller commits."""
+    digest = body_hash(body)
+    if idempotency_key:
+        prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
+                                                           ForgetRequest.idempotency_key == idempotency_key))
+        if prior is not None:
+            if prior.body_hash != digest:
+                raise Conflict("this Idempotency-Key was used with a different body")
+            return prior.response["body"], prior.response["status"]
+    model, number = registry.resolve_ref(session, tenant_id=tenant_id, target=body.model)
+    if model.current_version is None:
+        raise Conflict(f"model '{model.name}' has no version yet")
+    if number is not None and number != model.current_version:
+        raise Conflict(f"'{body.model}' is not the current version ({registry.ref(model, model.current_version)}): "
+                       "deletions apply to what is served")
+    algorithm, params = validate_algorithm(body.algorithm, body.params, model.policy)
+
+    by_id = _points_by_id(session, dataset_id=model.dataset_id, point_ids=body.point_ids)
+    unknown = sorted(set(body.point_ids) - set(by_id))
+    if unknown:
+        raise Unprocessable({"message": f"{len(unknown)} point id(s) are not in this model's dataset",
+                             "unknown_point_ids": unknown[:1000]})
+    subject_points, unknown_subjects = _points_by_subject(session, dataset_id=model.dataset_id,
+                                                          subject_ids=body.subject_ids)
+    points = {p.id: p for p in list(by_id.values()) + subject_points}
+
+    request = _open(session, model=model, points=list(points.values()), body=body, algorithm=algorithm,
+                    params=params, unknown_subjects=unknown_subjects, linked_from=None)
+    linked = []
+    for other in registry.models_on_dataset(session, tenant_id=tenant_id, dataset_id=model.dataset_id):
+        if other.id != model.id and other.current_version is not None and points:
+            lalgo, lparams = validate_algorithm(None, None, other.policy)
+            linked.append(_open(session, model=other, points=list(points.values()), body=body, algorithm=lalgo,
+                                params=lparams, unknown_subjects=[], linked_from=request.id))
+    response = request.response["body"] | {"linked_requests": [r.id for r in linked]}
+    status = request.response["status"]
+    request.response = {"body": response, "status": status}
+    request.idempotency_key, request.body_hash = idempotency_key, digest
+    session.flush()
+    return response, status
+
+
+def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCreate, algorithm: str,
+          params: dict[str, Any], unknown_subjects: list[str], linked_from: str | None) -> ForgetRequest:
+    """One lineage's request: dispositions, tombstones, ledger entries, and its job if needed."""
+    version = registry.get_version(session, model=model, number=model.current_version)
+    existing = _live_dispositions(session, model_id=model.id, point_pks=[p.id for p in points])
+    already = [p for p in points if p.id in existing and existing[p.id].disposition in FINAL]
+    todo = [p for p in points if p not in already]
+    scored_by, scores = _deciding_scores(session, model=model, version=version)
+    candidates = [Candidate(key=p.id, point_id=p.point_id,
+                            score=float(scores[p.row]) if scores is not None else None) for p in todo
+                  if p.id not in existing]  # points pending in an earlier request stay with that request's job
+    budget_left = (scored_by.budget or 0) - model.free_spent if scored_by is not None else 0
+    free, _ = triage(candidates, threshold=scored_by.threshold if scored_by else None, budget_left=budget_left)
+    free_keys = {c.key for c in free}
+    pending = [p for p in todo if p.id not in free_keys]
+
+    request = ForgetRequest(tenant_id=model.tenant_id, model_id=model.id, version=version.number,
+                            status="accepted" if pending else "completed", reason=body.reason,
+                            requested_by_hash=keyed_hash(body.requested_by),
+                            callback_url=str(body.callback_url) if body.callback_url else None,
+                            algorithm=algorithm, params=params, linked_from=linked_from,
+                            unknown_subjects=unknown_subjects, response={},
+                            completed_at=None if pending else utcnow())
+    session.add(request)
+    session.flush()
+    now = utcnow()
+    score_of = {c.key: c.score for c in candidates}
+    rows = [Disposition(request_id=request.id, model_id=model.id, point_pk=p.id, point_id=p.point_id,
+                        disposition=d, version=v, score=score_of.get(p.id))
+            for p, d, v in ([(p, "already_forgotten", existing[p.id].version) for p in already]
+                            + [(p, "free", version.number) for p in todo if p.id in free_keys]
+                            + [(p, "pending", None) for p in pending])]
+    session.add_all(rows)
+    for p in points:
+        p.tombstoned_at = p.tombstoned_at or now
+    model.free_spent += len(free)
+
+    ledger.append(session, tenant_id=model.tenant_id, event="request.received", subject_type="request",
+                  subject_id=request.id, data={
+                      "model": model.name, "ref": registry.ref(model, version.number), "reason": body.reason,
+                      "requested_by": request.requested_by_hash, "n_points": len(points),
+                      "n_unknown_subjects": len(unknown_subjects), "linked_from": linked_from,
+                      "algorithm": algorithm})
+    if free:
+        ledger.append(session, tenant_id=model.tenant_id, event="points.free", subject_type="request",
+                      subject_id=request.id, data={
+                          "point_ids": sorted(c.point_id for c in free),
+                          "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
+                          "threshold": scored_by.threshold if scored_by else None,
+                          "budget": scored_by.budget if scored_by else None, "free_spent": model.free_spent})
+    job = None
+    if pending:
+        job = _job_for(session, model=model, request=request, algorithm=algorithm, params=params)
+    request.job_id = job.id if job else None
+    body_out = {
+        "request_id": request.id, "status": request.status, "model": model.name, "version": version.number,
+        "ref": registry.ref(model, version.number),
+        "free": sorted(c.point_id for c in free), "pending": sorted(p.point_id for p in pending),
+        "already_forgotten": sorted(p.point_id for p in already), "unknown_subjects": unknown_subjects,
+        "job_id": job.id if job else None, "linked_requests": [],
+        "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
+    }
+    request.response = {"body": body_out, "status": 202 if pending else 200}
+    if not pending:
+        ledger.append(session, tenant_id=model.tenant_id, event="request.completed", subject_type="request",
+                      subject_id=request.id, data={"counts": dict(Counter(r.disposition for r in rows))})
+    session.flush()
+    return request
+
+
+def _job_for(session: Session, *, model: Model, request: ForgetRequest, algorithm: str,
+             params: dict[str, Any]) -> Job:
+    """Join the lineage's queued job when it runs the same algorithm (coalescing), else queue one."""
+    queued = jobs.queued_unlearn_job(session, model_id=model.id)
+    if queued is not None and queued.params.get("algorithm") == algorithm and queued.params.get("params") == params:
+        job = queued
+    else:
+        job = jobs.create(session, tenant_id=model.tenant_id, kind="unlearn", model_id=model.id,
+                          version=model.current_version, params={"algorithm": algorithm, "params": params})
+    session.add(JobRequest(job_id=job.id, request_id=request.id))
+    ledger.append(session, tenant_id=model.tenant_id, event="request.queued", subject_type="request",
+                  subject_id=request.id, data={"job_id": job.id, "coalesced": job is queued})
+    return job
+
+
+def get_request(session: Session, *, tenant_id: str, request_id: str) -> ForgetRequest:
+    """One of the tenant's requests; 404 otherwise."""
+    row = session.get(ForgetRequest, request_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"no request {request_id}")
+    return row
+
+
+def cancel(session: Session, *, tenant_id: str, request_id: str) -> ForgetRequest:
+    """Cancel while the request's job has not started; free answers stay done."""
+    request = get_request(session, tenant_id=tenant_id, request_id=request_id)
+    if request.status != "accepted":
+        raise Conflict(f"request is {request.status}; only accepted requests can be cancelled")
+    job = session.get(Job, request.job_id) if request.job_id else None
+    if job is not None and (job.status != "queued" or job.started_at is not None):
+        raise Conflict(f"its job {job.id} has started; it can no longer be cancelled")
+    pending = list(session.scalars(select(Disposition).where(Disposition.request_id == request.id,
+                                                             Disposition.disposition == "pending")))
+    for d in pending:
+        d.disposition = "cancelled"
+    session.flush()
+    # Lift tombstones no other live disposition (in any lineage) still needs.
+    for d in pending:
+        still = session.scalar(select(func.count()).select_from(Disposition).where(
+            Disposition.point_pk == d.point_pk, Disposition.disposition.in_(LIVE)))
+        if not still:
+            session.get(Point, d.point_pk).tombstoned_at = None
+    request.status, request.completed_at = "cancelled", utcnow()
+    if job is not None:
+        session.execute(JobRequest.__table__.delete().where(JobRequest.job_id == job.id,
+                                                            JobRequest.request_id == request.id))
+        if not jobs.request_ids(session, job_id=job.id):
+            job.status, job.finished_at = "cancelled", utcnow()
+            ledger.append(session, tenant_id=tenant_id, event="job.cancelled", subject_type="job",
+                          subject_id=job.id, data={})
+    ledger.append(session, tenant_id=tenant_id, event="request.cancelled", subject_type="request",
+                  subject_id=request.id, data={"n_points": len(pending)})
+    session.flush()
+    return request
+
+
+def _counts(session: Session, *, request_id: str) -> dict[str, int]:
+    rows = session.execute(select(Disposition.disposition, func.count()).where(
+        Disposition.request_id == request_id).group_by(Disposition.disposition)).all()
+    return {d: int(n) for d, n in rows}
+
+
+def request_read(session: Session, *, request: ForgetRequest) -> RequestRead:
+    model = session.get(Model, request.model_id)
+    others = [m for m in registry.models_on_dataset(session, tenant_id=request.tenant_id, dataset_id=model.dataset_id)
+              if m.current_version is not None]
+    dispositions = list(session.scalars(select(Disposition).where(Disposition.request_id == request.id)
+                                        .order_by(Disposition.point_id)))
+    held: dict[int, list[str]] = {}
+    pks = [d.point_pk for d in dispositions]
+    for m in others:
+        cleared = set()
+        for chunk in _chunks(pks):
+            cleared |= set(session.scalars(select(Disposition.point_pk).where(
+                Disposition.model_id == m.id, Disposition.point_pk.in_(chunk), Disposition.disposition.in_(FINAL))))
+        for pk in pks:
+            if pk not in cleared:
+                held.setdefault(pk, []).append(m.name)
+    job_ids = list(session.scalars(select(JobRequest.job_id).where(JobRequest.request_id == request.id)))
+    linked = list(session.scalars(select(ForgetRequest.id).where(ForgetRequest.linked_from == request.id)))
+    return RequestRead(
+        id=request.id, status=request.status, model=model.name, version=request.version,
+        ref=registry.ref(model, request.version), reason=request.reason, algorithm=request.algorithm,
+        params=request.params, job_id=request.job_id, jobs=job_ids, linked_from=request.linked_from,
+        linked_requests=linked, unknown_subjects=request.unknown_subjects,
+        counts=_counts(session, request_id=request.id),
+        points=[PointDisposition(point_id=d.point_id, disposition=d.disposition, version=d.version,
+                                 ref=registry.ref(model, d.version) if d.version else None, score=d.score,
+                                 still_held_by=held.get(d.point_pk, [])) for d in dispositions],
+        created_at=request.created_at, completed_at=request.completed_at,
+    )
+
+
+def list_requests(session: Session, *, tenant_id: str, status: str | None, offset: int,
+                  limit: int) -> tuple[list[RequestSummary], int]:
+    """The tenant's requests, newest first."""
+    q = select(ForgetRequest, Model.name).join(Model, Model.id == ForgetRequest.model_id).where(
+        ForgetRequest.tenant_id == tenant_id)
+    if status:
+        q = q.where(ForgetRequest.status == status)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = session.execute(q.order_by(ForgetRequest.created_at.desc(), ForgetRequest.id).offset(offset).limit(limit))
+    return [RequestSummary(id=r.id, status=r.status, model=name, version=r.version, job_id=r.job_id,
+                           counts=_counts(session, request_id=r.id), created_at=r.created_at,
+                           completed_at=r.completed_at) for r, name in rows], total

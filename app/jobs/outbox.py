@@ -1,0 +1,56 @@
+"""The outbox relay: publish committed job rows to the broker, earliest deadline first."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from app.db import session_scope, utcnow
+from app.jobs.service import pending_outbox
+
+log = logging.getLogger("lethe.outbox")
+RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def relay_once() -> int:
+    """Publish every unpublished row; stop at the first broker failure (retried next pass)."""
+    from workers.celery_app import celery
+
+    published = 0
+    with session_scope() as session:
+        for row in pending_outbox(session):
+            try:
+                # Earlier deadlines first on brokers with priorities (Redis: 0 is highest).
+                celery.send_task(row.task, kwargs=row.payload, retry=True, retry_policy=RETRY,
+                                 priority=0 if row.deadline else 5)
+            except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row for the next pass
+                row.attempts += 1
+                log.warning("outbox: broker unavailable (%s); %s left for the next pass", exc, row.job_id)
+                break
+            row.published_at = utcnow()
+            published += 1
+    return published
+
+
+def safe_relay() -> None:
+    """relay_once for background use: never raises (a lost database is retried next pass)."""
+    try:
+        relay_once()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("outbox relay failed: %s", exc)
+
+
+class Relay(threading.Thread):
+    """A daemon that runs the relay every `interval` seconds until stopped."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="lethe-outbox", daemon=True)
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            safe_relay()
+
+    def stop(self) -> None:
+        self.stopped.set()

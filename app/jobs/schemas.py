@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class JobRead(BaseModel):
+    id: str
+    kind: str
+    model: str
+    version: int | None
+    requests: list[str]
+    status: str
+    phase: str | None
+    progress: float
+    params: dict[str, Any]
+    timings: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -1,0 +1,67 @@
+"""Jobs, the requests they serve, audits, and the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, new_id, utcnow
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # train | score | unlearn | calibrate
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[int | None]  # input version
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    phase: Mapped[str | None] = mapped_column(String(20))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # A running job whose lease lapsed (its worker died) may be claimed again by another worker.
+    lease_until: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    deadline: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobRequest(Base):
+    __tablename__ = "job_requests"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Audit(Base):
+    __tablename__ = "audits"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    parent_version: Mapped[int]
+    version: Mapped[int | None]  # set when the audited candidate was registered
+    attempt: Mapped[int]
+    algorithm: Mapped[str]
+    passed: Mapped[bool]
+    report: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Outbox(Base):
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(100))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    payload: Mapped[dict[str, Any]]
+    deadline: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(index=True)

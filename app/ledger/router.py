@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.auth import Reader
+from app.db import SessionDep
+from app.ledger import service
+from app.ledger.schemas import LedgerEntryRead, LedgerVerify
+from app.paging import Page, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/ledger", tags=["ledger"])
+
+
+@router.get("", response_model=Page[LedgerEntryRead])
+def list_ledger(caller: Reader, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                cursor: str | None = None, event: str | None = None,
+                subject_id: str | None = None) -> Page[LedgerEntryRead]:
+    """The tenant's chain in order; the cursor is the last sequence number seen."""
+    rows, total = service.list_entries(session, tenant_id=caller.tenant_id, event=event, subject_id=subject_id,
+                                       after=decode_cursor(cursor), limit=limit)
+    nxt = encode_cursor(rows[-1].seq) if len(rows) == limit else None
+    return Page(items=[LedgerEntryRead.model_validate(r, from_attributes=True) for r in rows], total=total, next=nxt)
+
+
+@router.get("/verify", response_model=LedgerVerify)
+def verify(caller: Reader, session: SessionDep) -> LedgerVerify:
+    return LedgerVerify(**service.verify(session, tenant_id=caller.tenant_id))

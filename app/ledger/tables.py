@@ -1,0 +1,25 @@
+"""Hash-chained ledger entries, one chain per tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("tenant_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    seq: Mapped[int]
+    event: Mapped[str] = mapped_column(String(50), index=True)
+    subject_type: Mapped[str] = mapped_column(String(20))
+    subject_id: Mapped[str] = mapped_column(String(64), index=True)
+    data: Mapped[dict[str, Any]]
+    at: Mapped[str] = mapped_column(String(40))  # ISO timestamp as hashed, so verify is exact
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,44 @@
+"""create_app(): routers, error handlers, bootstrap key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import health
+from app.datasets.router import router as datasets_router
+from app.db import session_scope
+from app.errors import install_handlers
+from app.forget.router import router as forget_router
+from app.jobs.router import router as jobs_router
+from app.ledger.router import router as ledger_router
+from app.registry.router import router as models_router
+from app.settings import get_settings
+from app.tenants import service as tenants
+from app.tenants.router import router as keys_router
+
+
+def bootstrap() -> None:
+    """Create the LETHE_BOOTSTRAP_KEY admin key if it is set and absent."""
+    key = get_settings().bootstrap_key
+    if key:
+        with session_scope() as session:
+            tenants.ensure_bootstrap_key(session, key=key)
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    bootstrap()
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
+                  description="Remove training data from deployed PyTorch models, with audits and a ledger.")
+    install_handlers(app)
+    for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,
+                   keys_router):
+        app.include_router(router)
+    return app

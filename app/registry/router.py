@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile
+
+from app import artifacts
+from app.auth import Modeller, Reader
+from app.db import SessionDep
+from app.errors import Unprocessable
+from app.jobs.outbox import safe_relay
+from app.paging import Page, PageParams, next_cursor, page_params
+from app.registry import service
+from app.registry.schemas import (
+    InfluenceCreate,
+    InfluenceItem,
+    InfluencePage,
+    JobAccepted,
+    ModelCreate,
+    ModelRead,
+    TrainCreate,
+    VersionCreated,
+    VersionRead,
+)
+from app.uploads import store_upload
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.post("", status_code=201, response_model=ModelRead)
+def create_model(body: ModelCreate, caller: Modeller, session: SessionDep) -> ModelRead:
+    model = service.create_model(session, tenant_id=caller.tenant_id, body=body)
+    session.commit()
+    return service.model_read(session, model=model)
+
+
+@router.get("", response_model=Page[ModelRead])
+def list_models(caller: Reader, session: SessionDep,
+                page: Annotated[PageParams, Depends(page_params)]) -> Page[ModelRead]:
+    rows, total = service.list_models(session, tenant_id=caller.tenant_id, offset=page.offset, limit=page.limit)
+    return Page(items=[service.model_read(session, model=m) for m in rows], total=total,
+                next=next_cursor(page, total))
+
+
+@router.get("/{name}", response_model=ModelRead)
+def get_model(name: str, caller: Reader, session: SessionDep) -> ModelRead:
+    return service.model_read(session, model=service.get_model(session, tenant_id=caller.tenant_id, name=name))
+
+
+@router.post("/{name}/versions", status_code=201, response_model=VersionCreated,
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["weights"],
+                 "properties": {"weights": {"type": "string", "format": "binary"}}}}}}})
+async def upload_version(name: str, request: Request, caller: Modeller, session: SessionDep,
+                         promote: bool = True) -> VersionCreated:
+    """Upload safetensors weights as the next version; it becomes current unless promote=false."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    form = await request.form()
+    upload = form.get("weights")
+    if not isinstance(upload, UploadFile):
+        raise Unprocessable("multipart form needs a 'weights' file (safetensors)")
+    staging = f"models/{model.id}/upload-{id(upload)}.safetensors"
+    sha, _ = store_upload(upload, uri=staging)
+    try:
+        service.check_safetensors(artifacts.path_of(staging))
+        number = service.next_number(session, model=model)
+        uri = service.weights_uri(model, number)
+        artifacts.path_of(staging).replace(artifacts.path_of(uri))
+        version, job = service.register_version(session, model=model, source="upload", sha256=sha, uri=uri,
+                                                promote=promote)
+        session.commit()
+    finally:
+        artifacts.delete(staging)
+    safe_relay()
+    return VersionCreated(version=version.number, ref=service.ref(model, version.number), sha256=sha,
+                          current=model.current_version, score_job_id=job.id)
+
+
+@router.post("/{name}/train", status_code=202, response_model=JobAccepted)
+def train(name: str, caller: Modeller, session: SessionDep, body: TrainCreate | None = None) -> JobAccepted:
+    """Train the next version from the recipe on the dataset's live points (a job)."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    job = service.start_training(session, model=model, promote=(body or TrainCreate()).promote)
+    session.commit()
+    safe_relay()
+    return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
+
+
+@router.get("/{name}/versions/{number}", response_model=VersionRead)
+def get_version(name: str, number: int, caller: Reader, session: SessionDep) -> VersionRead:
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    return service.version_read(session, model=model, version=service.get_version(session, model=model, number=number),
+                                with_audit=True)
+
+
+@router.get("/{name}/versions/{number}/weights", response_class=FileResponse)
+def get_weights(name: str, number: int, caller: Reader, session: SessionDep) -> FileResponse:
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    path = service.weights_path(session, model=model, number=number)
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"{model.name}-v{number}.safetensors")
+
+
+@router.get("/{name}/versions/{number}/influence", response_model=InfluencePage)
+def get_influence(name: str, number: int, caller: Reader, session: SessionDep,
+                  page: Annotated[PageParams, Depends(page_params)],
+                  method: Annotated[str, Query(pattern="^(gradnorm|hessian|less)$")] = "gradnorm") -> InfluencePage:
+    """Self-influence scores of the version's live points, lowest first."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    version = service.get_version(session, model=model, number=number)
+    run = service.influence_run(session, version=version, method=method)
+    items, total = service.influence_items(session, model=model, run=run, offset=page.offset,
+                                           limit=page.limit) if run else ([], 0)
+    return InfluencePage(
+        method=method, status=run.status if run else "absent", version=number, ref=service.ref(model, number),
+        threshold=run.threshold if run else None, budget=version.budget,
+        source=(run.summary or {}).get("source") if run else None,
+        items=[InfluenceItem(point_id=p, score=s) for p, s in items], total=total, next=next_cursor(page, total),
+    )
+
+
+@router.post("/{name}/versions/{number}/influence", status_code=202, response_model=JobAccepted)
+def post_influence(name: str, number: int, body: InfluenceCreate, caller: Modeller,
+                   session: SessionDep) -> JobAccepted:
+    """Score the version with another method (a job)."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    version = service.get_version(session, model=model, number=number)
+    job = service.start_scoring(session, model=model, version=version, method=body.method)
+    session.commit()
+    safe_relay()
+    return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)

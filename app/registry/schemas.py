@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCORERS = ("gradnorm",)
+ALGORITHMS = ("finetune", "neggrad", "retrain")
+
+
+class Architecture(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["linear", "mlp", "cnn"]
+    hidden: list[int] | int | None = Field(None, description="mlp: hidden widths; cnn: width of the dense layer")
+    channels: list[int] | None = Field(None, description="cnn: output channels of each conv block")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scorer: Literal["gradnorm"] = "gradnorm"
+    algorithm: Literal["finetune", "neggrad", "retrain"] = "finetune"
+    params: dict[str, Any] = Field(default_factory=dict)
+    q_forget: float = Field(0.0, ge=0.0, lt=1.0)
+    q_retain: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: str
+    architecture: Architecture
+    recipe: Recipe = Field(default_factory=Recipe)
+    policy: Policy = Field(default_factory=Policy)
+
+
+class InfluenceSummary(BaseModel):
+    method: str
+    status: str
+    threshold: float | None
+    n: int | None
+    job_id: str | None
+
+
+class VersionRead(BaseModel):
+    version: int
+    ref: str
+    sha256: str
+    source: str
+    status: str
+    parent: int | None
+    request_id: str | None
+    job_id: str | None
+    threshold: float | None
+    budget: int | None
+    n_train: int | None
+    metrics: dict[str, Any]
+    created_at: datetime
+    revoked_at: datetime | None
+    influence: list[InfluenceSummary] = []
+    audit: dict[str, Any] | None = None
+
+
+class ModelRead(BaseModel):
+    id: str
+    name: str
+    dataset: str
+    architecture: dict[str, Any]
+    recipe: dict[str, Any]
+    policy: dict[str, Any]
+    current: int | None
+    ref: str | None
+    free_spent: int
+    versions: list[VersionRead] = []
+    created_at: datetime
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+    kind: str
+
+
+class VersionCreated(BaseModel):
+    version: int
+    ref: str
+    sha256: str
+    current: int | None
+    score_job_id: str | None
+
+
+class InfluenceItem(BaseModel):
+    point_id: str
+    score: float
+
+
+class InfluencePage(BaseModel):
+    method: str
+    status: str
+    version: int
+    ref: str
+    threshold: float | None
+    budget: int | None
+    source: str | None = Field(None, description="the scorer actually used, when it differs")
+    items: list[InfluenceItem]
+    total: int
+    next: str | None
+
+
+class InfluenceCreate(BaseModel):
+    method: Literal["gradnorm"] = "gradnorm"
+
+
+class TrainCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    promote: bool = True

@@ -1,0 +1,281 @@
+"""Models, versions, promotion and revocation, influence runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import artifacts
+from app.datasets import service as datasets
+from app.datasets.tables import Dataset, Point
+from app.db import utcnow
+from app.errors import Conflict, Gone, NotFound, Unprocessable
+from app.jobs import service as jobs
+from app.jobs.tables import Audit, Job
+from app.ledger import service as ledger
+from app.registry.schemas import InfluenceSummary, ModelCreate, ModelRead, VersionRead
+from app.registry.tables import InfluenceRun, Model, Version
+from app.settings import get_settings
+
+
+def ref(model: Model, number: int) -> str:
+    return f"{model.name}@{number}"
+
+
+def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Model:
+    """Register a model lineage on one of the tenant's datasets."""
+    ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
+    if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):
+        raise Conflict(f"model '{body.name}' already exists")
+    model = Model(tenant_id=tenant_id, name=body.name, dataset_id=ds.id,
+                  architecture=body.architecture.model_dump(exclude_none=True),
+                  recipe=body.recipe.model_dump(), policy=body.policy.model_dump(), free_spent=0)
+    session.add(model)
+    session.flush()
+    ledger.append(session, tenant_id=tenant_id, event="model.registered", subject_type="model",
+                  subject_id=model.id, data={"name": model.name, "dataset_id": ds.id,
+                                             "architecture": model.architecture, "policy": model.policy})
+    return model
+
+
+def get_model(session: Session, *, tenant_id: str, name: str) -> Model:
+    """The tenant's model by name; 404 otherwise."""
+    model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
+    if model is None:
+        raise NotFound(f"no model '{name}'")
+    return model
+
+
+def resolve_ref(session: Session, *, tenant_id: str, target: str) -> tuple[Model, int | None]:
+    """Parse 'name' or 'name@n' into the model and the named version number (None when absent)."""
+    name, sep, number = target.partition("@")
+    model = get_model(session, tenant_id=tenant_id, name=name)
+    if not sep:
+        return model, None
+    if not number.isdigit():
+        raise Unprocessable(f"'{target}' is not 'name' or 'name@<version>'")
+    get_version(session, model=model, number=int(number))
+    return model, int(number)
+
+
+def get_version(session: Session, *, model: Model, number: int) -> Version:
+    """Version n of the lineage; 404 otherwise."""
+    version = session.scalar(select(Version).where(Version.model_id == model.id, Version.number == number))
+    if version is None:
+        raise NotFound(f"model '{model.name}' has no version {number}")
+    return version
+
+
+def current_version(session: Session, *, model: Model) -> Version | None:
+    return None if model.current_version is None else get_version(session, model=model, number=model.current_version)
+
+
+def list_models(session: Session, *, tenant_id: str, offset: int, limit: int) -> tuple[list[Model], int]:
+    """The tenant's models by name."""
+    q = select(Model).where(Model.tenant_id == tenant_id)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    return list(session.scalars(q.order_by(Model.name).offset(offset).limit(limit))), total
+
+
+def models_on_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> list[Model]:
+    return list(session.scalars(select(Model).where(Model.tenant_id == tenant_id, Model.dataset_id == dataset_id)
+                                .order_by(Model.name)))
+
+
+def weights_uri(model: Model, number: int) -> str:
+    return f"models/{model.id}/v{number}.safetensors"
+
+
+def scores_uri(version: Version, method: str) -> str:
+    return f"scores/{version.id}/{method}"
+
+
+def check_safetensors(path: Path) -> list[str]:
+    """The tensor names of a safetensors file; 422 for anything else (pickles included)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            names = list(fh.keys())
+    except Exception as exc:  # noqa: BLE001 - the library raises several types for bad files
+        raise Unprocessable(f"weights must be a safetensors file: {exc}") from exc
+    if not names:
+        raise Unprocessable("the safetensors file holds no tensors")
+    return names
+
+
+def next_number(session: Session, *, model: Model) -> int:
+    return (session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id)) or 0) + 1
+
+
+def register_version(session: Session, *, model: Model, source: str, sha256: str, uri: str,
+                     parent: Version | None = None, request_id: str | None = None, job_id: str | None = None,
+                     n_train: int | None = None, metrics: dict[str, Any] | None = None,
+                     promote: bool = True) -> tuple[Version, Job]:
+    """Record a new version (optionally current) and queue scoring with the policy's scorer."""
+    number = next_number(session, model=model)
+    version = Version(model_id=model.id, number=number, parent_id=parent.id if parent else None,
+                      request_id=request_id, job_id=job_id, source=source, sha256=sha256, uri=uri,
+                      status="active", n_train=n_train, metrics=metrics or {})
+    session.add(version)
+    session.flush()
+    ledger.append(session, tenant_id=model.tenant_id, event="version.registered", subject_type="version",
+                  subject_id=version.id, data={"ref": ref(model, number), "source": source, "sha256": sha256,
+                                               "parent": parent.number if parent else None,
+                                               "request_id": request_id, "job_id": job_id})
+    if promote:
+        promote_version(session, model=model, version=version, revoke_older=source == "unlearn")
+    score_job = start_scoring(session, model=model, version=version, method=model.policy.get("scorer", "gradnorm"))
+    return version, score_job
+
+
+def promote_version(session: Session, *, model: Model, version: Version, revoke_older: bool) -> None:
+    """Make `version` current; an unlearned version revokes every older one (they hold forgotten data)."""
+    model.current_version = version.number
+    ledger.append(session, tenant_id=model.tenant_id, event="version.promoted", subject_type="version",
+                  subject_id=version.id, data={"ref": ref(model, version.number)})
+    if revoke_older:
+        for old in session.scalars(select(Version).where(Version.model_id == model.id,
+                                                         Version.number < version.number,
+                                                         Version.status == "active")):
+            revoke(session, model=model, version=old)
+
+
+def revoke(session: Session, *, model: Model, version: Version) -> None:
+    """Purge a superseded version's weights and cached scores; its weights answer 410 from now on."""
+    purged = []
+    if version.uri and artifacts.delete(version.uri):
+        purged.append(version.uri)
+    for run in session.scalars(select(InfluenceRun).where(InfluenceRun.version_id == version.id)):
+        if run.uri and artifacts.delete(run.uri):
+            purged.append(run.uri)
+    version.status = "revoked"
+    version.revoked_at = utcnow()
+    ledger.append(session, tenant_id=model.tenant_id, event="version.revoked", subject_type="version",
+                  subject_id=version.id, data={"ref": ref(model, version.number), "purged": purged})
+
+
+def start_training(session: Session, *, model: Model, promote: bool) -> Job:
+    """Queue a train job on the dataset's live (non-tombstoned) points."""
+    if session.scalar(select(Job.id).where(Job.model_id == model.id, Job.kind == "train",
+                                           Job.status.in_(jobs.ACTIVE))):
+        raise Conflict(f"model '{model.name}' is already training")
+    return jobs.create(session, tenant_id=model.tenant_id, kind="train", model_id=model.id, version=None,
+                       params={"promote": promote})
+
+
+def start_scoring(session: Session, *, model: Model, version: Version, method: str) -> Job:
+    """Queue (or return the queued) scoring job of `method` for a version."""
+    run = session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
+                                                    InfluenceRun.method == method))
+    if run is not None and run.status in ("queued", "running", "completed") and run.job_id:
+        existing = session.get(Job, run.job_id)
+        if existing is not None and (run.status == "completed" or existing.status in jobs.ACTIVE):
+            return existing
+    job = jobs.create(session, tenant_id=model.tenant_id, kind="score", model_id=model.id,
+                      version=version.number, params={"method": method})
+    if run is None:
+        run = InfluenceRun(version_id=version.id, method=method, status="queued", summary={})
+        session.add(run)
+    run.status, run.job_id = "queued", job.id
+    session.flush()
+    return job
+
+
+def influence_run(session: Session, *, version: Version, method: str) -> InfluenceRun | None:
+    return session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
+                                                     InfluenceRun.method == method))
+
+
+def load_scores(run: InfluenceRun) -> np.ndarray | None:
+    """The run's scores (one per dataset row, memory-mapped), or None if absent."""
+    if run.status != "completed" or not run.uri:
+        return None
+    path = artifacts.path_of(run.uri) / "scores.npy"
+    return np.load(path, mmap_mode="r") if path.exists() else None
+
+
+def finish_scoring(session: Session, *, model: Model, version: Version, method: str, uri: str, sha256: str,
+                   scores: np.ndarray, live_rows: list[int], seconds: float) -> InfluenceRun:
+    """Record completed scores and set the version's (pre-calibration) free threshold and budget."""
+    settings = get_settings()
+    run = influence_run(session, version=version, method=method)
+    if run is None:
+        run = InfluenceRun(version_id=version.id, method=method, summary={})
+        session.add(run)
+    live = np.asarray(scores)[live_rows] if live_rows else np.asarray(scores)
+    threshold = float(np.quantile(live, settings.free_quantile)) if len(live) else None
+    ds = session.get(Dataset, model.dataset_id)
+    run.status, run.uri, run.sha256, run.n, run.threshold = "completed", uri, sha256, int(len(scores)), threshold
+    run.summary = {"min": float(live.min()), "median": float(np.median(live)), "max": float(live.max()),
+                   "seconds": round(seconds, 4), "quantile": settings.free_quantile} if len(live) else {}
+    run.completed_at = utcnow()
+    if method == model.policy.get("scorer", "gradnorm"):
+        version.threshold = threshold
+        version.budget = int(math.floor(settings.free_budget * ds.n_points))
+    ledger.append(session, tenant_id=model.tenant_id, event="scores.computed", subject_type="version",
+                  subject_id=version.id, data={"ref": ref(model, version.number), "method": method,
+                                               "sha256": sha256, "threshold": threshold, "budget": version.budget,
+                                               "n": int(len(scores))})
+    session.flush()
+    return run
+
+
+def influence_items(session: Session, *, model: Model, run: InfluenceRun, offset: int,
+                    limit: int) -> tuple[list[tuple[str, float]], int]:
+    """Scores of live points, lowest first (the free candidates), ties by point id."""
+    scores = load_scores(run)
+    if scores is None:
+        return [], 0
+    rows = session.execute(select(Point.row, Point.point_id).where(
+        Point.dataset_id == model.dataset_id, Point.tombstoned_at.is_(None))).all()
+    keyed = sorted(((float(scores[r]), pid) for r, pid in rows), key=lambda t: (t[0], t[1]))
+    return [(pid, s) for s, pid in keyed[offset:offset + limit]], len(keyed)
+
+
+def weights_path(session: Session, *, model: Model, number: int) -> Path:
+    """The file of a live version; 410 when the version was revoked and purged."""
+    version = get_version(session, model=model, number=number)
+    if version.status == "revoked" or not version.uri:
+        raise Gone(f"{ref(model, number)} was revoked: its weights were purged")
+    path = artifacts.path_of(version.uri)
+    if not path.exists():
+        raise Gone(f"{ref(model, number)} has no weights on disk")
+    return path
+
+
+def version_read(session: Session, *, model: Model, version: Version, with_audit: bool = False) -> VersionRead:
+    parent = session.get(Version, version.parent_id) if version.parent_id else None
+    runs = session.scalars(select(InfluenceRun).where(InfluenceRun.version_id == version.id)
+                           .order_by(InfluenceRun.method))
+    audit = None
+    if with_audit:
+        row = session.scalar(select(Audit).where(Audit.model_id == model.id, Audit.version == version.number)
+                             .order_by(Audit.created_at.desc()).limit(1))
+        if row is not None:
+            audit = {"passed": row.passed, "attempt": row.attempt, "algorithm": row.algorithm, **row.report}
+    return VersionRead(
+        version=version.number, ref=ref(model, version.number), sha256=version.sha256, source=version.source,
+        status=version.status, parent=parent.number if parent else None, request_id=version.request_id,
+        job_id=version.job_id, threshold=version.threshold, budget=version.budget, n_train=version.n_train,
+        metrics=version.metrics or {}, created_at=version.created_at, revoked_at=version.revoked_at,
+        influence=[InfluenceSummary(method=r.method, status=r.status, threshold=r.threshold, n=r.n, job_id=r.job_id)
+                   for r in runs],
+        audit=audit,
+    )
+
+
+def model_read(session: Session, *, model: Model) -> ModelRead:
+    ds = session.get(Dataset, model.dataset_id)
+    versions = session.scalars(select(Version).where(Version.model_id == model.id).order_by(Version.number))
+    return ModelRead(
+        id=model.id, name=model.name, dataset=ds.name, architecture=model.architecture, recipe=model.recipe,
+        policy=model.policy, current=model.current_version,
+        ref=ref(model, model.current_version) if model.current_version else None, free_spent=model.free_spent,
+        versions=[version_read(session, model=model, version=v) for v in versions], created_at=model.created_at,
+    )

@@ -1,0 +1,65 @@
+"""Models (lineages), their versions and influence runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, new_id, utcnow
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    architecture: Mapped[dict[str, Any]]
+    recipe: Mapped[dict[str, Any]]
+    policy: Mapped[dict[str, Any]]
+    current_version: Mapped[int | None]
+    # Free deletions answered since the lineage's budget last reset.
+    free_spent: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("versions.id"))
+    request_id: Mapped[str | None] = mapped_column(String(36))  # producing forget request
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    source: Mapped[str] = mapped_column(String(20))  # upload | train | unlearn
+    sha256: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str | None] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(20), default="active")  # active | revoked
+    n_train: Mapped[int | None]
+    threshold: Mapped[float | None] = mapped_column(Float)
+    budget: Mapped[int | None]
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class InfluenceRun(Base):
+    __tablename__ = "influence_runs"
+    __table_args__ = (UniqueConstraint("version_id", "method"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | completed | failed
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    uri: Mapped[str | None] = mapped_column(String(1000))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    n: Mapped[int | None]
+    threshold: Mapped[float | None] = mapped_column(Float)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]

@@ -1,0 +1,66 @@
+"""One settings class, read from LETHE_* environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="State directory of the embedded deployment.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default kombu sqla+sqlite under data_dir.")
+    artifact_dir: Path | None = Field(None, description="Artifact store root; default data_dir/artifacts.")
+    secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")
+    bootstrap_key: str | None = Field(None, description="First admin API key, created at start if absent.")
+    device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
+    free_quantile: float = Field(0.10, ge=0.0, le=1.0, description="Score quantile below which points are free.")
+    free_budget: float = Field(0.02, ge=0.0, le=1.0, description="Free deletions per lineage, share of dataset.")
+    audit_max_acc_drop: float = Field(0.02, ge=0.0, le=1.0)
+    audit_mia_auc_max: float = Field(0.55, ge=0.5, le=1.0)
+    audit_mia_alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    audit_min_points: int = Field(20, ge=2)
+    relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
+    max_upload_mb: int = Field(512, ge=1)
+    redis_priority_steps: int = Field(10, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'lethe.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
+
+    def hmac_key(self) -> bytes:
+        """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.resolved_data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

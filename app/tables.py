@@ -1,0 +1,14 @@
+"""Every table, imported once so Base.metadata is complete (Alembic, tests)."""
+
+from app.datasets.tables import Dataset, Point
+from app.db import Base
+from app.forget.tables import Disposition, ForgetRequest
+from app.jobs.tables import Audit, Job, JobRequest, Outbox
+from app.ledger.tables import LedgerEntry
+from app.registry.tables import InfluenceRun, Model, Version
+from app.tenants.tables import ApiKey, Tenant
+
+__all__ = [
+    "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
+    "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
+]

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.auth import Admin
+from app.db import SessionDep
+from app.paging import Page
+from app.tenants import service
+from app.tenants.schemas import KeyCreate, KeyCreated, KeyRead
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+
+@router.post("", status_code=201, response_model=KeyCreated)
+def create_key(body: KeyCreate, caller: Admin, session: SessionDep) -> KeyCreated:
+    tenant_id = caller.tenant_id
+    if body.tenant:
+        tenant_id = service.get_or_create_tenant(session, name=body.tenant).id
+    row, key = service.create_key(session, tenant_id=tenant_id, scopes=body.scopes, name=body.name)
+    session.commit()
+    return KeyCreated(**KeyRead.model_validate(row, from_attributes=True).model_dump(), key=key)
+
+
+@router.get("", response_model=Page[KeyRead])
+def list_keys(caller: Admin, session: SessionDep) -> Page[KeyRead]:
+    rows = service.list_keys(session, tenant_id=caller.tenant_id)
+    return Page(items=[KeyRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
+
+
+@router.delete("/{key_id}", response_model=KeyRead)
+def revoke_key(key_id: str, caller: Admin, session: SessionDep) -> KeyRead:
+    row = service.revoke_key(session, tenant_id=caller.tenant_id, key_id=key_id)
+    session.commit()
+    return KeyRead.model_validate(row, from_attributes=True)

@@ -1,0 +1,1 @@
+"""Lethe job side: Celery tasks, the pipeline, and the pure-PyTorch engine."""

@@ -1,0 +1,41 @@
+"""Celery configuration shared by the API (publishing) and the workers (consuming).
+
+Imports neither torch nor the engine, so the API can publish without the worker extra.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import Settings, get_settings
+
+# Above the longest job: Redis redelivers an unacknowledged task after this many seconds.
+VISIBILITY_TIMEOUT = 6 * 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    url = settings.celery_broker_url
+    if url.startswith("sqla+sqlite"):
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("lethe", broker=url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        worker_hijack_root_logger=False,
+        task_default_queue="lethe",
+    )
+    if url.startswith("redis"):
+        # The sqla transport hands these options to create_engine, so they are Redis-only.
+        app.conf.broker_transport_options = {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "priority_steps": list(range(settings.redis_priority_steps)),
+            "queue_order_strategy": "priority",
+        }
+    return app
+
+
+celery = make_celery(get_settings())
