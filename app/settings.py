@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
     free_quantile: float = Field(0.10, ge=0.0, le=1.0, description="Score quantile below which points are free.")
     free_budget: float = Field(0.02, ge=0.0, le=1.0, description="Free deletions per lineage, share of dataset.")
+    prune_quantile: float = Field(0.25, ge=0.0, le=1.0, description="Before calibration: job-time prune bound.")
     audit_max_acc_drop: float = Field(0.02, ge=0.0, le=1.0)
     audit_mia_auc_max: float = Field(0.55, ge=0.5, le=1.0)
     audit_mia_alpha: float = Field(0.05, gt=0.0, lt=1.0)

@@ -1,0 +1,149 @@
+"""The `lethe` command: serve, worker, migrate, demo, forget, job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+cli = typer.Typer(help="Lethe: remove training data from deployed PyTorch models.", no_args_is_help=True)
+console = Console()
+
+URL = typer.Option(os.environ.get("LETHE_URL", "http://127.0.0.1:8000"), "--url", help="Lethe server")
+KEY = typer.Option(os.environ.get("LETHE_API_KEY"), "--key", help="API key (default: LETHE_API_KEY or the demo key)")
+
+
+def _key(key: str | None) -> str:
+    if key:
+        return key
+    from app.demo import admin_key
+
+    return admin_key()
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database to the newest schema."""
+    from app import migrate as m
+    from app.settings import get_settings
+
+    m.upgrade()
+    console.print(f"database at head: {get_settings().sqlalchemy_url.split('@')[-1]}")
+
+
+@cli.command()
+def demo() -> None:
+    """Register scikit-learn digits and model `digits`, train and score it (idempotent)."""
+    from app import migrate as m
+    from app.demo import run_demo
+
+    m.upgrade()
+    result = run_demo(echo=console.print)
+    console.print(f"admin API key: [bold]{result['key']}[/bold]")
+
+
+@cli.command()
+def worker(concurrency: Annotated[int, typer.Option(help="processes (1 per GPU is usual)")] = 1,
+           loglevel: str = "INFO") -> None:
+    """Run a Celery worker for unlearning, scoring and training jobs."""
+    from workers.celery_app import celery
+
+    pool = "solo" if concurrency == 1 else "prefork"
+    celery.worker_main(["worker", f"--pool={pool}", f"--concurrency={concurrency}", "-Q", "lethe",
+                        f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
+
+
+@cli.command()
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          no_worker: Annotated[bool, typer.Option("--no-worker", help="do not start a worker beside the API")] = False,
+          workers: Annotated[int, typer.Option(help="uvicorn processes")] = 1) -> None:
+    """Serve the API (and, by default, one worker process and the outbox relay)."""
+    import uvicorn
+
+    from app import migrate as m
+    from app.jobs.outbox import Relay
+    from app.settings import get_settings
+
+    m.upgrade()
+    child = None
+    if not no_worker:
+        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"])
+    relay = Relay(get_settings().relay_interval)
+    relay.start()
+    from app.demo import admin_key
+
+    key = admin_key()
+    console.print(f"Lethe on http://{host}:{port}  (docs: /docs)   admin API key: [bold]{key}[/bold]\n"
+                  f"try: curl -s -H 'Authorization: Bearer {key}' http://{host}:{port}/models/digits")
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    finally:
+        relay.stop()
+        if child is not None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@cli.command()
+def forget(model: str, points: Annotated[list[str], typer.Option("--points", "-p", help="point ids")] = [],  # noqa: B006
+           subjects: Annotated[list[str], typer.Option("--subjects", "-s", help="subject ids")] = [],  # noqa: B006
+           reason: str = "erasure request", requested_by: str = "cli", wait: bool = False,
+           url: str = URL, key: str | None = KEY) -> None:
+    """POST /forget; with --wait, follow the job with a progress bar."""
+    ids = [p for item in points for p in item.split(",") if p]
+    headers = {"Authorization": f"Bearer {_key(key)}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        resp = http.post("/forget", json={"model": model, "point_ids": ids, "subject_ids": subjects,
+                                          "reason": reason, "requested_by": requested_by})
+        body = resp.json()
+        if resp.status_code >= 400:
+            console.print(f"[red]{resp.status_code}[/red] {body}")
+            raise typer.Exit(1)
+        console.print(f"request {body['request_id']}: {len(body['free'])} free, {len(body['pending'])} pending, "
+                      f"{len(body['already_forgotten'])} already forgotten")
+        if wait and body.get("job_id"):
+            _follow(http, body["job_id"])
+
+
+def _follow(http: httpx.Client, job_id: str) -> None:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("queued", total=1.0)
+        while True:
+            job = http.get(f"/jobs/{job_id}").json()
+            bar.update(task, completed=job["progress"], description=f"{job['status']} {job['phase'] or ''}")
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+    result = job.get("result") or {}
+    colour = "green" if job["status"] == "completed" else "red"
+    console.print(f"[{colour}]job {job['status']}[/{colour}] {result.get('ref') or ''} {job.get('error') or ''}")
+
+
+@cli.command()
+def job(job_id: str, url: str = URL, key: str | None = KEY,
+        wait: Annotated[bool, typer.Option(help="follow until it ends")] = False) -> None:
+    """Show a job."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {_key(key)}"}, timeout=30) as http:
+        if wait:
+            _follow(http, job_id)
+        console.print_json(data=http.get(f"/jobs/{job_id}").json())
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The pipeline's view of the engine: numpy arrays and paths in, networks and plain dicts out.
+
+Kept apart from pipeline.py so that importing the pipeline (API process, tests) does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.settings import Settings, get_settings
+from workers.engine import audit as audit_mod
+from workers.engine.architectures import build_model
+from workers.engine.data import ArraySet, load_npz
+from workers.engine.device import resolve_device
+from workers.engine.influence import compute_self_influence
+from workers.engine.influence.cache import save_scores as _save_scores
+from workers.engine.training import train_model
+from workers.engine.unlearning import unlearn as _unlearn
+from workers.engine.weights import load_weights, save_weights
+
+Progress = Callable[[float], None]
+
+
+def device() -> torch.device:
+    return resolve_device(get_settings().device)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    return load_npz(path)
+
+
+def _build(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(arch, input_shape=tuple(shape), n_classes=n_classes)
+
+
+def load_network(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, path: Path) -> torch.nn.Module:
+    return load_weights(_build(arch, shape, n_classes), path)
+
+
+def save_network(net: torch.nn.Module, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_weights(net, path)
+
+
+def train(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray, y: np.ndarray, *,
+          recipe: dict[str, Any], progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+    net = _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0)))
+    metrics = train_model(net, ArraySet(x, y), recipe=recipe, device=device(), progress=progress)
+    return net.cpu(), metrics
+
+
+def accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return float(audit_mod.accuracy(net, ArraySet(x, y), device=device()))
+
+
+def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *,
+                   progress: Progress) -> np.ndarray:
+    scores = compute_self_influence(method, net, ArraySet(x, y), device=device())
+    progress(1.0)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def save_scores(root: Path, name: str, scores: np.ndarray, *, meta: dict[str, Any]) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    return _save_scores(root, name, scores, meta=meta)
+
+
+def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
+            retain: tuple[np.ndarray, np.ndarray] | None, params: dict[str, Any], recipe: dict[str, Any],
+            arch: dict[str, Any], shape: tuple[int, ...], n_classes: int,
+            progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+    result = _unlearn(
+        algorithm, net, forget=ArraySet(*forget), retain=ArraySet(*retain) if retain is not None else None,
+        params=params, device=device(), seed=int(recipe.get("seed", 0)), progress=progress,
+        build=lambda: _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0)) + 1), recipe=recipe)
+    return result.model.cpu(), dict(result.metrics)
+
+
+def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
+          retain: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray | None, np.ndarray | None],
+          settings: Settings | None = None) -> dict[str, Any]:
+    """Audit the new network against its parent on the request's points; pass/fail by the settings."""
+    settings = settings or get_settings()
+    if test[0] is None or len(test[0]) == 0:
+        raise ValueError("the dataset has no test split (x_test, y_test): the audit cannot run")
+    dev = device()
+    sets = {"forget": ArraySet(*forget), "retain": ArraySet(*retain), "test": ArraySet(test[0], test[1])}
+    after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], device=dev)
+    before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"],
+                                   device=dev)
+    passed, reasons = audit_mod.audit_passes(after, before, max_acc_drop=settings.audit_max_acc_drop,
+                                             mia_auc_max=settings.audit_mia_auc_max,
+                                             mia_alpha=settings.audit_mia_alpha)
+    return {"passed": passed, "reasons": reasons, "after": after, "before": before,
+            "n_audit": len(forget[0]), "policy": {"max_acc_drop": settings.audit_max_acc_drop,
+                                                 "mia_auc_max": settings.audit_mia_auc_max,
+                                                 "mia_alpha": settings.audit_mia_alpha}}

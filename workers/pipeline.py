@@ -1,0 +1,394 @@
+"""score → prune → unlearn → audit → register: the only place the engine meets the ledger.
+
+Each phase persists what it produced before the next starts, and the final registration is one
+transaction (new version, dispositions, requests, job, ledger), so a job whose worker died is simply
+run again by another worker and the ledger shows each event once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from app import artifacts
+from app.datasets import service as datasets
+from app.datasets.tables import Dataset, Point
+from app.db import session_scope, utcnow
+from app.forget.tables import Disposition, ForgetRequest
+from app.jobs import service as jobs
+from app.jobs.outbox import safe_relay
+from app.jobs.tables import Audit, Job, Outbox
+from app.ledger import service as ledger
+from app.registry import service as registry
+from app.registry.tables import Model, Version
+from app.settings import get_settings
+
+log = logging.getLogger("lethe.pipeline")
+PROGRESS_EVERY = 0.5  # seconds between progress writes
+
+
+# ----------------------------------------------------------------------------- job plumbing
+
+class JobContext:
+    """Phase timings and throttled progress of one running job, each write a short transaction."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._last = 0.0
+
+    def _update(self, **values: Any) -> None:
+        with session_scope() as s:
+            job = s.get(Job, self.job_id)
+            for k, v in values.items():
+                setattr(job, k, v)
+            job.lease_until = utcnow() + jobs.LEASE
+
+    @contextmanager
+    def phase(self, name: str, start: float, end: float) -> Iterator[Callable[[float], None]]:
+        """Enter a phase owning progress [start, end]; record its seconds in the job's timings."""
+        self._update(phase=name, progress=start)
+        began = time.perf_counter()
+
+        def progress(fraction: float) -> None:
+            now = time.monotonic()
+            if now - self._last >= PROGRESS_EVERY:
+                self._last = now
+                self._update(progress=round(start + (end - start) * min(max(fraction, 0.0), 1.0), 4))
+
+        yield progress
+        seconds = round(time.perf_counter() - began, 4)
+        with session_scope() as s:
+            job = s.get(Job, self.job_id)
+            job.timings = {**(job.timings or {}), name: seconds}
+            job.progress = end
+            job.lease_until = utcnow() + jobs.LEASE
+
+
+def run_job(job_id: str, *, worker: str) -> str:
+    """Claim and run a job; returns its final status, 'skipped' when not ours, 'busy' to retry later."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return "skipped"
+        if job.kind == "unlearn" and _lineage_busy(s, job):
+            return "busy"
+        job = jobs.claim(s, job_id=job_id, worker=worker)
+        if job is None:
+            return "skipped"
+        kind = job.kind
+        ledger.append(s, tenant_id=job.tenant_id, event="job.started", subject_type="job", subject_id=job.id,
+                      data={"kind": kind, "attempt": job.attempts, "worker": worker})
+    ctx = JobContext(job_id)
+    try:
+        status = {"train": _train, "score": _score, "unlearn": _unlearn}[kind](ctx)
+    except Exception as exc:  # noqa: BLE001 - any failure ends the job visibly, never silently
+        log.exception("job %s failed", job_id)
+        _fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
+        status = "failed"
+    safe_relay()  # publish what the job queued (scoring of a new version)
+    return status
+
+
+def run_inline(job_id: str) -> str:
+    """Run a job in this process (the demo, tests): mark its outbox row published, then run it."""
+    with session_scope() as s:
+        for row in s.scalars(select(Outbox).where(Outbox.job_id == job_id, Outbox.published_at.is_(None))):
+            row.published_at = utcnow()
+    return run_job(job_id, worker="inline")
+
+
+def _lineage_busy(s: Any, job: Job) -> bool:
+    """Another unlearning job of this lineage holds a live lease: one job per lineage at a time."""
+    return s.scalar(select(Job.id).where(Job.model_id == job.model_id, Job.kind == "unlearn", Job.id != job.id,
+                                         Job.status == "running", Job.lease_until > utcnow())) is not None
+
+
+def _fail(job_id: str, error: str, trace: str) -> None:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        job.status, job.error, job.finished_at = "failed", error, utcnow()
+        for request in _requests(s, job):
+            _close_request(s, request, status="failed", pending_to="failed", version=None)
+        if job.kind == "score":
+            run = _influence_run_of(s, job)
+            if run is not None:
+                run.status = "failed"
+        ledger.append(s, tenant_id=job.tenant_id, event="job.failed", subject_type="job", subject_id=job.id,
+                      data={"error": error[:2000]})
+    log.debug(trace)
+
+
+def _complete(s: Any, job: Job, result: dict[str, Any]) -> None:
+    job.status, job.result, job.progress, job.finished_at, job.phase = "completed", result, 1.0, utcnow(), None
+    ledger.append(s, tenant_id=job.tenant_id, event="job.completed", subject_type="job", subject_id=job.id,
+                  data={"kind": job.kind, "timings": job.timings, **{k: v for k, v in result.items()
+                                                                     if k in ("version", "ref", "method")}})
+
+
+def _requests(s: Any, job: Job) -> list[ForgetRequest]:
+    ids = jobs.request_ids(s, job_id=job.id)
+    return [r for r in (s.get(ForgetRequest, i) for i in ids) if r is not None and r.status == "accepted"]
+
+
+def _close_request(s: Any, request: ForgetRequest, *, status: str, pending_to: str | None,
+                   version: int | None, mapping: dict[int, str] | None = None) -> None:
+    """Settle a request's pending dispositions and its status, with its ledger entry."""
+    counts: dict[str, int] = {}
+    for d in s.scalars(select(Disposition).where(Disposition.request_id == request.id)):
+        if d.disposition == "pending":
+            d.disposition = (mapping or {}).get(d.point_pk, pending_to or d.disposition)
+            if d.disposition in ("pruned", "unlearned"):
+                d.version = version
+        counts[d.disposition] = counts.get(d.disposition, 0) + 1
+    request.status, request.completed_at = status, utcnow()
+    ledger.append(s, tenant_id=request.tenant_id, event=f"request.{status}", subject_type="request",
+                  subject_id=request.id, data={"counts": counts, "version": version})
+
+
+# ----------------------------------------------------------------------------- engine access
+
+def _engine():  # noqa: ANN202 - lazy import keeps torch out of the API process
+    from workers import engine_facade
+
+    return engine_facade
+
+
+def _influence_run_of(s: Any, job: Job) -> Any:
+    model = s.get(Model, job.model_id)
+    version = registry.get_version(s, model=model, number=job.version)
+    return registry.influence_run(s, version=version, method=job.params.get("method", "gradnorm"))
+
+
+def _score_version(s_factory: Callable[[], Any], *, model_id: str, number: int, method: str,
+                   progress: Callable[[float], None]) -> float:
+    """Compute and store a version's self-influence scores (all dataset rows); returns seconds."""
+    eng = _engine()
+    with s_factory() as s:
+        model = s.get(Model, model_id)
+        version = registry.get_version(s, model=model, number=number)
+        ds = s.get(Dataset, model.dataset_id)
+        live = datasets.live_rows(s, dataset_id=ds.id)
+        arch, ds_uri, w_uri, version_id = model.architecture, ds.uri, version.uri, version.id
+        shape, n_classes = tuple(ds.input_shape), ds.n_classes
+    arrays = eng.load_arrays(artifacts.path_of(ds_uri))
+    net = eng.load_network(arch, shape, n_classes, artifacts.path_of(w_uri))
+    began = time.perf_counter()
+    scores = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress)
+    seconds = time.perf_counter() - began
+    uri = f"scores/{version_id}/{method}"
+    meta = eng.save_scores(artifacts.path_of(f"scores/{version_id}"), method, scores,
+                           meta={"method": method, "version_id": version_id, "seconds": seconds})
+    with s_factory() as s:
+        model = s.get(Model, model_id)
+        version = registry.get_version(s, model=model, number=number)
+        registry.finish_scoring(s, model=model, version=version, method=method, uri=uri, sha256=meta["sha256"],
+                                scores=scores, live_rows=live, seconds=seconds)
+    return seconds
+
+
+# ----------------------------------------------------------------------------- train
+
+def _train(ctx: JobContext) -> str:
+    eng = _engine()
+    with session_scope() as s:
+        job = s.get(Job, ctx.job_id)
+        model = s.get(Model, job.model_id)
+        ds = s.get(Dataset, model.dataset_id)
+        live = datasets.live_rows(s, dataset_id=ds.id)
+        arch, recipe, ds_uri = model.architecture, model.recipe, ds.uri
+        shape, n_classes, model_id = tuple(ds.input_shape), ds.n_classes, model.id
+        promote = job.params.get("promote", True)
+    arrays = eng.load_arrays(artifacts.path_of(ds_uri))
+    with ctx.phase("training", 0.0, 0.9) as progress:
+        net, metrics = eng.train(arch, shape, n_classes, arrays["x"][live], arrays["y"][live], recipe=recipe,
+                                 progress=progress)
+        if "x_test" in arrays and len(arrays["x_test"]):
+            metrics["test_accuracy"] = eng.accuracy(net, arrays["x_test"], arrays["y_test"])
+    with ctx.phase("registering", 0.9, 1.0):
+        uri = f"models/{model_id}/job-{ctx.job_id}.safetensors"
+        sha = eng.save_network(net, artifacts.path_of(uri))
+        with session_scope() as s:
+            job = s.get(Job, ctx.job_id)
+            model = s.get(Model, model_id)
+            version, score_job = registry.register_version(
+                s, model=model, source="train", sha256=sha, uri=uri, job_id=job.id, n_train=len(live),
+                metrics=metrics, promote=promote)
+            _complete(s, job, {"version": version.number, "ref": registry.ref(model, version.number),
+                               "metrics": metrics, "score_job_id": score_job.id})
+    return "completed"
+
+
+# ----------------------------------------------------------------------------- score
+
+def _score(ctx: JobContext) -> str:
+    with session_scope() as s:
+        job = s.get(Job, ctx.job_id)
+        model_id, number, method = job.model_id, job.version, job.params.get("method", "gradnorm")
+        run = _influence_run_of(s, job)
+        if run is not None:
+            run.status = "running"
+    with ctx.phase("scoring", 0.0, 1.0) as progress:
+        seconds = _score_version(session_scope, model_id=model_id, number=number, method=method, progress=progress)
+    with session_scope() as s:
+        job = s.get(Job, ctx.job_id)
+        model = s.get(Model, model_id)
+        _complete(s, job, {"version": number, "ref": registry.ref(model, number), "method": method,
+                           "seconds": round(seconds, 4)})
+    return "completed"
+
+
+# ----------------------------------------------------------------------------- unlearn
+
+def _prune(scores: np.ndarray, rows: list[int], q: float, bound: float | None) -> tuple[list[int], list[int]]:
+    """Drop the lowest-scoring fraction q of rows (never one at or above `bound`); return (kept, pruned)."""
+    if q <= 0 or not rows:
+        return rows, []
+    order = sorted(rows, key=lambda r: float(scores[r]))
+    cut = order[: int(q * len(rows))]
+    pruned = [r for r in cut if bound is None or float(scores[r]) < bound]
+    gone = set(pruned)
+    return [r for r in rows if r not in gone], pruned
+
+
+def _unlearn(ctx: JobContext) -> str:
+    eng = _engine()
+    settings = get_settings()
+    with session_scope() as s:
+        job = s.get(Job, ctx.job_id)
+        model = s.get(Model, job.model_id)
+        requests = _requests(s, job)
+        if not requests:
+            _complete(s, job, {"version": None, "ref": None, "note": "no live requests"})
+            return "completed"
+        parent = registry.current_version(s, model=model)
+        ds = s.get(Dataset, model.dataset_id)
+        req_ids = [r.id for r in requests]
+        disp = list(s.scalars(select(Disposition).where(Disposition.request_id.in_(req_ids))))
+        rows_of = dict(s.execute(select(Point.id, Point.row).where(Point.dataset_id == ds.id,
+                                                                   Point.id.in_({d.point_pk for d in disp}))).all())
+        pending_pks = sorted({d.point_pk for d in disp if d.disposition == "pending"})
+        audit_pks = sorted({d.point_pk for d in disp if d.disposition != "already_forgotten"})
+        # Small audit sets are pooled with the lineage's earlier forgotten points (DESIGN: audit policy).
+        if len(audit_pks) < settings.audit_min_points:
+            earlier = s.execute(select(Point.id, Point.row).join(Disposition, Disposition.point_pk == Point.id).where(
+                Disposition.model_id == model.id, Disposition.disposition.in_(("free", "pruned", "unlearned")))).all()
+            rows_of.update(dict(earlier))
+            audit_pks = sorted(set(audit_pks) | {pk for pk, _ in earlier})
+        retain_rows = datasets.live_rows(s, dataset_id=ds.id)
+        ctx_data = {
+            "model_id": model.id, "tenant_id": model.tenant_id, "arch": model.architecture, "recipe": model.recipe,
+            "policy": model.policy, "parent": parent.number, "parent_id": parent.id, "parent_uri": parent.uri,
+            "ds_uri": ds.uri, "shape": tuple(ds.input_shape), "n_classes": ds.n_classes,
+            "algorithm": job.params["algorithm"], "params": job.params.get("params") or {},
+            "method": model.policy.get("scorer", "gradnorm"), "request_ids": req_ids,
+        }
+        run = registry.influence_run(s, version=parent, method=ctx_data["method"])
+        have_scores = registry.load_scores(run) is not None if run else False
+    forget_rows = [rows_of[pk] for pk in pending_pks]
+    audit_rows = [rows_of[pk] for pk in audit_pks]
+    c = ctx_data
+
+    with ctx.phase("scoring", 0.0, 0.15) as progress:
+        if not have_scores:
+            _score_version(session_scope, model_id=c["model_id"], number=c["parent"], method=c["method"],
+                           progress=progress)
+        with session_scope() as s:
+            parent = s.get(Version, c["parent_id"])
+            scores = registry.load_scores(registry.influence_run(s, version=parent, method=c["method"]))
+            bound = (parent.metrics or {}).get("prune_threshold")
+            if bound is None and scores is not None and retain_rows:
+                bound = float(np.quantile(np.asarray(scores)[retain_rows], settings.prune_quantile))
+
+    with ctx.phase("pruning", 0.15, 0.2):
+        q_f, q_r = float(c["policy"].get("q_forget", 0.0)), float(c["policy"].get("q_retain", 0.0))
+        forget_kept, forget_pruned = _prune(scores, forget_rows, q_f, bound)
+        retain_kept, retain_pruned = _prune(scores, retain_rows, q_r, None)
+        pruned_summary = {
+            "forget": _ids_summary(c["model_id"], forget_pruned), "retain": _ids_summary(c["model_id"], retain_pruned),
+            "bound": bound, "q_forget": q_f, "q_retain": q_r,
+        }
+        with session_scope() as s:
+            ledger.append(s, tenant_id=c["tenant_id"], event="points.pruned", subject_type="job",
+                          subject_id=ctx.job_id, data=pruned_summary)
+
+    arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
+    x, y = arrays["x"], arrays["y"]
+    parent_net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(c["parent_uri"]))
+    with ctx.phase("unlearning", 0.2, 0.8) as progress:
+        began = time.perf_counter()
+        net, un_metrics = eng.unlearn(
+            c["algorithm"], parent_net, forget=(x[forget_kept], y[forget_kept]),
+            retain=(x[retain_kept], y[retain_kept]), params=c["params"], recipe=c["recipe"], arch=c["arch"],
+            shape=c["shape"], n_classes=c["n_classes"], progress=progress)
+        unlearn_seconds = time.perf_counter() - began
+
+    with ctx.phase("auditing", 0.8, 0.95):
+        test = (arrays.get("x_test"), arrays.get("y_test"))
+        report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
+                           retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings)
+        passed = report["passed"]
+        with session_scope() as s:
+            row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"], attempt=1,
+                        algorithm=c["algorithm"], passed=passed, report=ledger.canonical(report))
+            s.add(row)
+            ledger.append(s, tenant_id=c["tenant_id"], event="audit.recorded", subject_type="job",
+                          subject_id=ctx.job_id, data={"passed": passed, "algorithm": c["algorithm"],
+                                                       "attempt": 1, "after": report["after"],
+                                                       "before": report["before"], "reasons": report["reasons"]})
+            audit_id = row.id
+
+    with ctx.phase("registering", 0.95, 1.0):
+        metrics = {"unlearn_seconds": round(unlearn_seconds, 4), **un_metrics,
+                   "n_forget": len(forget_rows), "n_forget_kept": len(forget_kept),
+                   "n_retain": len(retain_rows), "n_retain_kept": len(retain_kept)}
+        result: dict[str, Any] = {"pruned": pruned_summary, "audit": report, "metrics": metrics,
+                                  "algorithm": c["algorithm"]}
+        if not passed:
+            with session_scope() as s:
+                job = s.get(Job, ctx.job_id)
+                for request in _requests(s, job):
+                    _close_request(s, request, status="failed", pending_to="failed", version=None)
+                job.status, job.result, job.finished_at = "failed", result | {"version": None, "ref": None}, utcnow()
+                job.error = "audit failed: " + "; ".join(report["reasons"])
+                ledger.append(s, tenant_id=c["tenant_id"], event="job.failed", subject_type="job",
+                              subject_id=ctx.job_id, data={"error": job.error, "audit_id": audit_id})
+            return "failed"
+        uri = f"models/{c['model_id']}/job-{ctx.job_id}.safetensors"
+        sha = eng.save_network(net, artifacts.path_of(uri))
+        pruned_pks = {pk for pk in pending_pks if rows_of[pk] in set(forget_pruned)}
+        with session_scope() as s:
+            job = s.get(Job, ctx.job_id)
+            model = s.get(Model, c["model_id"])
+            parent = s.get(Version, c["parent_id"])
+            version, _ = registry.register_version(
+                s, model=model, source="unlearn", sha256=sha, uri=uri, parent=parent, request_id=c["request_ids"][0],
+                job_id=job.id, n_train=len(retain_rows), metrics={"audit": report["after"]}, promote=True)
+            s.get(Audit, audit_id).version = version.number
+            mapping = {pk: ("pruned" if pk in pruned_pks else "unlearned") for pk in pending_pks}
+            for request in _requests(s, job):
+                _close_request(s, request, status="completed", pending_to=None, version=version.number,
+                               mapping=mapping)
+            _complete(s, job, result | {"version": version.number, "ref": registry.ref(model, version.number)})
+    return "completed"
+
+
+def _ids_summary(model_id: str, rows: list[int]) -> dict[str, Any]:
+    """Pruned rows as point ids (or a count + sha256 when large, to keep ledger entries small)."""
+    if not rows:
+        return {"n": 0, "point_ids": []}
+    with session_scope() as s:
+        model = s.get(Model, model_id)
+        ids = sorted(s.scalars(select(Point.point_id).where(Point.dataset_id == model.dataset_id,
+                                                            Point.row.in_(rows))))
+    if len(ids) <= 1000:
+        return {"n": len(ids), "point_ids": ids}
+    import hashlib
+
+    return {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}

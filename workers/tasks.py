@@ -1,0 +1,18 @@
+"""Thin Celery tasks: take ids, reload rows, call the pipeline."""
+
+from __future__ import annotations
+
+from workers.celery_app import celery
+
+BUSY_RETRY_SECONDS = 3
+
+
+@celery.task(name="lethe.run_job", bind=True, acks_late=True, max_retries=None)
+def run_job(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
+    """Run one job to its end; if its lineage is busy with another unlearning job, come back later."""
+    from workers import pipeline
+
+    outcome = pipeline.run_job(job_id, worker=self.request.hostname or "worker")
+    if outcome == "busy":
+        raise self.retry(countdown=BUSY_RETRY_SECONDS)
+    return outcome
