@@ -91,9 +91,9 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
         raise ValueError("the dataset has no test split (x_test, y_test): the audit cannot run")
     dev = device()
     sets = {"forget": ArraySet(*forget), "retain": ArraySet(*retain), "test": ArraySet(test[0], test[1])}
-    after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], device=dev)
-    before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"],
-                                   device=dev)
+    kw = {"device": dev, "min_points": settings.audit_min_points}
+    after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
+    before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     passed, reasons = audit_mod.audit_passes(after, before, max_acc_drop=settings.audit_max_acc_drop,
                                              mia_auc_max=settings.audit_mia_auc_max,
                                              mia_alpha=settings.audit_mia_alpha)

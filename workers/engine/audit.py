@@ -1,0 +1,120 @@
+"""Audit: UA/RA/TA and the loss-based membership-inference attack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.data import ArraySet, batches, to_tensors
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, data: ArraySet, device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    model = model.to(device).eval()
+    x, y = to_tensors(data, device)
+    losses, correct = [], []
+    for idx in batches(len(data), batch_size, shuffle=False):
+        idx = idx.to(device)
+        logits = model(x[idx])
+        losses.append(F.cross_entropy(logits, y[idx], reduction="none").cpu().numpy())
+        correct.append((logits.argmax(1) == y[idx]).cpu().numpy())
+    if not losses:
+        return np.empty(0), np.empty(0, dtype=bool)
+    return np.concatenate(losses).astype(np.float64), np.concatenate(correct)
+
+
+def predict_losses(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Per-example cross-entropy."""
+    return _outputs(model, data, device, batch_size)[0]
+
+
+def accuracy(model: nn.Module, data: ArraySet, *, device: torch.device) -> float:
+    correct = _outputs(model, data, device, 512)[1]
+    return float(correct.mean()) if len(correct) else float("nan")
+
+
+def loss_mia(member_losses: np.ndarray, nonmember_losses: np.ndarray, *, seed: int = 0, folds: int = 10,
+             permutations: int = 500, min_points: int = 20) -> dict[str, Any]:
+    """The challenge starter kit's attack: logistic regression on the loss, members vs an equal sample of
+    non-members, k-fold CV AUC; a permutation test says whether the AUC is above chance."""
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(seed)
+    n = min(len(member_losses), len(nonmember_losses))
+    if n < 2:
+        return {"auc": None, "p_value": None, "n": int(n), "status": "insufficient"}
+    m = rng.choice(member_losses, n, replace=False)
+    o = rng.choice(nonmember_losses, n, replace=False)
+    feats = np.log(np.concatenate([m, o]) + 1e-12)  # log-loss spreads the tiny losses out
+    labels = np.concatenate([np.ones(n), np.zeros(n)])
+    folds_idx = list(StratifiedKFold(n_splits=max(2, min(folds, n)), shuffle=True, random_state=seed)
+                     .split(feats.reshape(-1, 1), labels))
+    auc = cv_auc(feats, labels, folds_idx)
+    # Permutation test of the same procedure: how often do shuffled labels score as well?
+    null = np.array([cv_auc(feats, rng.permutation(labels), folds_idx) for _ in range(permutations)])
+    p_value = (1 + int((null >= auc).sum())) / (permutations + 1)
+    return {"auc": round(auc, 6), "p_value": round(p_value, 6), "n": int(n),
+            "status": "ok" if n >= min_points else "insufficient"}
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    ranks = rankdata(scores)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def cv_auc(feats: np.ndarray, labels: np.ndarray, folds_idx: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean test-fold AUC of a logistic regression on one feature fitted on the other folds.
+
+    Exactly the starter kit's number, without fitting: with one feature the fitted decision function is
+    monotone in the feature, its direction the sign of the coefficient, which (the profile likelihood
+    being concave) is the sign of the training folds' class-mean difference; AUC ignores the rest.
+    """
+    aucs = []
+    for train, test in folds_idx:
+        lab = labels[train]
+        direction = np.sign(feats[train][lab == 1].mean() - feats[train][lab == 0].mean()) or 1.0
+        aucs.append(_auc(direction * feats[test], labels[test]))
+    return float(np.mean(aucs))
+
+
+def audit_model(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: ArraySet, device: torch.device,
+                seed: int = 0, retain_sample: int = 2000, min_points: int = 20) -> dict[str, Any]:
+    """UA (1 - forget accuracy), RA on a seeded retain sample, TA, and the loss MIA forget vs test."""
+    rng = np.random.default_rng(seed)
+    if len(retain) > retain_sample:
+        pick = np.sort(rng.choice(len(retain), retain_sample, replace=False))
+        retain = ArraySet(retain.x[pick], retain.y[pick])
+    f_losses, f_correct = _outputs(model, forget, device, 512)
+    t_losses, t_correct = _outputs(model, test, device, 512)
+    fa = float(f_correct.mean()) if len(f_correct) else None
+    return {
+        "ua": None if fa is None else round(1 - fa, 6), "fa": None if fa is None else round(fa, 6),
+        "ra": round(accuracy(model, retain, device=device), 6),
+        "ta": round(float(t_correct.mean()), 6) if len(t_correct) else None,
+        "forget_loss": round(float(f_losses.mean()), 6) if len(f_losses) else None,
+        "mia": loss_mia(f_losses, t_losses, seed=seed, min_points=min_points),
+    }
+
+
+def audit_passes(after: dict[str, Any], before: dict[str, Any], *, max_acc_drop: float = 0.02,
+                 mia_auc_max: float = 0.55, mia_alpha: float = 0.05) -> tuple[bool, list[str]]:
+    """DESIGN's default policy: RA and TA within max_acc_drop of the parent, and the MIA not significantly
+    above mia_auc_max (an insufficient MIA leaves the decision to the accuracy tests)."""
+    reasons = []
+    for key, name in (("ra", "retain"), ("ta", "test")):
+        if after.get(key) is not None and before.get(key) is not None and after[key] < before[key] - max_acc_drop:
+            reasons.append(f"{name} accuracy fell {before[key] - after[key]:.3f} (> {max_acc_drop})")
+    mia = after.get("mia") or {}
+    if mia.get("status") == "ok" and mia["auc"] > mia_auc_max and mia["p_value"] < mia_alpha:
+        reasons.append(f"loss-MIA AUC {mia['auc']:.3f} > {mia_auc_max} (p={mia['p_value']:.3f})")
+    return not reasons, reasons

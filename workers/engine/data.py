@@ -1,0 +1,38 @@
+"""Dataset files and batching: numpy arrays on disk, tensors per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ArraySet:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_npz(path: Path | str) -> dict[str, np.ndarray]:
+    """Every array of an .npz, never unpickling (object arrays raise)."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def to_tensors(data: ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.as_tensor(np.asarray(data.x), dtype=torch.float32, device=device),
+            torch.as_tensor(np.asarray(data.y), dtype=torch.long, device=device))
+
+
+def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[
+        torch.Tensor]:
+    """Index batches over n items (seeded shuffle when asked)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]

@@ -1,0 +1,33 @@
+"""Retain-only fine-tuning: forgetting by catastrophic forgetting (the standard 'FT' baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.data import ArraySet, batches, to_tensors
+
+
+def finetune(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
+             device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
+    if retain is None or len(retain) == 0:
+        raise ValueError("finetune needs retain data")
+    x, y = to_tensors(retain, device)
+    opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
+                          weight_decay=params["weight_decay"])
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    steps = 0
+    for epoch in range(params["epochs"]):
+        for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
+            idx = idx.to(device)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            steps += 1
+        progress((epoch + 1) / params["epochs"])
+    return {"steps": steps, "n_forget": len(forget), "n_retain": len(retain)}

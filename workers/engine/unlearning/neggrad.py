@@ -1,0 +1,47 @@
+"""NegGrad+: each step descends on a retain batch and ascends, bounded, on a forget batch."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.data import ArraySet, batches, to_tensors
+
+
+def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
+            device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
+    if retain is None or len(retain) == 0:
+        raise ValueError("neggrad needs retain data")
+    xr, yr = to_tensors(retain, device)
+    xf, yf = to_tensors(forget, device)
+    opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
+                          weight_decay=params["weight_decay"])
+    gen = torch.Generator().manual_seed(seed)
+    alpha, ceiling = params["alpha"], params["max_forget_loss"]
+    model.train()
+    steps = skipped = 0
+    for epoch in range(params["epochs"]):
+        forget_batches = itertools.cycle(list(batches(len(forget), params["batch_size"], shuffle=True,
+                                                      generator=gen))) if len(forget) else None
+        for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
+            idx = idx.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = alpha * F.cross_entropy(model(xr[idx]), yr[idx])
+            if forget_batches is not None:
+                fidx = next(forget_batches).to(device)
+                f_loss = F.cross_entropy(model(xf[fidx]), yf[fidx])
+                # Unbounded ascent diverges and wrecks utility; stop pushing once a batch is forgotten enough.
+                if float(f_loss.detach()) < ceiling:
+                    loss = loss - (1 - alpha) * f_loss
+                else:
+                    skipped += 1
+            loss.backward()
+            opt.step()
+            steps += 1
+        progress((epoch + 1) / params["epochs"])
+    return {"steps": steps, "ascent_skipped": skipped, "n_forget": len(forget), "n_retain": len(retain)}
