@@ -42,10 +42,8 @@ def migrate() -> None:
 @cli.command()
 def demo() -> None:
     """Register scikit-learn digits and model `digits`, train and score it (idempotent)."""
-    from app import migrate as m
     from app.demo import run_demo
 
-    m.upgrade()
     result = run_demo(echo=console.print)
     console.print(f"admin API key: [bold]{result['key']}[/bold]")
 

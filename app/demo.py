@@ -62,8 +62,10 @@ def digits_npz(seed: int = 0, test_fraction: float = 0.2) -> bytes:
 
 def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
     """Register dataset and model `digits` and train + score version 1, unless already there."""
+    from app import migrate
     from workers import pipeline
 
+    migrate.upgrade()
     key = admin_key()
     with session_scope() as s:
         tenant_id = tenants.get_or_create_tenant(s, name=tenants.DEFAULT_TENANT).id

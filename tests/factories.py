@@ -61,3 +61,23 @@ def upload_version(client: TestClient, headers: dict[str, str], model: str = "to
                    **params: Any) -> Any:
     return client.post(f"/models/{model}/versions", headers=headers, params=params,
                        files={"weights": ("w.safetensors", data or safetensors_bytes(), "application/octet-stream")})
+
+
+def drain(max_rounds: int = 20) -> list[str]:
+    """Run every queued job in this process (what a worker would do), until none is left."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.jobs.tables import Job
+    from workers import pipeline
+
+    ran: list[str] = []
+    for _ in range(max_rounds):
+        with session_scope() as s:
+            queued = list(s.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)))
+        if not queued:
+            return ran
+        for job_id in queued:
+            pipeline.run_inline(job_id)
+            ran.append(job_id)
+    raise AssertionError("jobs keep coming: drain() gave up")

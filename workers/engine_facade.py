@@ -84,7 +84,7 @@ def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, n
 
 def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
           retain: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray | None, np.ndarray | None],
-          settings: Settings | None = None) -> dict[str, Any]:
+          settings: Settings | None = None, retrained: bool = False) -> dict[str, Any]:
     """Audit the new network against its parent on the request's points; pass/fail by the settings."""
     settings = settings or get_settings()
     if test[0] is None or len(test[0]) == 0:
@@ -96,8 +96,9 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
     before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     passed, reasons = audit_mod.audit_passes(after, before, max_acc_drop=settings.audit_max_acc_drop,
                                              mia_auc_max=settings.audit_mia_auc_max,
-                                             mia_alpha=settings.audit_mia_alpha)
+                                             mia_alpha=settings.audit_mia_alpha, retrained=retrained)
     return {"passed": passed, "reasons": reasons, "after": after, "before": before,
+            "mia_reference": "self (retrained without the forget set)" if retrained else "test sample",
             "n_audit": len(forget[0]), "policy": {"max_acc_drop": settings.audit_max_acc_drop,
                                                  "mia_auc_max": settings.audit_mia_auc_max,
                                                  "mia_alpha": settings.audit_mia_alpha}}

@@ -29,6 +29,7 @@ from app.ledger import service as ledger
 from app.registry import service as registry
 from app.registry.tables import Model, Version
 from app.settings import get_settings
+from workers.engine.params import escalation
 
 log = logging.getLogger("lethe.pipeline")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
@@ -321,35 +322,45 @@ def _unlearn(ctx: JobContext) -> str:
     arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
     x, y = arrays["x"], arrays["y"]
     parent_net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(c["parent_uri"]))
-    with ctx.phase("unlearning", 0.2, 0.8) as progress:
-        began = time.perf_counter()
-        net, un_metrics = eng.unlearn(
-            c["algorithm"], parent_net, forget=(x[forget_kept], y[forget_kept]),
-            retain=(x[retain_kept], y[retain_kept]), params=c["params"], recipe=c["recipe"], arch=c["arch"],
-            shape=c["shape"], n_classes=c["n_classes"], progress=progress)
-        unlearn_seconds = time.perf_counter() - began
-
-    with ctx.phase("auditing", 0.8, 0.95):
-        test = (arrays.get("x_test"), arrays.get("y_test"))
-        report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
-                           retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings)
-        passed = report["passed"]
-        with session_scope() as s:
-            row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"], attempt=1,
-                        algorithm=c["algorithm"], passed=passed, report=ledger.canonical(report))
-            s.add(row)
-            ledger.append(s, tenant_id=c["tenant_id"], event="audit.recorded", subject_type="job",
-                          subject_id=ctx.job_id, data={"passed": passed, "algorithm": c["algorithm"],
-                                                       "attempt": 1, "after": report["after"],
-                                                       "before": report["before"], "reasons": report["reasons"]})
-            audit_id = row.id
+    test = (arrays.get("x_test"), arrays.get("y_test"))
+    attempts: list[dict[str, Any]] = []
+    ladder = escalation(c["algorithm"], c["params"])
+    for attempt, (algorithm, params) in enumerate(ladder, start=1):
+        span = 0.6 / len(ladder)
+        lo = 0.2 + span * (attempt - 1)
+        with ctx.phase(f"unlearning#{attempt}" if attempt > 1 else "unlearning", lo, lo + span * 0.7) as progress:
+            began = time.perf_counter()
+            net, un_metrics = eng.unlearn(
+                algorithm, parent_net, forget=(x[forget_kept], y[forget_kept]),
+                retain=(x[retain_kept], y[retain_kept]), params=params, recipe=c["recipe"], arch=c["arch"],
+                shape=c["shape"], n_classes=c["n_classes"], progress=progress)
+            unlearn_seconds = time.perf_counter() - began
+        with ctx.phase(f"auditing#{attempt}" if attempt > 1 else "auditing", lo + span * 0.7, lo + span):
+            report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
+                               retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings,
+                               retrained=algorithm == "retrain")
+            passed = report["passed"]
+            with session_scope() as s:
+                row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"], attempt=attempt,
+                            algorithm=algorithm, passed=passed, report=ledger.canonical(report))
+                s.add(row)
+                s.flush()
+                ledger.append(s, tenant_id=c["tenant_id"], event="audit.recorded", subject_type="job",
+                              subject_id=ctx.job_id, data={"passed": passed, "algorithm": algorithm, "params": params,
+                                                           "attempt": attempt, "after": report["after"],
+                                                           "before": report["before"], "reasons": report["reasons"]})
+                audit_id = row.id
+        attempts.append({"attempt": attempt, "algorithm": algorithm, "params": params, "passed": passed,
+                         "seconds": round(unlearn_seconds, 4), "reasons": report["reasons"]})
+        if passed:
+            break
 
     with ctx.phase("registering", 0.95, 1.0):
-        metrics = {"unlearn_seconds": round(unlearn_seconds, 4), **un_metrics,
+        metrics = {"unlearn_seconds": round(unlearn_seconds, 4), **un_metrics, "attempts": attempts,
                    "n_forget": len(forget_rows), "n_forget_kept": len(forget_kept),
                    "n_retain": len(retain_rows), "n_retain_kept": len(retain_kept)}
         result: dict[str, Any] = {"pruned": pruned_summary, "audit": report, "metrics": metrics,
-                                  "algorithm": c["algorithm"]}
+                                  "algorithm": algorithm, "requested_algorithm": c["algorithm"]}
         if not passed:
             with session_scope() as s:
                 job = s.get(Job, ctx.job_id)

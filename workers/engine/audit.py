@@ -107,14 +107,24 @@ def audit_model(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: A
 
 
 def audit_passes(after: dict[str, Any], before: dict[str, Any], *, max_acc_drop: float = 0.02,
-                 mia_auc_max: float = 0.55, mia_alpha: float = 0.05) -> tuple[bool, list[str]]:
-    """DESIGN's default policy: RA and TA within max_acc_drop of the parent, and the MIA not significantly
-    above mia_auc_max (an insufficient MIA leaves the decision to the accuracy tests)."""
+                 mia_auc_max: float = 0.55, mia_alpha: float = 0.05, reference_auc: float | None = None,
+                 reference_margin: float = 0.03, retrained: bool = False) -> tuple[bool, list[str]]:
+    """DESIGN's default policy: RA and TA within max_acc_drop of the parent, and the loss-MIA not
+    significantly above mia_auc_max, or within reference_margin of a retrain reference's AUC when one
+    exists. A retrained model is its own reference (it never saw the forget set), so only accuracy
+    decides for it: a forget set of easy points looks 'member-like' even to a model that never saw it.
+    An insufficient MIA (too few points) also leaves the decision to the accuracy tests."""
     reasons = []
     for key, name in (("ra", "retain"), ("ta", "test")):
         if after.get(key) is not None and before.get(key) is not None and after[key] < before[key] - max_acc_drop:
             reasons.append(f"{name} accuracy fell {before[key] - after[key]:.3f} (> {max_acc_drop})")
     mia = after.get("mia") or {}
-    if mia.get("status") == "ok" and mia["auc"] > mia_auc_max and mia["p_value"] < mia_alpha:
+    if retrained or mia.get("status") != "ok":
+        return not reasons, reasons
+    if reference_auc is not None:
+        if mia["auc"] > reference_auc + reference_margin:
+            reasons.append(f"loss-MIA AUC {mia['auc']:.3f} > retrain reference "
+                           f"{reference_auc:.3f} + {reference_margin}")
+    elif mia["auc"] > mia_auc_max and mia["p_value"] < mia_alpha:
         reasons.append(f"loss-MIA AUC {mia['auc']:.3f} > {mia_auc_max} (p={mia['p_value']:.3f})")
     return not reasons, reasons

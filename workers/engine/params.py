@@ -51,3 +51,17 @@ def validate_params(algorithm: str, params: dict[str, Any] | None) -> dict[str, 
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"invalid params for {algorithm}: {problems}") from exc
+
+
+def escalation(algorithm: str, params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The attempts a job makes when audits fail: as asked, once stronger, then retrain."""
+    p = validate_params(algorithm, params)
+    ladder = [(algorithm, p)]
+    if algorithm in ("finetune", "neggrad"):
+        stronger = p | {"epochs": min(p["epochs"] * 2, 1000), "lr": min(p["lr"] * 2, 1.0)}
+        if algorithm == "neggrad":
+            stronger["alpha"] = max(0.5, p["alpha"] - 0.1)
+        ladder.append((algorithm, validate_params(algorithm, stronger)))
+    if algorithm != "retrain":
+        ladder.append(("retrain", validate_params("retrain", {})))
+    return ladder

@@ -1,0 +1,90 @@
+"""The whole path in one process: HTTP → DB → pipeline → engine → ledger (jobs run inline)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.factories import create_model, drain, upload_dataset
+
+
+@pytest.fixture
+def client(lethe_env: dict[str, str]) -> TestClient:
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_headers: dict[str, str]) -> None:
+    h = admin_headers
+    upload_dataset(client, h, n=300, n_test=100)
+    create_model(client, h, policy={"algorithm": "finetune", "q_forget": 0.5})
+    create_model(client, h, name="twin")  # a second model on the same data: gets linked requests
+    for name in ("toy", "twin"):
+        train = client.post(f"/models/{name}/train", headers=h)
+        assert train.status_code == 202 and train.json()["kind"] == "train"
+    drain()
+    model = client.get("/models/toy", headers=h).json()
+    assert model["current"] == 1 and model["ref"] == "toy@1"
+    v1 = client.get("/models/toy/versions/1", headers=h).json()
+    assert v1["source"] == "train" and v1["n_train"] == 300 and v1["threshold"] is not None
+    assert v1["influence"][0]["status"] == "completed" and v1["budget"] == 6  # 2% of 300
+    scores = client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()
+    assert scores["total"] == 300 and scores["status"] == "completed"
+    values = [i["score"] for i in scores["items"]]
+    assert values == sorted(values) and values[0] >= 0
+
+    lowest = [i["point_id"] for i in scores["items"][:3]]
+    highest = [i["point_id"] for i in scores["items"][-40:]]
+    resp = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest + highest,
+                                                   "reason": "gdpr", "requested_by": "dpo"})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert sorted(body["free"]) == sorted(lowest)
+    assert sorted(body["pending"]) == sorted(highest)
+    assert len(body["linked_requests"]) == 1
+    drain()
+
+    job = client.get(f"/jobs/{body['job_id']}", headers=h).json()
+    assert job["status"] == "completed", job["error"]
+    assert job["result"]["ref"] == "toy@2" and job["result"]["version"] == 2
+    assert {"scoring", "pruning", "unlearning", "auditing", "registering"} <= set(job["timings"])
+    assert job["progress"] == 1.0 and job["requests"] == [body["request_id"]]
+    audit = job["result"]["audit"]
+    assert audit["passed"] and audit["n_audit"] == 43 and {"ra", "ta", "ua", "mia"} <= set(audit["after"])
+    assert audit["before"]["mia"]["auc"] is not None
+    assert client.get("/models/toy", headers=h).json()["current"] == 2
+    v2 = client.get("/models/toy/versions/2", headers=h).json()
+    assert v2["parent"] == 1 and v2["request_id"] == body["request_id"] and v2["audit"]["passed"]
+    assert client.get("/models/toy/versions/1/weights", headers=h).status_code == 410
+    weights = client.get("/models/toy/versions/2/weights", headers=h)
+    assert weights.status_code == 200 and weights.content[:8] != b""
+
+    req = client.get(f"/requests/{body['request_id']}", headers=h).json()
+    assert req["status"] == "completed"
+    by_point = {p["point_id"]: p for p in req["points"]}
+    assert {by_point[p]["disposition"] for p in lowest} == {"free"}
+    assert {by_point[p]["disposition"] for p in highest} <= {"unlearned", "pruned"}
+    assert all(by_point[p]["version"] == 2 for p in highest)
+    # the twin's linked request ran too, so nobody holds the points any more
+    linked = client.get(f"/requests/{body['linked_requests'][0]}", headers=h).json()
+    assert linked["status"] == "completed" and linked["linked_from"] == body["request_id"]
+    assert all(not p["still_held_by"] for p in req["points"])
+
+    again = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest[:1] + highest[:2],
+                                                    "reason": "again", "requested_by": "dpo"})
+    assert again.status_code == 200 and again.json()["job_id"] is None
+    assert sorted(again.json()["already_forgotten"]) == sorted(lowest[:1] + highest[:2])
+
+    # the next training never sees forgotten points
+    client.post("/models/toy/train", headers=h)
+    drain()
+    v3 = client.get("/models/toy/versions/3", headers=h).json()
+    assert v3["n_train"] == 300 - 43
+
+    ledger = client.get("/ledger?limit=1000", headers=h).json()
+    events = [e["event"] for e in ledger["items"]]
+    for needed in ("dataset.registered", "request.received", "points.free", "job.started", "points.pruned",
+                   "audit.recorded", "version.registered", "version.promoted", "version.revoked", "request.completed"):
+        assert needed in events, needed
+    assert client.get("/ledger/verify", headers=h).json()["ok"]
