@@ -1,0 +1,97 @@
+"""The same scenario through a real broker and a real `lethe worker` process:
+embedded (SQLite ledger, SQLite broker) and production (Postgres ledger, Redis broker)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.factories import create_model, upload_dataset
+
+REDIS = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _redis_db() -> str | None:
+    try:
+        import redis
+
+        db = random.randint(1, 15)
+        url = f"{REDIS}/{db}"
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        return url
+    except Exception:  # noqa: BLE001
+        return None
+
+
+@pytest.fixture
+def stack(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    if lethe_env["backend"] == "postgres":
+        url = _redis_db()
+        if url is None:
+            pytest.skip(f"Redis is not reachable at {REDIS}; production variant skipped")
+        monkeypatch.setenv("LETHE_BROKER_URL", url)
+    from tests.conftest import _reset_caches
+
+    _reset_caches()
+    import workers.celery_app as ca
+
+    monkeypatch.setattr(ca, "celery", ca.make_celery(__import__("app.settings").settings.get_settings()))
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"],
+                              env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with TestClient(create_app()) as client:
+            yield client
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        if os.environ.get("LETHE_BROKER_URL", "").startswith("redis"):
+            import redis
+
+            redis.Redis.from_url(os.environ["LETHE_BROKER_URL"]).flushdb()
+
+
+def wait_for(client: TestClient, headers: dict[str, str], job_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def test_worker_runs_forget_job_through_the_broker(stack: TestClient, admin_headers: dict[str, str]) -> None:
+    h = admin_headers
+    upload_dataset(stack, h, n=200, n_test=80)
+    create_model(stack, h)
+    train = stack.post("/models/toy/train", headers=h).json()
+    # the worker process takes the train job from the broker
+    trained = wait_for(stack, h, train["job_id"])
+    assert trained["status"] == "completed", trained["error"]
+    assert wait_for(stack, h, trained["result"]["score_job_id"])["status"] == "completed"
+    scores = stack.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()
+    assert scores["status"] == "completed"
+    ids = [i["point_id"] for i in scores["items"]]
+    resp = stack.post("/forget", headers=h, json={"model": "toy", "point_ids": ids[:2] + ids[-30:],
+                                                  "reason": "gdpr", "requested_by": "dpo"}).json()
+    assert resp["free"] == sorted(ids[:2]) and resp["job_id"]
+    job = wait_for(stack, h, resp["job_id"])
+    assert job["status"] == "completed", job["error"]
+    assert job["result"]["ref"] == "toy@2"
+    assert stack.get("/models/toy", headers=h).json()["current"] == 2
+    assert stack.get("/ledger/verify", headers=h).json()["ok"]
+    started = [e for e in stack.get("/ledger?event=job.started&limit=1000", headers=h).json()["items"]
+               if e["subject_id"] == resp["job_id"]]
+    assert len(started) == 1  # claimed once
