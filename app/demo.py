@@ -44,7 +44,7 @@ def admin_key() -> str:
 
 
 def digits_npz(seed: int = 0, test_fraction: float = 0.2) -> bytes:
-    """scikit-learn's bundled digits: x in [0, 1], 20% held out, ids d0000…, 5 points per subject."""
+    """scikit-learn's bundled digits: x in [0, 1], 20% held out, ids d0000… (training order), 5 per subject."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -53,7 +53,7 @@ def digits_npz(seed: int = 0, test_fraction: float = 0.2) -> bytes:
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(len(x) * test_fraction)
     test, train = order[:n_test], order[n_test:]
-    ids = np.array([f"d{i:04d}" for i in train])
+    ids = np.array([f"d{k:04d}" for k in range(len(train))])
     subjects = np.array([f"subject-{i // 5:03d}" for i in range(len(train))])
     buf = io.BytesIO()
     np.savez(buf, x=x[train], y=y[train], ids=ids, subjects=subjects, x_test=x[test], y_test=y[test])
