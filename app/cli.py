@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 cli = typer.Typer(help="Lethe: remove training data from deployed PyTorch models.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)
 
 URL = typer.Option(os.environ.get("LETHE_URL", "http://127.0.0.1:8000"), "--url", help="Lethe server")
 KEY = typer.Option(os.environ.get("LETHE_API_KEY"), "--key", help="API key (default: LETHE_API_KEY or the demo key)")
