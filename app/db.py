@@ -71,6 +71,20 @@ def get_engine() -> Engine:
     return engine_for(settings.sqlalchemy_url)
 
 
+@event.listens_for(Session, "after_commit")
+def _delete_after_commit(session: Session) -> None:
+    """Artifacts superseded in a transaction are deleted only once it committed (never on rollback)."""
+    from app import artifacts
+
+    for uri in session.info.pop("delete_after_commit", []):
+        artifacts.delete(uri)
+
+
+@event.listens_for(Session, "after_rollback")
+def _keep_on_rollback(session: Session) -> None:
+    session.info.pop("delete_after_commit", None)
+
+
 def session_factory() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 

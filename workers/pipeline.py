@@ -279,7 +279,8 @@ def _unlearn(ctx: JobContext) -> str:
         # Small audit sets are pooled with the lineage's earlier forgotten points (DESIGN: audit policy).
         if len(audit_pks) < settings.audit_min_points:
             earlier = s.execute(select(Point.id, Point.row).join(Disposition, Disposition.point_pk == Point.id).where(
-                Disposition.model_id == model.id, Disposition.disposition.in_(("free", "pruned", "unlearned")))).all()
+                Disposition.model_id == model.id, Disposition.disposition.in_(("free", "pruned", "unlearned")),
+                Point.erased_at.is_(None))).all()
             rows_of.update(dict(earlier))
             audit_pks = sorted(set(audit_pks) | {pk for pk, _ in earlier})
         retain_rows = datasets.live_rows(s, dataset_id=ds.id)
@@ -387,6 +388,7 @@ def _unlearn(ctx: JobContext) -> str:
                 _close_request(s, request, status="completed", pending_to=None, version=version.number,
                                mapping=mapping)
             _complete(s, job, result | {"version": version.number, "ref": registry.ref(model, version.number)})
+            datasets.erase_cleared(s, dataset_id=model.dataset_id)
     return "completed"
 
 

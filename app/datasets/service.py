@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import zipfile
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app import artifacts
 from app.datasets.tables import Dataset, Point
+from app.db import utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.identity import keyed_hash
 from app.ledger import service as ledger
@@ -125,3 +128,63 @@ def live_rows(session: Session, *, dataset_id: str) -> list[int]:
     return list(session.scalars(
         select(Point.row).where(Point.dataset_id == dataset_id, Point.tombstoned_at.is_(None)).order_by(Point.row)
     ))
+
+
+def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
+    """Erase the raw features of tombstoned points no model holds any more; return their ids.
+
+    A point is cleared when every model with a live version trained before the point's tombstone
+    has a final disposition for it (free, pruned, unlearned), and no open request still needs its
+    features for an audit. The dataset file is rewritten without them (x zeroed, subject blanked),
+    the ledger records both hashes, and the old file is deleted once the transaction commits.
+    """
+    from app.forget.tables import Disposition, ForgetRequest
+    from app.registry.tables import Model, Version
+
+    ds = session.get(Dataset, dataset_id)
+    candidates = list(session.scalars(select(Point).where(
+        Point.dataset_id == dataset_id, Point.tombstoned_at.is_not(None), Point.erased_at.is_(None))))
+    if not candidates:
+        return []
+    holders = session.execute(
+        select(Model.id, func.min(Version.created_at)).join(Version, Version.model_id == Model.id)
+        .where(Model.dataset_id == dataset_id, Version.status == "active").group_by(Model.id)).all()
+    pks = [p.id for p in candidates]
+    final = set(session.execute(select(Disposition.model_id, Disposition.point_pk).where(
+        Disposition.point_pk.in_(pks), Disposition.disposition.in_(("free", "pruned", "unlearned")))).all())
+    open_ = set(session.scalars(select(Disposition.point_pk).join(
+        ForgetRequest, ForgetRequest.id == Disposition.request_id).where(
+        Disposition.point_pk.in_(pks), ForgetRequest.status == "accepted")))
+
+    def _cleared(p: Point) -> bool:
+        tomb = p.tombstoned_at.replace(tzinfo=None)
+        return p.id not in open_ and all(
+            (model_id, p.id) in final for model_id, first in holders if first.replace(tzinfo=None) < tomb)
+
+    erase = [p for p in candidates if _cleared(p)]
+    if not erase:
+        return []
+    old_uri, old_sha = ds.uri, ds.sha256
+    arrays = dict(np.load(artifacts.path_of(old_uri), allow_pickle=False))
+    rows = np.array([p.row for p in erase])
+    arrays["x"] = arrays["x"].copy()
+    arrays["x"][rows] = 0
+    if "subjects" in arrays:
+        arrays["subjects"] = arrays["subjects"].copy()
+        arrays["subjects"][rows] = ""
+    n_erased = session.scalar(select(func.count(Point.erased_at)).where(Point.dataset_id == dataset_id)) or 0
+    new_uri = f"datasets/{ds.id}-e{n_erased + len(erase)}.npz"
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _, new_sha, _ = artifacts.write_chunks(new_uri, [buf.getvalue()])
+    ds.uri, ds.sha256 = new_uri, new_sha
+    now = utcnow()
+    for p in erase:
+        p.erased_at = now
+    ids = sorted(p.point_id for p in erase)
+    ledger.append(session, tenant_id=ds.tenant_id, event="points.erased", subject_type="dataset", subject_id=ds.id,
+                  data={"n": len(ids), "point_ids": ids if len(ids) <= 1000 else None,
+                        "point_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+                        "old_sha256": old_sha, "new_sha256": new_sha})
+    session.info.setdefault("delete_after_commit", []).append(old_uri)
+    return ids

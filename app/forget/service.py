@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.datasets import service as datasets
 from app.datasets.tables import Point
 from app.db import utcnow
 from app.errors import Conflict, NotFound, Unprocessable
@@ -132,6 +133,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
             lalgo, lparams = validate_algorithm(None, None, other.policy)
             linked.append(_open(session, model=other, points=list(points.values()), body=body, algorithm=lalgo,
                                 params=lparams, unknown_subjects=[], linked_from=request.id))
+    datasets.erase_cleared(session, dataset_id=model.dataset_id)
     response = request.response["body"] | {"linked_requests": [r.id for r in linked]}
     status = request.response["status"]
     request.response = {"body": response, "status": status}

@@ -88,3 +88,46 @@ def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_hea
                    "audit.recorded", "version.registered", "version.promoted", "version.revoked", "request.completed"):
         assert needed in events, needed
     assert client.get("/ledger/verify", headers=h).json()["ok"]
+
+
+def test_erasure_once_every_model_cleared(client: TestClient, admin_headers: dict[str, str]) -> None:
+    """Raw features leave the dataset file once no model holds the point; the ledger records it."""
+    import numpy as np
+
+    from app import artifacts
+    from app.datasets.tables import Dataset
+    from app.db import session_scope
+
+    h = admin_headers
+    upload_dataset(client, h, n=200, n_test=80)
+    create_model(client, h)
+    create_model(client, h, name="twin")
+    for name in ("toy", "twin"):
+        client.post(f"/models/{name}/train", headers=h)
+    drain()
+
+    def dataset_file() -> bytes:
+        with session_scope() as s:
+            return artifacts.path_of(s.query(Dataset).one().uri).read_bytes()
+
+    original = np.load(__import__("io").BytesIO(dataset_file()))
+    ids = [i["point_id"] for i in client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()["items"]]
+    target = ids[-1]  # high influence: pending in both lineages
+    row = int(target[1:])
+    needle = original["x"][row].tobytes()
+    assert needle in dataset_file()
+    resp = client.post("/forget", headers=h, json={"model": "toy", "point_ids": [target], "reason": "r",
+                                                   "requested_by": "x"}).json()
+    assert resp["pending"] == [target] and len(resp["linked_requests"]) == 1
+    assert needle in dataset_file()  # both models still hold it
+    req = client.get(f"/requests/{resp['request_id']}", headers=h).json()
+    assert sorted(req["points"][0]["still_held_by"]) == ["toy", "twin"]
+    drain()
+    assert client.get(f"/requests/{resp['request_id']}", headers=h).json()["points"][0]["still_held_by"] == []
+    after = dataset_file()
+    assert needle not in after
+    assert not np.load(__import__("io").BytesIO(after))["x"][row].any()
+    erased = client.get("/ledger?event=points.erased", headers=h).json()["items"]
+    assert len(erased) == 1 and erased[0]["data"]["point_ids"] == [target]
+    assert client.get("/datasets/toy", headers=h).json()["n_erased"] == 1
+    assert client.get("/ledger/verify", headers=h).json()["ok"]
