@@ -59,6 +59,16 @@ def worker(concurrency: Annotated[int, typer.Option(help="processes (1 per GPU i
                         f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when `lethe serve` dies, however it dies (uvicorn re-raises signals)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
           no_worker: Annotated[bool, typer.Option("--no-worker", help="do not start a worker beside the API")] = False,
@@ -73,7 +83,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     m.upgrade()
     child = None
     if not no_worker:
-        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"])
+        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING"],
+                                 preexec_fn=_die_with_parent)
     relay = Relay(get_settings().relay_interval)
     relay.start()
     from app.demo import admin_key
