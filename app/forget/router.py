@@ -44,6 +44,13 @@ def get_request(request_id: str, caller: Reader, session: SessionDep) -> Request
                                                                      request_id=request_id))
 
 
+@router.get("/requests/{request_id}/certificate")
+def get_certificate(request_id: str, caller: Reader, session: SessionDep) -> dict:
+    """A signed deletion certificate for a privacy officer to hand to an auditor."""
+    return service.certificate(session, request=service.get_request(session, tenant_id=caller.tenant_id,
+                                                                    request_id=request_id))
+
+
 @router.post("/requests/{request_id}/cancel", response_model=RequestRead)
 def cancel_request(request_id: str, caller: Forgetter, session: SessionDep) -> RequestRead:
     request = service.cancel(session, tenant_id=caller.tenant_id, request_id=request_id)

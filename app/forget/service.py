@@ -317,3 +317,36 @@ def list_requests(session: Session, *, tenant_id: str, status: str | None, offse
     return [RequestSummary(id=r.id, status=r.status, model=name, version=r.version, job_id=r.job_id,
                            counts=_counts(session, request_id=r.id), created_at=r.created_at,
                            completed_at=r.completed_at) for r, name in rows], total
+
+
+def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
+    """A signed deletion certificate: points, dispositions, versions, audits and the ledger hashes behind them."""
+    import hmac
+
+    from app.jobs.tables import Audit
+    from app.settings import get_settings
+
+    if request.status not in ("completed", "failed", "cancelled"):
+        raise Conflict(f"request is {request.status}: a certificate is issued once it has ended")
+    read = request_read(session, request=request)
+    job_ids = read.jobs
+    audits = list(session.scalars(select(Audit).where(Audit.job_id.in_(job_ids)).order_by(Audit.attempt)))
+    entries = ledger.entries_for(session, tenant_id=request.tenant_id, subject_ids=[request.id, *job_ids])
+    head = ledger.verify(session, tenant_id=request.tenant_id)
+    body = ledger.canonical({
+        "certificate": "lethe.deletion/v1",
+        "request_id": request.id, "status": request.status, "model": read.model, "requested_against": read.ref,
+        "reason": request.reason, "requested_by_hash": request.requested_by_hash,
+        "created_at": read.created_at, "completed_at": read.completed_at,
+        "points": [{"point_id": p.point_id, "disposition": p.disposition, "ref": p.ref} for p in read.points],
+        "counts": read.counts, "linked_requests": read.linked_requests,
+        "audits": [{"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "passed": a.passed,
+                    "version": a.version, "after": a.report.get("after"), "before": a.report.get("before"),
+                    "reasons": a.report.get("reasons")} for a in audits],
+        "ledger": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
+        "ledger_head": head["head"], "ledger_ok": head["ok"], "issued_at": utcnow(),
+    })
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    signature = hmac.new(get_settings().hmac_key(), payload, hashlib.sha256).hexdigest()
+    return {**body, "signature": {"alg": "HMAC-SHA256", "value": signature,
+                                  "signed": "canonical JSON of every other field (sorted keys, no spaces)"}}

@@ -71,6 +71,18 @@ def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_hea
     assert linked["status"] == "completed" and linked["linked_from"] == body["request_id"]
     assert all(not p["still_held_by"] for p in req["points"])
 
+    cert = client.get(f"/requests/{body['request_id']}/certificate", headers=h).json()
+    assert cert["status"] == "completed" and len(cert["points"]) == 43 and cert["ledger_ok"]
+    assert cert["audits"][-1]["passed"] and cert["audits"][-1]["version"] == 2
+    assert {"request.received", "points.free", "request.completed"} <= {e["event"] for e in cert["ledger"]}
+    import hashlib
+    import hmac
+    import json
+
+    signed = json.dumps({k: v for k, v in cert.items() if k != "signature"}, sort_keys=True,
+                        separators=(",", ":")).encode()
+    assert hmac.new(b"test-secret", signed, hashlib.sha256).hexdigest() == cert["signature"]["value"]
+
     again = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest[:1] + highest[:2],
                                                     "reason": "again", "requested_by": "dpo"})
     assert again.status_code == 200 and again.json()["job_id"] is None
