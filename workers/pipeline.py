@@ -8,6 +8,7 @@ run again by another worker and the ledger shows each event once.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app import artifacts
 from app.datasets import service as datasets
@@ -49,7 +50,7 @@ class JobContext:
             job = s.get(Job, self.job_id)
             for k, v in values.items():
                 setattr(job, k, v)
-            job.lease_until = utcnow() + jobs.LEASE
+            job.lease_until = utcnow() + jobs.lease()
 
     @contextmanager
     def phase(self, name: str, start: float, end: float) -> Iterator[Callable[[float], None]]:
@@ -69,7 +70,28 @@ class JobContext:
             job = s.get(Job, self.job_id)
             job.timings = {**(job.timings or {}), name: seconds}
             job.progress = end
-            job.lease_until = utcnow() + jobs.LEASE
+            job.lease_until = utcnow() + jobs.lease()
+
+
+class Heartbeat(threading.Thread):
+    """Renews the job's lease while it runs, so only a dead worker's job is ever claimed again."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.job_id = job_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(jobs.lease().total_seconds() / 4):
+            try:
+                with session_scope() as s:
+                    s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
+                              .values(lease_until=utcnow() + jobs.lease()))
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                log.warning("lease renewal of %s failed: %s", self.job_id, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def run_job(job_id: str, *, worker: str) -> str:
@@ -87,12 +109,16 @@ def run_job(job_id: str, *, worker: str) -> str:
         ledger.append(s, tenant_id=job.tenant_id, event="job.started", subject_type="job", subject_id=job.id,
                       data={"kind": kind, "attempt": job.attempts, "worker": worker})
     ctx = JobContext(job_id)
+    heartbeat = Heartbeat(job_id)
+    heartbeat.start()
     try:
         status = {"train": _train, "score": _score, "unlearn": _unlearn}[kind](ctx)
     except Exception as exc:  # noqa: BLE001 - any failure ends the job visibly, never silently
         log.exception("job %s failed", job_id)
         _fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
         status = "failed"
+    finally:
+        heartbeat.stop()
     safe_relay()  # publish what the job queued (scoring of a new version)
     return status
 

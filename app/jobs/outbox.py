@@ -6,7 +6,7 @@ import logging
 import threading
 
 from app.db import session_scope, utcnow
-from app.jobs.service import pending_outbox
+from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
 
 log = logging.getLogger("lethe.outbox")
 RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -32,6 +32,22 @@ def relay_once() -> int:
     return published
 
 
+def requeue_lapsed() -> int:
+    """Publish again the running jobs whose lease lapsed (their worker died); the claim decides who runs."""
+    from workers.celery_app import celery
+
+    with session_scope() as session:
+        lapsed = lapsed_jobs(session)
+    for job_id in lapsed:
+        try:
+            celery.send_task(RUN_JOB, kwargs={"job_id": job_id}, retry=True, retry_policy=RETRY)
+            log.warning("job %s lost its worker: published again", job_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("outbox: broker unavailable (%s)", exc)
+            break
+    return len(lapsed)
+
+
 def safe_relay() -> None:
     """relay_once for background use: never raises (a lost database is retried next pass)."""
     try:
@@ -49,8 +65,15 @@ class Relay(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        passes = 0
         while not self.stopped.wait(self.interval):
             safe_relay()
+            passes += 1
+            if passes % 10 == 0:
+                try:
+                    requeue_lapsed()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("lapsed-job check failed: %s", exc)
 
     def stop(self) -> None:
         self.stopped.set()

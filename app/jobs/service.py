@@ -12,10 +12,15 @@ from app.db import utcnow
 from app.errors import NotFound
 from app.jobs.tables import Job, JobRequest, Outbox
 from app.ledger import service as ledger
+from app.settings import get_settings
 
 RUN_JOB = "lethe.run_job"
-LEASE = timedelta(seconds=120)
 ACTIVE = ("queued", "running")
+
+
+def lease() -> timedelta:
+    """How long a running job's worker may stay silent before the job counts as orphaned."""
+    return timedelta(seconds=get_settings().job_lease_seconds)
 
 
 def create(session: Session, *, tenant_id: str, kind: str, model_id: str, version: int | None,
@@ -72,7 +77,7 @@ def claim(session: Session, *, job_id: str, worker: str) -> Job | None:
         update(Job)
         .where(Job.id == job_id,
                or_(Job.status == "queued", (Job.status == "running") & (Job.lease_until < now)))
-        .values(status="running", lease_until=now + LEASE, worker=worker, attempts=Job.attempts + 1,
+        .values(status="running", lease_until=now + lease(), worker=worker, attempts=Job.attempts + 1,
                 started_at=func.coalesce(Job.started_at, now))
         .execution_options(synchronize_session=False)
     )
@@ -90,3 +95,8 @@ def pending_outbox(session: Session, *, limit: int = 100) -> list[Outbox]:
         select(Outbox).where(Outbox.published_at.is_(None))
         .order_by(Outbox.deadline.is_(None), Outbox.deadline, Outbox.id).limit(limit)
     ))
+
+
+def lapsed_jobs(session: Session) -> list[str]:
+    """Running jobs whose lease ran out: their worker died mid-job."""
+    return list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_until < utcnow())))
