@@ -3,10 +3,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workers.engine.params import PARAMS, validate_params
 
 SCORERS = ("gradnorm",)
-ALGORITHMS = ("finetune", "neggrad", "retrain")
+ALGORITHMS = tuple(PARAMS)
 
 
 class Architecture(BaseModel):
@@ -30,10 +32,16 @@ class Recipe(BaseModel):
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scorer: Literal["gradnorm"] = "gradnorm"
-    algorithm: Literal["finetune", "neggrad", "retrain"] = "finetune"
+    algorithm: str = Field("finetune", description="an unlearning algorithm (see ALGORITHMS)")
     params: dict[str, Any] = Field(default_factory=dict)
     q_forget: float = Field(0.0, ge=0.0, lt=1.0)
     q_retain: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _known(self) -> Policy:
+        # Validated against the engine's parameter models, which import no torch.
+        self.params = validate_params(self.algorithm, self.params)
+        return self
 
 
 class ModelCreate(BaseModel):

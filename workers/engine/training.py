@@ -26,8 +26,13 @@ def make_optimizer(params: Any, *, name: str, lr: float, weight_decay: float = 0
 
 
 def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], device: torch.device,
-                progress: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """Minimise cross-entropy on `train` in place; deterministic under recipe['seed']."""
+                progress: Callable[[float], None] | None = None,
+                on_epoch_end: Callable[[nn.Module, torch.optim.Optimizer, int, float], None] | None = None,
+                ) -> dict[str, Any]:
+    """Minimise cross-entropy on `train` in place; deterministic under recipe['seed'].
+
+    on_epoch_end(model, optimizer, epoch, lr) lets callers keep checkpoints (LESS needs them).
+    """
     r = DEFAULT_RECIPE | (recipe or {})
     began = time.perf_counter()
     model.to(device).train()
@@ -47,6 +52,8 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
             loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)
         loss_sum /= max(seen, 1)
+        if on_epoch_end:
+            on_epoch_end(model, opt, epoch, float(opt.param_groups[0]["lr"]))
         if progress:
             progress((epoch + 1) / epochs)
     model.eval()
