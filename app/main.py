@@ -18,6 +18,7 @@ from app.registry.router import router as models_router
 from app.settings import get_settings
 from app.tenants import service as tenants
 from app.tenants.router import router as keys_router
+from app.webhooks.router import router as webhooks_router
 
 
 def bootstrap() -> None:
@@ -39,6 +40,6 @@ def create_app() -> FastAPI:
                   description="Remove training data from deployed PyTorch models, with audits and a ledger.")
     install_handlers(app)
     for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,
-                   keys_router):
+                   keys_router, webhooks_router):
         app.include_router(router)
     return app

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     audit_mia_alpha: float = Field(0.05, gt=0.0, lt=1.0)
     audit_min_points: int = Field(20, ge=2)
     job_lease_seconds: float = Field(120.0, gt=0, description="A silent worker's job is re-run after this.")
+    webhooks_allow_private: bool = Field(False, description="Allow loopback/private callback targets (tests, labs).")
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
     max_upload_mb: int = Field(512, ge=1)
     redis_priority_steps: int = Field(10, ge=1)

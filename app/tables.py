@@ -7,8 +7,10 @@ from app.jobs.tables import Audit, Job, JobRequest, Outbox
 from app.ledger.tables import LedgerEntry
 from app.registry.tables import InfluenceRun, Model, Version
 from app.tenants.tables import ApiKey, Tenant
+from app.webhooks.tables import Delivery, Webhook
 
 __all__ = [
     "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
     "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
+    "Delivery", "Webhook",
 ]

@@ -30,6 +30,7 @@ from app.ledger import service as ledger
 from app.registry import service as registry
 from app.registry.tables import Model, Version
 from app.settings import get_settings
+from app.webhooks import service as webhooks
 from workers.engine.params import escalation
 
 log = logging.getLogger("lethe.pipeline")
@@ -177,6 +178,10 @@ def _close_request(s: Any, request: ForgetRequest, *, status: str, pending_to: s
     request.status, request.completed_at = status, utcnow()
     ledger.append(s, tenant_id=request.tenant_id, event=f"request.{status}", subject_type="request",
                   subject_id=request.id, data={"counts": counts, "version": version})
+    model = s.get(Model, request.model_id)
+    webhooks.emit(s, tenant_id=request.tenant_id, event_type=f"request.{status}",
+                  data={"request_id": request.id, "model": model.name, "counts": counts,
+                        "ref": registry.ref(model, version) if version else None}, callback_url=request.callback_url)
 
 
 # ----------------------------------------------------------------------------- engine access

@@ -24,6 +24,7 @@ from app.ledger import service as ledger
 from app.registry import service as registry
 from app.registry.schemas import ALGORITHMS
 from app.registry.tables import Model, Version
+from app.webhooks import service as webhooks
 from workers.engine.params import validate_params
 
 FINAL = ("free", "pruned", "unlearned")
@@ -115,6 +116,8 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
         raise Conflict(f"'{body.model}' is not the current version ({registry.ref(model, model.current_version)}): "
                        "deletions apply to what is served")
     algorithm, params = validate_algorithm(body.algorithm, body.params, model.policy)
+    if body.callback_url:
+        webhooks.check_url(str(body.callback_url))
 
     by_id = _points_by_id(session, dataset_id=model.dataset_id, point_ids=body.point_ids)
     unknown = sorted(set(body.point_ids) - set(by_id))
@@ -206,8 +209,12 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     }
     request.response = {"body": body_out, "status": 202 if pending else 200}
     if not pending:
+        counts = dict(Counter(r.disposition for r in rows))
         ledger.append(session, tenant_id=model.tenant_id, event="request.completed", subject_type="request",
-                      subject_id=request.id, data={"counts": dict(Counter(r.disposition for r in rows))})
+                      subject_id=request.id, data={"counts": counts})
+        webhooks.emit(session, tenant_id=model.tenant_id, event_type="request.completed",
+                      data={"request_id": request.id, "model": model.name, "counts": counts,
+                            "ref": registry.ref(model, version.number)}, callback_url=request.callback_url)
     session.flush()
     return request
 

@@ -56,6 +56,16 @@ def safe_relay() -> None:
         log.warning("outbox relay failed: %s", exc)
 
 
+def safe_deliver() -> None:
+    """Deliver due webhook events; never raises."""
+    from app.webhooks.service import deliver_due
+
+    try:
+        deliver_due()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("webhook delivery pass failed: %s", exc)
+
+
 class Relay(threading.Thread):
     """A daemon that runs the relay every `interval` seconds until stopped."""
 
@@ -68,6 +78,7 @@ class Relay(threading.Thread):
         passes = 0
         while not self.stopped.wait(self.interval):
             safe_relay()
+            safe_deliver()
             passes += 1
             if passes % 10 == 0:
                 try:

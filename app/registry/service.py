@@ -21,6 +21,7 @@ from app.ledger import service as ledger
 from app.registry.schemas import InfluenceSummary, ModelCreate, ModelRead, VersionRead
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
+from app.webhooks import service as webhooks
 
 
 def ref(model: Model, number: int) -> str:
@@ -139,6 +140,10 @@ def promote_version(session: Session, *, model: Model, version: Version, revoke_
     model.current_version = version.number
     ledger.append(session, tenant_id=model.tenant_id, event="version.promoted", subject_type="version",
                   subject_id=version.id, data={"ref": ref(model, version.number)})
+    webhooks.emit(session, tenant_id=model.tenant_id, event_type="version.promoted",
+                  data={"model": model.name, "version": version.number, "ref": ref(model, version.number),
+                        "sha256": version.sha256, "source": version.source,
+                        "weights": f"/models/{model.name}/versions/{version.number}/weights"})
     if revoke_older:
         for old in session.scalars(select(Version).where(Version.model_id == model.id,
                                                          Version.number < version.number,

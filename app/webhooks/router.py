@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from app.auth import Admin, Reader
+from app.db import SessionDep
+from app.paging import Page
+from app.webhooks import service
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+class WebhookCreate(BaseModel):
+    url: str = Field(max_length=2000)
+    events: list[str] = Field(min_length=1)
+
+
+class WebhookRead(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class WebhookCreated(WebhookRead):
+    secret: str = Field(description="Verify `Lethe-Signature` with this; shown only when creating a webhook.")
+
+
+class DeliveryRead(BaseModel):
+    id: int
+    webhook_id: str | None
+    url: str
+    event_type: str
+    event_id: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    payload: dict[str, Any]
+
+
+@router.post("", status_code=201, response_model=WebhookCreated)
+def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> WebhookCreated:
+    hook = service.create(session, tenant_id=caller.tenant_id, url=body.url, events=body.events)
+    session.commit()
+    return WebhookCreated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(),
+                          secret=service.tenant_secret(caller.tenant_id))
+
+
+@router.get("", response_model=Page[WebhookRead])
+def list_webhooks(caller: Reader, session: SessionDep) -> Page[WebhookRead]:
+    rows = service.list_hooks(session, tenant_id=caller.tenant_id)
+    return Page(items=[WebhookRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
+
+
+@router.get("/deliveries", response_model=Page[DeliveryRead])
+def list_deliveries(caller: Reader, session: SessionDep) -> Page[DeliveryRead]:
+    rows, total = service.deliveries(session, tenant_id=caller.tenant_id)
+    return Page(items=[DeliveryRead.model_validate(r, from_attributes=True) for r in rows], total=total, next=None)
+
+
+@router.delete("/{webhook_id}", response_model=WebhookRead)
+def delete_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> WebhookRead:
+    hook = service.delete(session, tenant_id=caller.tenant_id, webhook_id=webhook_id)
+    session.commit()
+    return WebhookRead.model_validate(hook, from_attributes=True)

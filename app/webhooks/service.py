@@ -1,0 +1,129 @@
+"""Signed webhook events: recorded in the event's transaction, delivered after commit with backoff."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db import new_id, session_scope, utcnow
+from app.errors import NotFound, Unprocessable
+from app.settings import get_settings
+from app.webhooks.tables import Delivery, Webhook
+
+log = logging.getLogger("lethe.webhooks")
+EVENTS = ("request.completed", "request.failed", "version.promoted")
+MAX_ATTEMPTS = 8
+
+
+def tenant_secret(tenant_id: str) -> str:
+    """The tenant's signing secret, derived from the server key: nothing secret is stored in the database."""
+    return hmac.new(get_settings().hmac_key(), f"webhook:{tenant_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    """`Lethe-Signature` header value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def check_url(url: str) -> str:
+    """http(s) only; loopback, private, link-local and reserved targets refused unless allowed by a setting."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Unprocessable(f"callback URL must be http(s) with a host: {url!r}")
+    if get_settings().webhooks_allow_private:
+        return url
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise Unprocessable(f"callback host {parts.hostname!r} does not resolve") from exc
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
+            raise Unprocessable(f"callback URL {url!r} points at a non-public address ({ip})")
+    return url
+
+
+def create(session: Session, *, tenant_id: str, url: str, events: list[str]) -> Webhook:
+    """Register an endpoint for some event types."""
+    bad = sorted(set(events) - set(EVENTS))
+    if bad or not events:
+        raise Unprocessable(f"events must be a non-empty subset of {list(EVENTS)}; unknown: {bad}")
+    hook = Webhook(tenant_id=tenant_id, url=check_url(url), events=sorted(set(events)))
+    session.add(hook)
+    session.flush()
+    return hook
+
+
+def list_hooks(session: Session, *, tenant_id: str) -> list[Webhook]:
+    return list(session.scalars(select(Webhook).where(Webhook.tenant_id == tenant_id, Webhook.deleted_at.is_(None))
+                                .order_by(Webhook.created_at)))
+
+
+def delete(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
+    hook = session.get(Webhook, webhook_id)
+    if hook is None or hook.tenant_id != tenant_id or hook.deleted_at is not None:
+        raise NotFound(f"no webhook {webhook_id}")
+    hook.deleted_at = utcnow()
+    return hook
+
+
+def emit(session: Session, *, tenant_id: str, event_type: str, data: dict[str, Any],
+         callback_url: str | None = None) -> None:
+    """Queue an event for the tenant's subscribed endpoints (and a request's callback URL), in this transaction."""
+    event = {"type": event_type, "id": new_id(), "at": utcnow().isoformat(), "data": data}
+    targets = [(h.id, h.url) for h in list_hooks(session, tenant_id=tenant_id) if event_type in h.events]
+    if callback_url:
+        targets.append((None, callback_url))
+    for hook_id, url in targets:
+        session.add(Delivery(tenant_id=tenant_id, webhook_id=hook_id, url=url, event_id=event["id"],
+                             event_type=event_type, payload=json.loads(json.dumps(event, default=str))))
+
+
+def deliver_due(*, limit: int = 50, timeout: float = 5.0) -> int:
+    """POST due deliveries; failures back off exponentially until MAX_ATTEMPTS. Returns deliveries made."""
+    now = utcnow()
+    with session_scope() as session:
+        due = [(d.id, d.tenant_id, d.url, d.payload) for d in session.scalars(
+            select(Delivery).where(Delivery.delivered_at.is_(None), Delivery.attempts < MAX_ATTEMPTS,
+                                   Delivery.next_at <= now).order_by(Delivery.id).limit(limit))]
+    done = 0
+    for delivery_id, tenant_id, url, payload in due:
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        status, error = None, None
+        try:
+            check_url(url)  # again at send time: DNS may have changed since registration
+            headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
+                       "Lethe-Signature": signature(tenant_secret(tenant_id), body, int(time.time())),
+                       "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
+            status = httpx.post(url, content=body, headers=headers, timeout=timeout).status_code
+        except (httpx.HTTPError, Unprocessable) as exc:
+            error = str(getattr(exc, "detail", None) or exc)[:500]
+        with session_scope() as session:
+            d = session.get(Delivery, delivery_id)
+            d.attempts += 1
+            d.last_status, d.last_error = status, error
+            if status is not None and 200 <= status < 300:
+                d.delivered_at = utcnow()
+                done += 1
+            else:
+                d.next_at = utcnow() + timedelta(seconds=min(2 ** d.attempts, 3600))
+    return done
+
+
+def deliveries(session: Session, *, tenant_id: str, limit: int = 100) -> tuple[list[Delivery], int]:
+    q = select(Delivery).where(Delivery.tenant_id == tenant_id)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    return list(session.scalars(q.order_by(Delivery.id.desc()).limit(limit))), total
