@@ -102,3 +102,20 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
             "n_audit": len(forget[0]), "policy": {"max_acc_drop": settings.audit_max_acc_drop,
                                                  "mia_auc_max": settings.audit_mia_auc_max,
                                                  "mia_alpha": settings.audit_mia_alpha}}
+
+
+def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray,
+              y: np.ndarray, *, orders: dict[str, np.ndarray], grid: list[int], recipe: dict[str, Any],
+              progress: Progress) -> dict[str, list[dict[str, Any]]]:
+    """Removal curves (Figure 4.1) for each ordering of the training points."""
+    from workers.engine.calibration import removal_curve
+
+    curves = {}
+    for k, (name, order) in enumerate(orders.items()):
+        def part(f: float, k: int = k) -> None:
+            progress((k + f) / len(orders))
+
+        # Same initialisation and data order as the version's own training: only the removal differs.
+        curves[name] = removal_curve(net, lambda: _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0))),
+                                     ArraySet(x, y), order, grid=grid, recipe=recipe, device=device(), progress=part)
+    return curves

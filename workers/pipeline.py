@@ -113,7 +113,7 @@ def run_job(job_id: str, *, worker: str) -> str:
     heartbeat = Heartbeat(job_id)
     heartbeat.start()
     try:
-        status = {"train": _train, "score": _score, "unlearn": _unlearn}[kind](ctx)
+        status = {"train": _train, "score": _score, "unlearn": _unlearn, "calibrate": _calibrate}[kind](ctx)
     except Exception as exc:  # noqa: BLE001 - any failure ends the job visibly, never silently
         log.exception("job %s failed", job_id)
         _fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
@@ -273,6 +273,77 @@ def _score(ctx: JobContext) -> str:
         model = s.get(Model, model_id)
         _complete(s, job, {"version": number, "ref": registry.ref(model, number), "method": method,
                            "seconds": round(seconds, 4)})
+    return "completed"
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+def _threshold_for(sorted_scores: np.ndarray, n: int) -> float:
+    """The strict threshold under which exactly the n lowest scores fall."""
+    if n >= len(sorted_scores):
+        return float(np.nextafter(sorted_scores[-1], np.inf))
+    return float(sorted_scores[n])
+
+
+def _calibrate(ctx: JobContext) -> str:
+    from workers.engine.calibration import choose, default_grid, plot
+
+    eng = _engine()
+    with session_scope() as s:
+        job = s.get(Job, ctx.job_id)
+        model = s.get(Model, job.model_id)
+        version = registry.get_version(s, model=model, number=job.version)
+        ds = s.get(Dataset, model.dataset_id)
+        p = job.params
+        method = p.get("method") or model.policy.get("scorer", "gradnorm")
+        live = np.array(datasets.live_rows(s, dataset_id=ds.id))
+        run = registry.influence_run(s, version=version, method=method)
+        have = run is not None and registry.load_scores(run) is not None
+        c = {"model_id": model.id, "tenant_id": model.tenant_id, "arch": model.architecture, "recipe": model.recipe,
+             "number": version.number, "version_id": version.id, "uri": version.uri, "ds_uri": ds.uri,
+             "shape": tuple(ds.input_shape), "n_classes": ds.n_classes, "ref": registry.ref(model, version.number)}
+    with ctx.phase("scoring", 0.0, 0.1) as progress:
+        if not have:
+            _score_version(session_scope, model_id=c["model_id"], number=c["number"], method=method,
+                           progress=progress)
+        with session_scope() as s:
+            version = s.get(Version, c["version_id"])
+            scores = np.asarray(registry.load_scores(registry.influence_run(s, version=version, method=method)))
+    live_scores = scores[live]
+    by_score = np.lexsort((live, live_scores))  # positions within the live set, lowest first
+    grid = sorted({int(n) for n in (p.get("grid") or []) if 0 < int(n) < len(live)}) or default_grid(len(live))
+    orders = {method: by_score, "random": np.random.default_rng(int(c["recipe"].get("seed", 0))).permutation(len(live))}
+    arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
+    net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(c["uri"]))
+    with ctx.phase("retraining", 0.1, 0.95) as progress:
+        curves = eng.calibrate(net, c["arch"], c["shape"], c["n_classes"], arrays["x"][live], arrays["y"][live],
+                               orders=orders, grid=grid, recipe=c["recipe"], progress=progress)
+    with ctx.phase("registering", 0.95, 1.0):
+        eps, prune_eps, auc_max = float(p.get("epsilon", 0.01)), float(p.get("prune_epsilon", 0.03)), \
+            float(p.get("auc_max", 0.55))
+        n_free = choose(curves[method], epsilon=eps, auc_max=auc_max)
+        n_prune = max(n_free, choose(curves[method], epsilon=prune_eps, auc_max=None))
+        ranked = np.sort(live_scores)
+        png_uri = f"calibration/{c['version_id']}-{method}.png"
+        artifacts.path_of(png_uri).parent.mkdir(parents=True, exist_ok=True)
+        plot(curves, str(artifacts.path_of(png_uri)), title=f"{c['ref']}: removing low-influence points",
+             chosen=n_free)
+        summary = {"method": method, "epsilon": eps, "prune_epsilon": prune_eps, "auc_max": auc_max, "grid": grid,
+                   "n_free": n_free, "n_prune": n_prune, "threshold": _threshold_for(ranked, n_free),
+                   "prune_threshold": _threshold_for(ranked, n_prune), "curves": curves, "png": png_uri,
+                   "n_train": int(len(live))}
+        with session_scope() as s:
+            job = s.get(Job, ctx.job_id)
+            model = s.get(Model, c["model_id"])
+            version = s.get(Version, c["version_id"])
+            if method == model.policy.get("scorer", "gradnorm"):
+                version.threshold, version.budget = summary["threshold"], n_free
+            version.metrics = {**(version.metrics or {}), "prune_threshold": summary["prune_threshold"],
+                               "calibration": summary}
+            ledger.append(s, tenant_id=c["tenant_id"], event="calibration.completed", subject_type="version",
+                          subject_id=c["version_id"], data={k: v for k, v in summary.items() if k != "curves"})
+            _complete(s, job, {"version": c["number"], "ref": c["ref"], "method": method,
+                               **{k: summary[k] for k in ("n_free", "n_prune", "threshold", "prune_threshold")}})
     return "completed"
 
 

@@ -14,6 +14,7 @@ from app.jobs.outbox import safe_relay
 from app.paging import Page, PageParams, next_cursor, page_params
 from app.registry import service
 from app.registry.schemas import (
+    CalibrateCreate,
     InfluenceCreate,
     InfluenceItem,
     InfluencePage,
@@ -131,3 +132,30 @@ def post_influence(name: str, number: int, body: InfluenceCreate, caller: Modell
     session.commit()
     safe_relay()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
+
+
+@router.post("/{name}/versions/{number}/calibrate", status_code=202, response_model=JobAccepted)
+def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
+              body: CalibrateCreate | None = None) -> JobAccepted:
+    """Retrain without the n lowest-influence points for a grid of n (Figure 4.1); sets threshold and budget."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    version = service.get_version(session, model=model, number=number)
+    job = service.start_calibration(session, model=model, version=version,
+                                    params=(body or CalibrateCreate()).model_dump(exclude_none=True))
+    session.commit()
+    safe_relay()
+    return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
+
+
+@router.get("/{name}/versions/{number}/calibration")
+def get_calibration(name: str, number: int, caller: Reader, session: SessionDep) -> dict:
+    """The calibration curve (JSON): accuracy on removed points per n, per method, and what was chosen."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    return service.calibration_of(service.get_version(session, model=model, number=number))
+
+
+@router.get("/{name}/versions/{number}/calibration.png", response_class=FileResponse)
+def get_calibration_png(name: str, number: int, caller: Reader, session: SessionDep) -> FileResponse:
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    cal = service.calibration_of(service.get_version(session, model=model, number=number))
+    return FileResponse(artifacts.path_of(cal["png"]), media_type="image/png")

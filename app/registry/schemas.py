@@ -133,3 +133,12 @@ class InfluenceCreate(BaseModel):
 class TrainCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     promote: bool = True
+
+
+class CalibrateCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["gradnorm"] | None = Field(None, description="default: the policy's scorer")
+    epsilon: float = Field(0.01, ge=0, le=1, description="free: accuracy on removed points within this of the full")
+    prune_epsilon: float = Field(0.03, ge=0, le=1, description="the looser bound for job-time pruning")
+    auc_max: float = Field(0.55, ge=0.5, le=1, description="removed points' loss AUC, retrained vs full model")
+    grid: list[int] | None = Field(None, max_length=50, description="removal counts; default 1%..20% of the data")

@@ -220,7 +220,7 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
     run.summary = {"min": float(live.min()), "median": float(np.median(live)), "max": float(live.max()),
                    "seconds": round(seconds, 4), "quantile": settings.free_quantile} if len(live) else {}
     run.completed_at = utcnow()
-    if method == model.policy.get("scorer", "gradnorm"):
+    if method == model.policy.get("scorer", "gradnorm") and "calibration" not in (version.metrics or {}):
         version.threshold = threshold
         version.budget = int(math.floor(settings.free_budget * ds.n_points))
     ledger.append(session, tenant_id=model.tenant_id, event="scores.computed", subject_type="version",
@@ -284,3 +284,22 @@ def model_read(session: Session, *, model: Model) -> ModelRead:
         ref=ref(model, model.current_version) if model.current_version else None, free_spent=model.free_spent,
         versions=[version_read(session, model=model, version=v) for v in versions], created_at=model.created_at,
     )
+
+
+def start_calibration(session: Session, *, model: Model, version: Version, params: dict[str, Any]) -> Job:
+    """Queue the Figure 4.1 calibration of a version; 422 without a test split (the audit needs one too)."""
+    ds = session.get(Dataset, model.dataset_id)
+    if ds.n_test == 0:
+        raise Unprocessable(f"dataset '{ds.name}' has no test split (x_test, y_test): calibration needs one")
+    if version.status != "active":
+        raise Gone(f"{ref(model, version.number)} was revoked")
+    return jobs.create(session, tenant_id=model.tenant_id, kind="calibrate", model_id=model.id,
+                       version=version.number, params=params)
+
+
+def calibration_of(version: Version) -> dict[str, Any]:
+    """The version's calibration summary and curves; 404 before a calibration job completed."""
+    cal = (version.metrics or {}).get("calibration")
+    if not cal:
+        raise NotFound(f"version {version.number} has not been calibrated (POST .../calibrate)")
+    return cal
