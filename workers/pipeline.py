@@ -393,6 +393,10 @@ def _unlearn(ctx: JobContext) -> str:
             "algorithm": job.params["algorithm"], "params": job.params.get("params") or {},
             "method": model.policy.get("scorer", "gradnorm"), "request_ids": req_ids,
         }
+        # Settlement: once the lineage's free budget is spent, this job's retain-only repair covers the
+        # earlier free points (they are tombstoned, so already out of its retain set) and the budget resets.
+        ctx_data["settle"] = parent.budget is not None and model.free_spent > 0 and model.free_spent >= parent.budget
+        ctx_data["free_spent"] = model.free_spent
         run = registry.influence_run(s, version=parent, method=ctx_data["method"])
         have_scores = registry.load_scores(run) is not None if run else False
     forget_rows = [rows_of[pk] for pk in pending_pks]
@@ -489,6 +493,13 @@ def _unlearn(ctx: JobContext) -> str:
             for request in _requests(s, job):
                 _close_request(s, request, status="completed", pending_to=None, version=version.number,
                                mapping=mapping)
+            if c["settle"]:
+                ledger.append(s, tenant_id=c["tenant_id"], event="budget.settled", subject_type="model",
+                              subject_id=model.id, data={"free_points": model.free_spent, "job_id": job.id,
+                                                         "repair": f"retain-only ({algorithm})",
+                                                         "ref": registry.ref(model, version.number)})
+                result["settlement"] = {"free_points": model.free_spent}
+                model.free_spent = 0
             _complete(s, job, result | {"version": version.number, "ref": registry.ref(model, version.number)})
             datasets.erase_cleared(s, dataset_id=model.dataset_id)
     return "completed"

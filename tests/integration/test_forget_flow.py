@@ -143,3 +143,34 @@ def test_erasure_once_every_model_cleared(client: TestClient, admin_headers: dic
     assert len(erased) == 1 and erased[0]["data"]["point_ids"] == [target]
     assert client.get("/datasets/toy", headers=h).json()["n_erased"] == 1
     assert client.get("/ledger/verify", headers=h).json()["ok"]
+
+
+def test_spent_free_budget_is_settled_by_the_next_job(client: TestClient, admin_headers: dict[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETHE_FREE_BUDGET", "0.01")  # 2 of 200 points
+    monkeypatch.setenv("LETHE_FREE_QUANTILE", "0.5")
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    h = admin_headers
+    upload_dataset(client, h, n=200, n_test=80)
+    create_model(client, h)
+    client.post("/models/toy/train", headers=h)
+    drain()
+    ids = [i["point_id"] for i in client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()["items"]]
+    forget = lambda pts: client.post("/forget", headers=h, json={  # noqa: E731
+        "model": "toy", "point_ids": pts, "reason": "r", "requested_by": "x"}).json()
+    first = forget(ids[:3])
+    assert len(first["free"]) == 2 and len(first["pending"]) == 1  # budget of 2 spent
+    assert client.get("/models/toy", headers=h).json()["free_spent"] == 2
+    second = forget(ids[3:5])
+    assert second["free"] == [] and second["job_id"] == first["job_id"]  # pending, coalesced
+    drain()
+    job = client.get(f"/jobs/{first['job_id']}", headers=h).json()
+    assert job["status"] == "completed" and job["result"]["settlement"] == {"free_points": 2}
+    assert client.get("/models/toy", headers=h).json()["free_spent"] == 0
+    settled = client.get("/ledger?event=budget.settled", headers=h).json()["items"]
+    assert len(settled) == 1 and settled[0]["data"]["free_points"] == 2
+    v2 = client.get("/models/toy/versions/2/influence?limit=1000", headers=h).json()
+    low = [i["point_id"] for i in v2["items"]][:1] if v2["status"] == "completed" else ids[5:6]
+    assert forget(low)["free"] == low  # a fresh budget (the parent's scores decide until v2's land)
