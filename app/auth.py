@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 
-from app.db import SessionDep
+from app.db import session_scope
 from app.errors import Forbidden, Unauthorized
 from app.tenants.tables import ApiKey
 
@@ -35,16 +35,20 @@ def generate_key() -> str:
     return "lethe_" + secrets.token_urlsafe(32)
 
 
-def authenticate(request: Request, session: SessionDep) -> Caller:
-    """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked."""
+def authenticate(request: Request) -> Caller:
+    """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked.
+
+    Reads from its own read-only session, so a writing request takes SQLite's write lock only when it writes.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
-    if row is None or row.revoked_at is not None:
-        raise Unauthorized("unknown or revoked API key")
-    return Caller(tenant_id=row.tenant_id, key_id=row.id, scopes=frozenset(row.scopes))
+    with session_scope(readonly=True) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
+        if row is None or row.revoked_at is not None:
+            raise Unauthorized("unknown or revoked API key")
+        return Caller(tenant_id=row.tenant_id, key_id=row.id, scopes=frozenset(row.scopes))
 
 
 def require(scope: str):  # noqa: ANN201 - returns a FastAPI dependency

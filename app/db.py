@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -39,10 +39,16 @@ def new_id() -> str:
 
 
 @lru_cache
-def engine_for(url: str) -> Engine:
-    """One pooled engine per URL; SQLite gets WAL and a busy timeout so API and worker can share it."""
+def engine_for(url: str, readonly: bool = False) -> Engine:
+    """One pooled engine per URL; SQLite gets WAL and a busy timeout so API and worker can share it.
+
+    SQLite: writing sessions BEGIN IMMEDIATE; `readonly` ones (GET requests) BEGIN deferred and, in WAL
+    mode, read a snapshot without waiting for writers.
+    """
     if url.startswith("sqlite"):
-        eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # Pool as large as the API's threadpool (40): a request waits for SQLite's lock, not for a connection.
+        eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
+                            max_overflow=30)
 
         @event.listens_for(eng, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -57,18 +63,21 @@ def engine_for(url: str) -> Engine:
         def _begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front, so read-then-append (ledger chain, seq
             # numbers) cannot interleave between API and worker; others wait on busy_timeout.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return eng
     # Short connect timeout: a lost database must answer 503 quickly, never hang a request.
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=30, pool_timeout=10,
+                         connect_args={"connect_timeout": 5})
 
 
-def get_engine() -> Engine:
+def get_engine(readonly: bool = False) -> Engine:
     settings = get_settings()
-    if settings.sqlalchemy_url.startswith("sqlite"):
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite"):
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    return engine_for(settings.sqlalchemy_url)
+        return engine_for(url, readonly)
+    return engine_for(url)  # Postgres: row locks do the serialising; one engine serves both
 
 
 @event.listens_for(Session, "after_commit")
@@ -85,14 +94,14 @@ def _keep_on_rollback(session: Session) -> None:
     session.info.pop("delete_after_commit", None)
 
 
-def session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+def session_factory(readonly: bool = False) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(readonly), expire_on_commit=False)
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(readonly: bool = False) -> Iterator[Session]:
     """A unit of work: commit on success, roll back on error."""
-    session = session_factory()()
+    session = session_factory(readonly)()
     try:
         yield session
         session.commit()
@@ -103,8 +112,8 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def get_session() -> Iterator[Session]:
-    with session_scope() as session:
+def get_session(request: Request) -> Iterator[Session]:
+    with session_scope(readonly=request.method in ("GET", "HEAD")) as session:
         yield session
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+log = logging.getLogger("lethe.errors")
 
 
 class LetheError(Exception):
@@ -73,4 +77,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
-        return JSONResponse({"error": "DatabaseUnavailable", "detail": "the ledger database is unreachable"}, 503)
+        log.warning("database error answered 503: %s", exc.orig)
+        return JSONResponse({"error": "DatabaseUnavailable", "detail": "the ledger database is unreachable"}, 503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _db_busy(_: Request, exc: PoolTimeout) -> JSONResponse:
+        return JSONResponse({"error": "DatabaseBusy", "detail": "no database connection became free in time"}, 503,
+                            headers={"Retry-After": "2"})

@@ -17,8 +17,6 @@ def _reset_caches() -> None:
     from app.db import engine_for
     from app.settings import get_settings
 
-    for eng in list(getattr(engine_for, "_cached_engines", [])):
-        eng.dispose()
     engine_for.cache_clear()
     get_settings.cache_clear()
 

@@ -103,6 +103,7 @@ def run_job(job_id: str, *, worker: str) -> str:
             return "skipped"
         if job.kind == "unlearn" and _lineage_busy(s, job):
             return "busy"
+        ledger.lock_chain(s, tenant_id=job.tenant_id)  # chain lock first, then rows: one lock order everywhere
         job = jobs.claim(s, job_id=job_id, worker=worker)
         if job is None:
             return "skipped"
@@ -141,6 +142,7 @@ def _lineage_busy(s: Any, job: Job) -> bool:
 def _fail(job_id: str, error: str, trace: str) -> None:
     with session_scope() as s:
         job = s.get(Job, job_id)
+        ledger.lock_chain(s, tenant_id=job.tenant_id)
         job.status, job.error, job.finished_at = "failed", error, utcnow()
         for request in _requests(s, job):
             _close_request(s, request, status="failed", pending_to="failed", version=None)
@@ -470,6 +472,7 @@ def _unlearn(ctx: JobContext) -> str:
                                   "algorithm": algorithm, "requested_algorithm": c["algorithm"]}
         if not passed:
             with session_scope() as s:
+                ledger.lock_chain(s, tenant_id=c["tenant_id"])
                 job = s.get(Job, ctx.job_id)
                 for request in _requests(s, job):
                     _close_request(s, request, status="failed", pending_to="failed", version=None)
@@ -482,6 +485,7 @@ def _unlearn(ctx: JobContext) -> str:
         sha = eng.save_network(net, artifacts.path_of(uri))
         pruned_pks = {pk for pk in pending_pks if rows_of[pk] in set(forget_pruned)}
         with session_scope() as s:
+            ledger.lock_chain(s, tenant_id=c["tenant_id"])
             job = s.get(Job, ctx.job_id)
             model = s.get(Model, c["model_id"])
             parent = s.get(Version, c["parent_id"])

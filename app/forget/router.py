@@ -4,12 +4,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
 from app.auth import Forgetter, Reader
-from app.db import SessionDep
+from app.db import SessionDep, session_scope
 from app.forget import service
 from app.forget.schemas import ForgetCreate, ForgetResponse, RequestRead, RequestSummary
-from app.jobs.outbox import safe_relay
+from app.jobs.outbox import kick
 from app.paging import Page, PageParams, next_cursor, page_params
 
 router = APIRouter(tags=["forget"])
@@ -20,13 +21,32 @@ router = APIRouter(tags=["forget"])
 def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, background: BackgroundTasks,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
     """Forget points or data subjects: free ones are answered now, the rest go to an unlearning job."""
-    response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
-                                      idempotency_key=idempotency_key)
-    session.commit()
+    if idempotency_key:
+        # Replays are answered from a snapshot, without queueing behind writers.
+        with session_scope(readonly=True) as read:
+            prior = service.replay(read, tenant_id=caller.tenant_id, body=body, idempotency_key=idempotency_key)
+        if prior is not None:
+            return _answer(*prior, background)
+    try:
+        response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
+                                          idempotency_key=idempotency_key)
+        session.commit()
+    except IntegrityError:
+        # A concurrent duplicate with the same Idempotency-Key committed first: replay its answer (or 409).
+        session.rollback()
+        if not idempotency_key:
+            raise
+        response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
+                                          idempotency_key=idempotency_key)
+        session.rollback()
+    return _answer(response, status, background)
+
+
+def _answer(response: dict, status: int, background: BackgroundTasks) -> JSONResponse:
     headers = {}
     if response.get("job_id"):
         headers["Location"] = f"/jobs/{response['job_id']}"
-        background.add_task(safe_relay)  # publish after commit (outbox); the relay thread retries
+        background.add_task(kick)  # publish after commit (outbox); the relay thread retries
     return JSONResponse(response, status_code=status, headers=headers, background=background)
 
 

@@ -98,17 +98,27 @@ def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, pol
         raise Unprocessable(str(exc)) from exc
 
 
+def replay(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str) -> tuple[
+        dict[str, Any], int] | None:
+    """The first answer given for this Idempotency-Key (409 if the body differs), or None."""
+    prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
+                                                       ForgetRequest.idempotency_key == idempotency_key))
+    if prior is None:
+        return None
+    if prior.body_hash != body_hash(body):
+        raise Conflict("this Idempotency-Key was used with a different body")
+    return prior.response["body"], prior.response["status"]
+
+
 def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str | None) -> tuple[
         dict[str, Any], int]:
     """Handle a forget request; returns (response body, HTTP status). The caller commits."""
     digest = body_hash(body)
     if idempotency_key:
-        prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
-                                                           ForgetRequest.idempotency_key == idempotency_key))
+        prior = replay(session, tenant_id=tenant_id, body=body, idempotency_key=idempotency_key)
         if prior is not None:
-            if prior.body_hash != digest:
-                raise Conflict("this Idempotency-Key was used with a different body")
-            return prior.response["body"], prior.response["status"]
+            return prior
+    ledger.lock_chain(session, tenant_id=tenant_id)
     model, number = registry.resolve_ref(session, tenant_id=tenant_id, target=body.model)
     if model.current_version is None:
         raise Conflict(f"model '{model.name}' has no version yet")
@@ -244,6 +254,7 @@ def get_request(session: Session, *, tenant_id: str, request_id: str) -> ForgetR
 
 def cancel(session: Session, *, tenant_id: str, request_id: str) -> ForgetRequest:
     """Cancel while the request's job has not started; free answers stay done."""
+    ledger.lock_chain(session, tenant_id=tenant_id)
     request = get_request(session, tenant_id=tenant_id, request_id=request_id)
     if request.status != "accepted":
         raise Conflict(f"request is {request.status}; only accepted requests can be cancelled")

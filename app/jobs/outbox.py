@@ -66,17 +66,38 @@ def safe_deliver() -> None:
         log.warning("webhook delivery pass failed: %s", exc)
 
 
+_running: Relay | None = None
+
+
+def kick() -> None:
+    """After a commit that queued jobs: wake this process's relay thread, or relay inline when there is none."""
+    if _running is not None and _running.is_alive():
+        _running.wake.set()
+    else:
+        safe_relay()
+
+
 class Relay(threading.Thread):
-    """A daemon that runs the relay every `interval` seconds until stopped."""
+    """A daemon that runs the relay every `interval` seconds (or when kicked) until stopped."""
 
     def __init__(self, interval: float) -> None:
         super().__init__(name="lethe-outbox", daemon=True)
         self.interval = interval
         self.stopped = threading.Event()
+        self.wake = threading.Event()
+
+    def start(self) -> None:
+        global _running
+        _running = self
+        super().start()
 
     def run(self) -> None:
         passes = 0
-        while not self.stopped.wait(self.interval):
+        while not self.stopped.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            if self.stopped.is_set():
+                break
             safe_relay()
             safe_deliver()
             passes += 1
@@ -88,3 +109,4 @@ class Relay(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+        self.wake.set()

@@ -32,11 +32,17 @@ def entry_hash(*, tenant_id: str, seq: int, event: str, subject_type: str, subje
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def lock_chain(session: Session, *, tenant_id: str) -> None:
+    """Take the tenant's chain lock first: transactions that touch shared rows and then append would
+    otherwise lock in opposite orders and deadlock (Postgres; SQLite's BEGIN IMMEDIATE serialises anyway)."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
 def append(session: Session, *, tenant_id: str, event: str, subject_type: str, subject_id: str,
            data: dict[str, Any] | None = None) -> LedgerEntry:
     """Append one event to the tenant's chain inside the caller's transaction."""
     # Row lock on the tenant serialises appenders on Postgres (SQLite: BEGIN IMMEDIATE does).
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    lock_chain(session, tenant_id=tenant_id)
     last = session.execute(
         select(LedgerEntry.seq, LedgerEntry.hash)
         .where(LedgerEntry.tenant_id == tenant_id)

@@ -10,7 +10,7 @@ from app import artifacts
 from app.auth import Modeller, Reader
 from app.db import SessionDep
 from app.errors import Unprocessable
-from app.jobs.outbox import safe_relay
+from app.jobs.outbox import kick
 from app.paging import Page, PageParams, next_cursor, page_params
 from app.registry import service
 from app.registry.schemas import (
@@ -74,7 +74,7 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
         session.commit()
     finally:
         artifacts.delete(staging)
-    safe_relay()
+    kick()
     return VersionCreated(version=version.number, ref=service.ref(model, version.number), sha256=sha,
                           current=model.current_version, score_job_id=job.id)
 
@@ -85,7 +85,7 @@ def train(name: str, caller: Modeller, session: SessionDep, body: TrainCreate | 
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     job = service.start_training(session, model=model, promote=(body or TrainCreate()).promote)
     session.commit()
-    safe_relay()
+    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -130,7 +130,7 @@ def post_influence(name: str, number: int, body: InfluenceCreate, caller: Modell
     version = service.get_version(session, model=model, number=number)
     job = service.start_scoring(session, model=model, version=version, method=body.method)
     session.commit()
-    safe_relay()
+    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -143,7 +143,7 @@ def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
     job = service.start_calibration(session, model=model, version=version,
                                     params=(body or CalibrateCreate()).model_dump(exclude_none=True))
     session.commit()
-    safe_relay()
+    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 

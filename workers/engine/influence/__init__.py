@@ -1,8 +1,15 @@
-"""Self-influence scorers: one score per training point, cached per version under a name."""
+"""Self-influence scorers: one score per training point, cached per version under a name.
+
+Every scorer is called as scorer(model, data, *, device, batch_size, **options) -> scores; options are the
+scorer's own keywords, and `info` (a dict, optional) receives what the scorer did (hessian: method and
+dampings, factors fitted or loaded; less: whether checkpoints or the final weights were used).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,13 +17,35 @@ from torch import nn
 
 from workers.engine.data import ArraySet
 from workers.engine.influence.gradnorm import gradnorm_self_influence
+from workers.engine.influence.hessian import hessian_self_influence
+from workers.engine.influence.less import Checkpoint, less_self_influence, load_checkpoints
 
-SCORERS: dict[str, Callable[..., np.ndarray]] = {"gradnorm": gradnorm_self_influence}
+
+def _gradnorm(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int = 256,
+              info: dict[str, Any] | None = None) -> np.ndarray:
+    if info is not None:
+        info["source"] = "final-weights"
+    return gradnorm_self_influence(model, data, device=device, batch_size=batch_size)
+
+
+def _less(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int = 256,
+          checkpoints: list[Checkpoint] | None = None, checkpoints_dir: Path | None = None,
+          info: dict[str, Any] | None = None) -> np.ndarray:
+    if checkpoints is None and checkpoints_dir is not None:
+        checkpoints = load_checkpoints(checkpoints_dir)
+    scores, what = less_self_influence(model, data, device=device, checkpoints=checkpoints, batch_size=batch_size)
+    if info is not None:
+        info.update(what)
+    return scores
+
+
+SCORERS: dict[str, Callable[..., np.ndarray]] = {"gradnorm": _gradnorm, "hessian": hessian_self_influence,
+                                                 "less": _less}
 
 
 def compute_self_influence(method: str, model: nn.Module, data: ArraySet, *, device: torch.device,
-                           batch_size: int = 256) -> np.ndarray:
-    """Scores of every point of `data` by `method` (ValueError when unknown)."""
+                           batch_size: int = 256, **options: Any) -> np.ndarray:
+    """Scores of every point of `data` by `method` (ValueError when unknown); options go to the scorer."""
     if method not in SCORERS:
         raise ValueError(f"unknown influence method '{method}'; known: {sorted(SCORERS)}")
-    return SCORERS[method](model, data, device=device, batch_size=batch_size)
+    return SCORERS[method](model, data, device=device, batch_size=batch_size, **options)

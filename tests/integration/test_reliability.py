@@ -1,0 +1,76 @@
+"""Nothing lost, nothing done twice: concurrent duplicates against a real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import BOOTSTRAP
+from tests.factories import npz_bytes, safetensors_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(lethe_env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "lethe serve exited during start-up"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("lethe serve did not answer /healthz within 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_500_concurrent_duplicates_make_one_request_and_one_job(server: str) -> None:
+    h = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+        assert http.post("/datasets", data={"name": "toy"}, files={"file": ("d.npz", npz_bytes())}).status_code == 201
+        assert http.post("/models", json={"name": "toy", "dataset": "toy",
+                                          "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
+        assert http.post("/models/toy/versions", files={"weights": ("w", safetensors_bytes())}).status_code == 201
+    body = {"model": "toy", "point_ids": ["p0001", "p0002"], "reason": "r", "requested_by": "x"}
+
+    async def storm() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server, headers=h | {"Idempotency-Key": "dup-1"}, timeout=120,
+                                     limits=limits) as client:
+            return await asyncio.gather(*[client.post("/forget", json=body) for _ in range(500)])
+
+    responses = asyncio.run(storm())
+    assert {r.status_code for r in responses} == {202}, {r.text for r in responses if r.status_code != 202}
+    assert len({r.json()["request_id"] for r in responses}) == 1
+    assert len({r.json()["job_id"] for r in responses}) == 1
+    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+        assert http.get("/requests").json()["total"] == 1
+        assert http.get("/jobs", params={"kind": "unlearn"}).json()["total"] == 1
+        received = http.get("/ledger", params={"event": "request.received"}).json()["total"]
+        assert received == 1 and http.get("/ledger/verify").json()["ok"]
+        clash = http.post("/forget", headers={"Idempotency-Key": "dup-1"}, json=body | {"reason": "other"})
+        assert clash.status_code == 409
