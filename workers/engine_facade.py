@@ -19,7 +19,8 @@ from workers.engine.data import ArraySet, load_npz
 from workers.engine.device import resolve_device
 from workers.engine.influence import compute_self_influence
 from workers.engine.influence.cache import save_scores as _save_scores
-from workers.engine.training import train_model
+from workers.engine.influence.less import CheckpointRecorder
+from workers.engine.training import DEFAULT_RECIPE, train_model
 from workers.engine.unlearning import unlearn as _unlearn
 from workers.engine.weights import load_weights, save_weights
 
@@ -49,9 +50,17 @@ def save_network(net: torch.nn.Module, path: Path) -> str:
 
 
 def train(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray, y: np.ndarray, *,
-          recipe: dict[str, Any], progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+          recipe: dict[str, Any], progress: Progress,
+          checkpoints_to: Path | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train from the recipe; with checkpoints_to, keep `recipe.checkpoints` (default 3) for LESS scoring."""
     net = _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0)))
-    metrics = train_model(net, ArraySet(x, y), recipe=recipe, device=device(), progress=progress)
+    keep, epochs = int(recipe.get("checkpoints", 3)), int({**DEFAULT_RECIPE, **recipe}["epochs"])
+    recorder = CheckpointRecorder(epochs, k=keep) if checkpoints_to and keep > 0 else None
+    metrics = train_model(net, ArraySet(x, y), recipe=recipe, device=device(), progress=progress,
+                          on_epoch_end=recorder)
+    if recorder is not None and checkpoints_to is not None:
+        recorder.save(checkpoints_to)
+        metrics["checkpoints"] = len(recorder.checkpoints)
     return net.cpu(), metrics
 
 
@@ -59,11 +68,19 @@ def accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float(audit_mod.accuracy(net, ArraySet(x, y), device=device()))
 
 
-def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *,
-                   progress: Progress) -> np.ndarray:
-    scores = compute_self_influence(method, net, ArraySet(x, y), device=device())
+def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, progress: Progress,
+                   work_dir: Path, checkpoints_dir: Path | None = None,
+                   options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores and what produced them; work_dir caches fitted factors (hessian), checkpoints feed LESS."""
+    info: dict[str, Any] = {}
+    extra = dict(options or {})
+    if method == "hessian":
+        extra.setdefault("factors_dir", work_dir / "kfac")
+    elif method == "less":
+        extra.setdefault("checkpoints_dir", checkpoints_dir)
+    scores = compute_self_influence(method, net, ArraySet(x, y), device=device(), info=info, **extra)
     progress(1.0)
-    return np.asarray(scores, dtype=np.float64)
+    return np.asarray(scores, dtype=np.float64), info
 
 
 def save_scores(root: Path, name: str, scores: np.ndarray, *, meta: dict[str, Any]) -> dict[str, Any]:

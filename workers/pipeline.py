@@ -214,16 +214,18 @@ def _score_version(s_factory: Callable[[], Any], *, model_id: str, number: int, 
     arrays = eng.load_arrays(artifacts.path_of(ds_uri))
     net = eng.load_network(arch, shape, n_classes, artifacts.path_of(w_uri))
     began = time.perf_counter()
-    scores = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress)
+    scores, info = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress,
+                                      work_dir=artifacts.path_of(f"scores/{version_id}"),
+                                      checkpoints_dir=artifacts.path_of(registry.checkpoints_uri(w_uri)))
     seconds = time.perf_counter() - began
     uri = f"scores/{version_id}/{method}"
     meta = eng.save_scores(artifacts.path_of(f"scores/{version_id}"), method, scores,
-                           meta={"method": method, "version_id": version_id, "seconds": seconds})
+                           meta={"method": method, "version_id": version_id, "seconds": seconds, "info": info})
     with s_factory() as s:
         model = s.get(Model, model_id)
         version = registry.get_version(s, model=model, number=number)
         registry.finish_scoring(s, model=model, version=version, method=method, uri=uri, sha256=meta["sha256"],
-                                scores=scores, live_rows=live, seconds=seconds)
+                                scores=scores, live_rows=live, seconds=seconds, info=info)
     return seconds
 
 
@@ -240,13 +242,13 @@ def _train(ctx: JobContext) -> str:
         shape, n_classes, model_id = tuple(ds.input_shape), ds.n_classes, model.id
         promote = job.params.get("promote", True)
     arrays = eng.load_arrays(artifacts.path_of(ds_uri))
+    uri = f"models/{model_id}/job-{ctx.job_id}.safetensors"
     with ctx.phase("training", 0.0, 0.9) as progress:
         net, metrics = eng.train(arch, shape, n_classes, arrays["x"][live], arrays["y"][live], recipe=recipe,
-                                 progress=progress)
+                                 progress=progress, checkpoints_to=artifacts.path_of(registry.checkpoints_uri(uri)))
         if "x_test" in arrays and len(arrays["x_test"]):
             metrics["test_accuracy"] = eng.accuracy(net, arrays["x_test"], arrays["y_test"])
     with ctx.phase("registering", 0.9, 1.0):
-        uri = f"models/{model_id}/job-{ctx.job_id}.safetensors"
         sha = eng.save_network(net, artifacts.path_of(uri))
         with session_scope() as s:
             job = s.get(Job, ctx.job_id)

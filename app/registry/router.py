@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
@@ -21,6 +21,7 @@ from app.registry.schemas import (
     JobAccepted,
     ModelCreate,
     ModelRead,
+    Scorer,
     TrainCreate,
     VersionCreated,
     VersionRead,
@@ -107,7 +108,7 @@ def get_weights(name: str, number: int, caller: Reader, session: SessionDep) -> 
 @router.get("/{name}/versions/{number}/influence", response_model=InfluencePage)
 def get_influence(name: str, number: int, caller: Reader, session: SessionDep,
                   page: Annotated[PageParams, Depends(page_params)],
-                  method: Annotated[str, Query(pattern="^(gradnorm|hessian|less)$")] = "gradnorm") -> InfluencePage:
+                  method: Scorer = "gradnorm") -> InfluencePage:
     """Self-influence scores of the version's live points, lowest first."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     version = service.get_version(session, model=model, number=number)
@@ -117,7 +118,7 @@ def get_influence(name: str, number: int, caller: Reader, session: SessionDep,
     return InfluencePage(
         method=method, status=run.status if run else "absent", version=number, ref=service.ref(model, number),
         threshold=run.threshold if run else None, budget=version.budget,
-        source=(run.summary or {}).get("source") if run else None,
+        computed_by=(run.summary or {}).get("computed_by", {}) if run else {},
         items=[InfluenceItem(point_id=p, score=s) for p, s in items], total=total, next=next_cursor(page, total),
     )
 

@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.engine.params import PARAMS, validate_params
 
-SCORERS = ("gradnorm",)
+SCORERS = ("gradnorm", "hessian", "less")
+Scorer = Literal["gradnorm", "hessian", "less"]
 ALGORITHMS = tuple(PARAMS)
 
 
@@ -27,11 +28,12 @@ class Recipe(BaseModel):
     batch_size: int = Field(64, ge=1, le=65_536)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
+    checkpoints: int = Field(3, ge=0, le=100, description="training checkpoints kept for LESS scoring (0: none)")
 
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    scorer: Literal["gradnorm"] = "gradnorm"
+    scorer: Scorer = "gradnorm"
     algorithm: str = Field("finetune", description="an unlearning algorithm (see ALGORITHMS)")
     params: dict[str, Any] = Field(default_factory=dict)
     q_forget: float = Field(0.0, ge=0.0, lt=1.0)
@@ -59,6 +61,7 @@ class InfluenceSummary(BaseModel):
     threshold: float | None
     n: int | None
     job_id: str | None
+    computed_by: dict[str, Any] = Field(default_factory=dict)
 
 
 class VersionRead(BaseModel):
@@ -120,14 +123,16 @@ class InfluencePage(BaseModel):
     ref: str
     threshold: float | None
     budget: int | None
-    source: str | None = Field(None, description="the scorer actually used, when it differs")
+    computed_by: dict[str, Any] = Field(default_factory=dict, description=(
+        "how the scores were computed: hessian's approximation, damping and whether factors were reused; "
+        "less's source (training checkpoints, or the final weights when the version has none)"))
     items: list[InfluenceItem]
     total: int
     next: str | None
 
 
 class InfluenceCreate(BaseModel):
-    method: Literal["gradnorm"] = "gradnorm"
+    method: Scorer = "gradnorm"
 
 
 class TrainCreate(BaseModel):
@@ -137,7 +142,7 @@ class TrainCreate(BaseModel):
 
 class CalibrateCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["gradnorm"] | None = Field(None, description="default: the policy's scorer")
+    method: Scorer | None = Field(None, description="default: the policy's scorer")
     epsilon: float = Field(0.01, ge=0, le=1, description="free: accuracy on removed points within this of the full")
     prune_epsilon: float = Field(0.03, ge=0, le=1, description="the looser bound for job-time pruning")
     auc_max: float = Field(0.55, ge=0.5, le=1, description="removed points' loss AUC, retrained vs full model")

@@ -24,6 +24,11 @@ from app.settings import get_settings
 from app.webhooks import service as webhooks
 
 
+def checkpoints_uri(weights_uri: str) -> str:
+    """Where a trained version's LESS checkpoints live: beside its weights, purged with them."""
+    return weights_uri.removesuffix(".safetensors") + ".ckpt"
+
+
 def ref(model: Model, number: int) -> str:
     return f"{model.name}@{number}"
 
@@ -154,11 +159,13 @@ def promote_version(session: Session, *, model: Model, version: Version, revoke_
 def revoke(session: Session, *, model: Model, version: Version) -> None:
     """Purge a superseded version's weights and cached scores; its weights answer 410 from now on."""
     purged = []
-    if version.uri and artifacts.delete(version.uri):
-        purged.append(version.uri)
+    if version.uri:
+        purged += [uri for uri in (version.uri, checkpoints_uri(version.uri)) if artifacts.delete(uri)]
     for run in session.scalars(select(InfluenceRun).where(InfluenceRun.version_id == version.id)):
         if run.uri and artifacts.delete(run.uri):
             purged.append(run.uri)
+    if artifacts.delete(f"scores/{version.id}"):  # K-FAC factors and anything else cached for the version
+        purged.append(f"scores/{version.id}")
     version.status = "revoked"
     version.revoked_at = utcnow()
     ledger.append(session, tenant_id=model.tenant_id, event="version.revoked", subject_type="version",
@@ -206,7 +213,8 @@ def load_scores(run: InfluenceRun) -> np.ndarray | None:
 
 
 def finish_scoring(session: Session, *, model: Model, version: Version, method: str, uri: str, sha256: str,
-                   scores: np.ndarray, live_rows: list[int], seconds: float) -> InfluenceRun:
+                   scores: np.ndarray, live_rows: list[int], seconds: float,
+                   info: dict[str, Any] | None = None) -> InfluenceRun:
     """Record completed scores and set the version's (pre-calibration) free threshold and budget."""
     settings = get_settings()
     run = influence_run(session, version=version, method=method)
@@ -219,6 +227,7 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
     run.status, run.uri, run.sha256, run.n, run.threshold = "completed", uri, sha256, int(len(scores)), threshold
     run.summary = {"min": float(live.min()), "median": float(np.median(live)), "max": float(live.max()),
                    "seconds": round(seconds, 4), "quantile": settings.free_quantile} if len(live) else {}
+    run.summary["computed_by"] = info or {}  # which approximation, factors reused or fitted, checkpoints or not
     run.completed_at = utcnow()
     if method == model.policy.get("scorer", "gradnorm") and "calibration" not in (version.metrics or {}):
         version.threshold = threshold
@@ -226,7 +235,7 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
     ledger.append(session, tenant_id=model.tenant_id, event="scores.computed", subject_type="version",
                   subject_id=version.id, data={"ref": ref(model, version.number), "method": method,
                                                "sha256": sha256, "threshold": threshold, "budget": version.budget,
-                                               "n": int(len(scores))})
+                                               "n": int(len(scores)), "computed_by": info or {}})
     session.flush()
     return run
 
@@ -269,7 +278,8 @@ def version_read(session: Session, *, model: Model, version: Version, with_audit
         status=version.status, parent=parent.number if parent else None, request_id=version.request_id,
         job_id=version.job_id, threshold=version.threshold, budget=version.budget, n_train=version.n_train,
         metrics=version.metrics or {}, created_at=version.created_at, revoked_at=version.revoked_at,
-        influence=[InfluenceSummary(method=r.method, status=r.status, threshold=r.threshold, n=r.n, job_id=r.job_id)
+        influence=[InfluenceSummary(method=r.method, status=r.status, threshold=r.threshold, n=r.n, job_id=r.job_id,
+                                   computed_by=(r.summary or {}).get("computed_by", {}))
                    for r in runs],
         audit=audit,
     )
