@@ -32,8 +32,24 @@ class Settings(BaseSettings):
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
     max_upload_mb: int = Field(512, ge=1)
     redis_priority_steps: int = Field(10, ge=1)
+    score_shard_size: int = Field(20_000, ge=1, description="Points per shard task when a worker scores a "
+                                  "larger dataset (shards run in parallel on every worker, joined by a chord).")
     host: str = "127.0.0.1"
     port: int = 8000
+    opendsr_key_path: Path | None = Field(
+        None, description="PEM private key (RSA 2048+ or EC) signing OpenDSR responses and callbacks; default "
+        "data_dir/opendsr/key.pem. When the file is missing a development key is generated there.")
+    opendsr_cert_path: Path | None = Field(
+        None, description="PEM X.509 certificate of that key (CA-issued in production); default "
+        "data_dir/opendsr/cert.pem, self-signed and generated with the development key.")
+    opendsr_processor_domain: str | None = Field(
+        None, description="X-OpenDSR-Processor-Domain; default the public URL's host, else the certificate's CN.")
+    opendsr_public_url: str | None = Field(
+        None, description="Base URL controllers reach Lethe at (discovery's processor_certificate); default the "
+        "request's base URL.")
+    opendsr_gdpr_days: int = Field(30, ge=1, description="GDPR deadline (one month) after receipt, in days.")
+    opendsr_ccpa_days: int = Field(45, ge=1, description="CCPA deadline after receipt, in days.")
+    opendsr_key_bits: int = Field(2048, ge=2048, description="RSA size of a generated development key.")
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -46,6 +62,16 @@ class Settings(BaseSettings):
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
+
+    @property
+    def celery_result_backend(self) -> str:
+        """Where shard results meet their chord: Redis beside a Redis broker, else a database backend."""
+        broker = self.celery_broker_url
+        if broker.startswith(("redis://", "rediss://")):
+            return broker
+        if broker.startswith("sqla+"):
+            return f"db+sqlite:///{self.resolved_data_dir / 'results.db'}"
+        return "db+" + self.sqlalchemy_url
 
     @property
     def artifacts(self) -> Path:

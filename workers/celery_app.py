@@ -17,7 +17,8 @@ def make_celery(settings: Settings) -> Celery:
     url = settings.celery_broker_url
     if url.startswith("sqla+sqlite"):
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("lethe", broker=url, include=["workers.tasks"])
+    # The result backend serves only chords (sharded scoring); every other task ignores its result.
+    app = Celery("lethe", broker=url, backend=settings.celery_result_backend, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -70,17 +70,29 @@ def accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, progress: Progress,
                    work_dir: Path, checkpoints_dir: Path | None = None,
-                   options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Scores and what produced them; work_dir caches fitted factors (hessian), checkpoints feed LESS."""
+                   options: dict[str, Any] | None = None,
+                   rows: slice | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores and what produced them; work_dir caches fitted factors (hessian), checkpoints feed LESS.
+
+    With `rows`, one shard's scores (a sharded job calls this once per shard, after prepare_scoring)."""
     info: dict[str, Any] = {}
     extra = dict(options or {})
     if method == "hessian":
         extra.setdefault("factors_dir", work_dir / "kfac")
     elif method == "less":
         extra.setdefault("checkpoints_dir", checkpoints_dir)
+    if rows is not None:
+        extra["rows"] = rows
     scores = compute_self_influence(method, net, ArraySet(x, y), device=device(), info=info, **extra)
     progress(1.0)
     return np.asarray(scores, dtype=np.float64), info
+
+
+def prepare_scoring(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, work_dir: Path) -> None:
+    """What every shard of a sharded scoring job shares, computed once: hessian's factors (cached)."""
+    if method == "hessian":
+        compute_self_influence(method, net, ArraySet(x, y), device=device(), factors_dir=work_dir / "kfac",
+                               rows=slice(0, 0))
 
 
 def save_scores(root: Path, name: str, scores: np.ndarray, *, meta: dict[str, Any]) -> dict[str, Any]:

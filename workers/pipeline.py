@@ -194,38 +194,66 @@ def _engine():  # noqa: ANN202 - lazy import keeps torch out of the API process
     return engine_facade
 
 
+def _under_celery() -> bool:
+    """True inside a worker's task (sharding needs workers to run the shards; inline runs never shard)."""
+    from celery import current_task
+
+    return bool(current_task and current_task.request.id)
+
+
 def _influence_run_of(s: Any, job: Job) -> Any:
     model = s.get(Model, job.model_id)
     version = registry.get_version(s, model=model, number=job.version)
     return registry.influence_run(s, version=version, method=job.params.get("method", "gradnorm"))
 
 
-def _score_version(s_factory: Callable[[], Any], *, model_id: str, number: int, method: str,
-                   progress: Callable[[float], None]) -> float:
-    """Compute and store a version's self-influence scores (all dataset rows); returns seconds."""
-    eng = _engine()
-    with s_factory() as s:
+def scoring_inputs(model_id: str, number: int) -> dict[str, Any]:
+    """What computing a version's scores needs, read in one short transaction."""
+    with session_scope() as s:
         model = s.get(Model, model_id)
         version = registry.get_version(s, model=model, number=number)
         ds = s.get(Dataset, model.dataset_id)
-        live = datasets.live_rows(s, dataset_id=ds.id)
-        arch, ds_uri, w_uri, version_id = model.architecture, ds.uri, version.uri, version.id
-        shape, n_classes = tuple(ds.input_shape), ds.n_classes
-    arrays = eng.load_arrays(artifacts.path_of(ds_uri))
-    net = eng.load_network(arch, shape, n_classes, artifacts.path_of(w_uri))
-    began = time.perf_counter()
-    scores, info = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress,
-                                      work_dir=artifacts.path_of(f"scores/{version_id}"),
-                                      checkpoints_dir=artifacts.path_of(registry.checkpoints_uri(w_uri)))
-    seconds = time.perf_counter() - began
-    uri = f"scores/{version_id}/{method}"
-    meta = eng.save_scores(artifacts.path_of(f"scores/{version_id}"), method, scores,
-                           meta={"method": method, "version_id": version_id, "seconds": seconds, "info": info})
-    with s_factory() as s:
+        return {"arch": model.architecture, "ds_uri": ds.uri, "w_uri": version.uri, "version_id": version.id,
+                "shape": tuple(ds.input_shape), "n_classes": ds.n_classes, "n_rows": ds.n_points,
+                "live": datasets.live_rows(s, dataset_id=ds.id)}
+
+
+def compute_scores(c: dict[str, Any], method: str, *, progress: Callable[[float], None],
+                   rows: slice | None = None, prepare_only: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores of every dataset row (or of `rows`); prepare_only fits what shards share and scores nothing."""
+    eng = _engine()
+    arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
+    net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(c["w_uri"]))
+    work_dir = artifacts.path_of(f"scores/{c['version_id']}")
+    if prepare_only:
+        eng.prepare_scoring(method, net, arrays["x"], arrays["y"], work_dir=work_dir)
+        return np.empty(0), {}
+    return eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress, work_dir=work_dir,
+                              checkpoints_dir=artifacts.path_of(registry.checkpoints_uri(c["w_uri"])), rows=rows)
+
+
+def store_scores(c: dict[str, Any], *, model_id: str, number: int, method: str, scores: np.ndarray,
+                 seconds: float, info: dict[str, Any]) -> None:
+    """Save the score array (the cache) and record the run, its threshold and the ledger entry."""
+    uri = f"scores/{c['version_id']}/{method}"
+    meta = _engine().save_scores(artifacts.path_of(f"scores/{c['version_id']}"), method, scores,
+                                 meta={"method": method, "version_id": c["version_id"], "seconds": seconds,
+                                       "info": info})
+    with session_scope() as s:
         model = s.get(Model, model_id)
         version = registry.get_version(s, model=model, number=number)
         registry.finish_scoring(s, model=model, version=version, method=method, uri=uri, sha256=meta["sha256"],
-                                scores=scores, live_rows=live, seconds=seconds, info=info)
+                                scores=scores, live_rows=c["live"], seconds=seconds, info=info)
+
+
+def _score_version(*, model_id: str, number: int, method: str,
+                   progress: Callable[[float], None]) -> float:
+    """Compute and store a version's self-influence scores (all dataset rows); returns seconds."""
+    c = scoring_inputs(model_id, number)
+    began = time.perf_counter()
+    scores, info = compute_scores(c, method, progress=progress)
+    seconds = time.perf_counter() - began
+    store_scores(c, model_id=model_id, number=number, method=method, scores=scores, seconds=seconds, info=info)
     return seconds
 
 
@@ -270,8 +298,14 @@ def _score(ctx: JobContext) -> str:
         run = _influence_run_of(s, job)
         if run is not None:
             run.status = "running"
+    if _under_celery():
+        from workers import sharding
+
+        c = scoring_inputs(model_id, number)
+        if c["n_rows"] > get_settings().score_shard_size:
+            return sharding.dispatch(ctx.job_id, c, model_id=model_id, number=number, method=method)
     with ctx.phase("scoring", 0.0, 1.0) as progress:
-        seconds = _score_version(session_scope, model_id=model_id, number=number, method=method, progress=progress)
+        seconds = _score_version(model_id=model_id, number=number, method=method, progress=progress)
     with session_scope() as s:
         job = s.get(Job, ctx.job_id)
         model = s.get(Model, model_id)
@@ -308,7 +342,7 @@ def _calibrate(ctx: JobContext) -> str:
              "shape": tuple(ds.input_shape), "n_classes": ds.n_classes, "ref": registry.ref(model, version.number)}
     with ctx.phase("scoring", 0.0, 0.1) as progress:
         if not have:
-            _score_version(session_scope, model_id=c["model_id"], number=c["number"], method=method,
+            _score_version(model_id=c["model_id"], number=c["number"], method=method,
                            progress=progress)
         with session_scope() as s:
             version = s.get(Version, c["version_id"])
@@ -409,7 +443,7 @@ def _unlearn(ctx: JobContext) -> str:
 
     with ctx.phase("scoring", 0.0, 0.15) as progress:
         if not have_scores:
-            _score_version(session_scope, model_id=c["model_id"], number=c["parent"], method=c["method"],
+            _score_version(model_id=c["model_id"], number=c["parent"], method=c["method"],
                            progress=progress)
         with session_scope() as s:
             parent = s.get(Version, c["parent_id"])

@@ -16,3 +16,19 @@ def run_job(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
     if outcome == "busy":
         raise self.retry(countdown=BUSY_RETRY_SECONDS)
     return outcome
+
+
+@celery.task(name="lethe.score_shard", acks_late=True, ignore_result=False)
+def score_shard(job_id: str, start: int, stop: int) -> str:
+    """Score one shard of a sharded scoring job (the chord's header)."""
+    from workers import sharding
+
+    return sharding.run_shard(job_id, start, stop)
+
+
+@celery.task(name="lethe.join_shards", acks_late=True)
+def join_shards(_results: list[str], job_id: str) -> str:
+    """Join a sharded scoring job's shards and complete it (the chord's body)."""
+    from workers import sharding
+
+    return sharding.join(job_id)

@@ -61,7 +61,8 @@ def test_hessian_and_less_scored_by_jobs_and_listed(client: TestClient, admin_he
 
     # triage uses the policy's scorer (hessian): its lowest points are the free ones
     lowest = [i["point_id"] for i in hess["items"][:2]]
-    forget = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest + [hess["items"][-1]["point_id"]],
+    point_ids = lowest + [hess["items"][-1]["point_id"]]
+    forget = client.post("/forget", headers=h, json={"model": "toy", "point_ids": point_ids,
                                                      "reason": "gdpr", "requested_by": "dpo"})
     assert forget.status_code == 202 and sorted(forget.json()["free"]) == sorted(lowest)
     drain()

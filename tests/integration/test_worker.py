@@ -95,3 +95,54 @@ def test_worker_runs_forget_job_through_the_broker(stack: TestClient, admin_head
     started = [e for e in stack.get("/ledger?event=job.started&limit=1000", headers=h).json()["items"]
                if e["subject_id"] == resp["job_id"]]
     assert len(started) == 1  # claimed once
+
+
+@pytest.fixture
+def small_shards(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setenv("LETHE_SCORE_SHARD_SIZE", "64")
+    return 64
+
+
+def test_large_scoring_runs_as_shards_joined_by_a_chord(small_shards: int, stack: TestClient,
+                                                        admin_headers: dict[str, str]) -> None:
+    import numpy as np
+
+    h = admin_headers
+    upload_dataset(stack, h, n=300, n_test=60)
+    create_model(stack, h)
+    trained = wait_for(stack, h, stack.post("/models/toy/train", headers=h).json()["job_id"])
+    assert trained["status"] == "completed", trained["error"]
+    hess = stack.post("/models/toy/versions/1/influence", headers=h, json={"method": "hessian"}).json()
+    for job_id, method in ((trained["result"]["score_job_id"], "gradnorm"), (hess["job_id"], "hessian")):
+        job = wait_for(stack, h, job_id)
+        assert job["status"] == "completed", job["error"]
+        assert job["result"]["shards"] == 5 and job["progress"] == 1.0  # ceil(300 / 64)
+        page = stack.get("/models/toy/versions/1/influence", headers=h,
+                         params={"method": method, "limit": 1000}).json()
+        assert page["total"] == 300 and page["computed_by"]["shards"] == 5
+        # the joined shards equal one unsharded pass (hessian: factors fitted once on all rows)
+        sharded = {i["point_id"]: i["score"] for i in page["items"]}
+        whole = _unsharded_scores(method)
+        np.testing.assert_allclose([sharded[f"p{i:04d}"] for i in range(300)], whole, rtol=1e-5)
+    events = stack.get("/ledger", headers=h, params={"event": "scores.sharded"}).json()["items"]
+    assert len(events) == 2 and stack.get("/ledger/verify", headers=h).json()["ok"]
+
+
+def _unsharded_scores(method: str) -> object:
+    from sqlalchemy import select
+
+    from app import artifacts
+    from app.datasets.tables import Dataset
+    from app.db import session_scope
+    from app.registry.tables import Model, Version
+    from workers import engine_facade as eng
+
+    with session_scope() as s:
+        m = s.scalar(select(Model).where(Model.name == "toy"))
+        v = s.scalar(select(Version).where(Version.model_id == m.id, Version.number == 1))
+        ds = s.get(Dataset, m.dataset_id)
+        arrays = eng.load_arrays(artifacts.path_of(ds.uri))
+        net = eng.load_network(m.architecture, tuple(ds.input_shape), ds.n_classes, artifacts.path_of(v.uri))
+        work_dir = artifacts.path_of(f"scores/{v.id}")
+    scores, _ = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=lambda _: None, work_dir=work_dir)
+    return scores

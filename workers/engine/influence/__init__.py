@@ -45,7 +45,16 @@ SCORERS: dict[str, Callable[..., np.ndarray]] = {"gradnorm": _gradnorm, "hessian
 
 def compute_self_influence(method: str, model: nn.Module, data: ArraySet, *, device: torch.device,
                            batch_size: int = 256, **options: Any) -> np.ndarray:
-    """Scores of every point of `data` by `method` (ValueError when unknown); options go to the scorer."""
+    """Scores of every point of `data` by `method` (ValueError when unknown); options go to the scorer.
+
+    `rows` (a slice) scores one shard: what a scorer fits on the whole data (hessian's factors) it still
+    fits on, or loads for, all of `data`; per-point work is done for those rows only.
+    """
     if method not in SCORERS:
         raise ValueError(f"unknown influence method '{method}'; known: {sorted(SCORERS)}")
+    rows = options.pop("rows", None)
+    if rows is not None and method != "hessian":
+        data = ArraySet(data.x[rows], data.y[rows])
+    elif rows is not None:
+        options["rows"] = rows
     return SCORERS[method](model, data, device=device, batch_size=batch_size, **options)

@@ -74,12 +74,15 @@ def layer_dampings(factors: KFACFactors, damping: float | None) -> dict[str, flo
 def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int = 256,
                            damping: float | None = None, factors_dir: Path | None = None, exact: bool = False,
                            ekfac: bool = True, fisher: str = "auto", max_fit_points: int | None = None,
-                           info: dict[str, Any] | None = None) -> np.ndarray:
+                           info: dict[str, Any] | None = None, rows: slice | None = None) -> np.ndarray:
     """g_iᵀ(H + λI)⁻¹g_i for every point of `data` (float64), H fitted on `data` itself.
 
     factors_dir caches the fitted factors (reused while weights and data are unchanged, else refitted).
     `info`, when given, receives what was done (method, dampings, whether factors were loaded).
+    `rows` scores only those points (a shard), with factors still fitted on, or loaded for, all of `data`.
     """
+    if exact and rows is not None:
+        raise ValueError("the exact Hessian scores whole datasets, not shards")
     if exact:
         scores, lam, n_params = _exact(model, data, device=device, batch_size=batch_size, damping=damping)
         if info is not None:
@@ -88,6 +91,8 @@ def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.de
     model = model.to(device).eval()
     factors, how = _factors(model, data, device=device, batch_size=batch_size, fisher=fisher, ekfac=ekfac,
                             factors_dir=factors_dir, max_fit_points=max_fit_points)
+    if rows is not None:
+        data = ArraySet(data.x[rows], data.y[rows])
     layers = tracked_layers(model)
     if set(layers) != set(factors.layers):
         raise ValueError("the factors do not describe this model's layers")

@@ -1,0 +1,153 @@
+"""Sharded scoring: a Celery group of shard tasks, joined by a chord, for datasets above the shard size.
+
+The scoring job prepares what every shard shares (hessian's factors, fitted once and cached), then hands
+the rows to a group of `lethe.score_shard` tasks that any worker may run; `lethe.join_shards` (the chord's
+body) assembles the shard files in row order and completes the job. Each shard's scores are an artifact
+written atomically, so a redelivered shard recomputes only itself, and a job whose chord was lost (its
+lease lapses, the relay re-runs it) dispatches only the shards that are still missing. Memory stays
+bounded by the shard size plus one float per row at the join.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC
+from typing import Any
+
+import numpy as np
+from celery import chord, group
+from sqlalchemy import update
+
+from app import artifacts
+from app.db import session_scope, utcnow
+from app.jobs import service as jobs
+from app.jobs.tables import Job
+from app.ledger import service as ledger
+from app.registry import service as registry
+from app.registry.tables import Model
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+SHARD_TASK, JOIN_TASK = "lethe.score_shard", "lethe.join_shards"
+
+
+def plan(n_rows: int, size: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) row ranges of at most `size` rows."""
+    return [(a, min(a + size, n_rows)) for a in range(0, n_rows, size)]
+
+
+def _dir(version_id: str, method: str) -> str:
+    return f"scores/{version_id}/{method}.shards"
+
+
+def _file(version_id: str, method: str, start: int, stop: int) -> str:
+    return f"{_dir(version_id, method)}/{start:010d}-{stop:010d}.npz"
+
+
+def _job_spec(job_id: str) -> dict[str, Any] | None:
+    """The running job's scoring parameters, or None when it is no longer running (nothing to do)."""
+    with session_scope(readonly=True) as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status != "running":
+            return None
+        return {"model_id": job.model_id, "number": job.version, "method": job.params.get("method", "gradnorm"),
+                "shards": (job.result or {}).get("shards")}
+
+
+def dispatch(job_id: str, c: dict[str, Any], *, model_id: str, number: int, method: str) -> str:
+    """Prepare, then send the missing shards as a group whose chord joins them; returns 'sharded'."""
+    from workers import pipeline
+    from workers.tasks import join_shards, score_shard
+
+    began = time.perf_counter()
+    pipeline.compute_scores(c, method, progress=lambda _: None, prepare_only=True)
+    shards = plan(c["n_rows"], get_settings().score_shard_size)
+    todo = [(a, b) for a, b in shards if not artifacts.path_of(_file(c["version_id"], method, a, b)).exists()]
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        ledger.lock_chain(s, tenant_id=job.tenant_id)
+        job.phase, job.progress = "scoring", round((len(shards) - len(todo)) / len(shards), 4)
+        job.result = {**(job.result or {}), "shards": len(shards), "shard_size": get_settings().score_shard_size,
+                      "prepare_seconds": round(time.perf_counter() - began, 4)}
+        job.lease_until = utcnow() + jobs.lease()
+        if job.attempts <= 1:
+            ledger.append(s, tenant_id=job.tenant_id, event="scores.sharded", subject_type="job", subject_id=job.id,
+                          data={"method": method, "shards": len(shards), "rows": c["n_rows"]})
+    if not todo:
+        join(job_id)
+    else:
+        chord(group(score_shard.s(job_id, a, b) for a, b in todo))(join_shards.s(job_id))
+    return "sharded"
+
+
+def _renew(job_id: str, *, done: int | None = None, total: int | None = None) -> None:
+    values: dict[str, Any] = {"lease_until": utcnow() + jobs.lease()}
+    if done is not None and total:
+        values["progress"] = round(done / total, 4)
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values))
+
+
+def run_shard(job_id: str, start: int, stop: int) -> str:
+    """Score rows [start, stop) of the job's version into their shard file (idempotent)."""
+    from workers import pipeline
+
+    spec = _job_spec(job_id)
+    if spec is None:
+        return "skipped"
+    c = pipeline.scoring_inputs(spec["model_id"], spec["number"])
+    path = artifacts.path_of(_file(c["version_id"], spec["method"], start, stop))
+    if not path.exists():
+        _renew(job_id)
+        began = time.perf_counter()
+        scores, info = pipeline.compute_scores(c, spec["method"], progress=lambda _: None, rows=slice(start, stop))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, scores=scores, seconds=time.perf_counter() - began,
+                 info=np.array(json.dumps(info, sort_keys=True, default=str)))
+        tmp.replace(path)
+    done = len(list(path.parent.glob("*-*.npz"))) - len(list(path.parent.glob("*.tmp.npz")))
+    _renew(job_id, done=done, total=spec["shards"])
+    return str(path)
+
+
+def join(job_id: str) -> str:
+    """Assemble the shards in row order and complete the job; 'incomplete' leaves it to the lease."""
+    from workers import pipeline
+
+    spec = _job_spec(job_id)
+    if spec is None:
+        return "skipped"
+    model_id, number, method = spec["model_id"], spec["number"], spec["method"]
+    c = pipeline.scoring_inputs(model_id, number)
+    shards = plan(c["n_rows"], get_settings().score_shard_size)
+    files = [artifacts.path_of(_file(c["version_id"], method, a, b)) for a, b in shards]
+    if missing := [f.name for f in files if not f.exists()]:
+        log.warning("job %s: %d shard(s) missing at the join (%s); the lease will re-run it",
+                    job_id, len(missing), missing[:3])
+        return "incomplete"
+    scores, seconds, info = np.empty(c["n_rows"], dtype=np.float64), 0.0, {}
+    for (a, b), f in zip(shards, files, strict=True):
+        with np.load(f) as part:
+            scores[a:b] = part["scores"]
+            seconds += float(part["seconds"])
+            info = info or json.loads(str(part["info"]))  # identical in every shard: same factors, checkpoints
+    info |= {"shards": len(shards), "shard_size": get_settings().score_shard_size}
+    pipeline.store_scores(c, model_id=model_id, number=number, method=method, scores=scores, seconds=seconds,
+                          info=info)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        ledger.lock_chain(s, tenant_id=job.tenant_id)
+        if job.status != "running":
+            return "skipped"
+        model = s.get(Model, model_id)
+        started = job.started_at.replace(tzinfo=UTC) if job.started_at and job.started_at.tzinfo is None \
+            else job.started_at
+        wall = round((utcnow() - started).total_seconds(), 4) if started else None
+        job.timings = {**(job.timings or {}), "scoring": round(wall or seconds, 4)}
+        pipeline._complete(s, job, {**(job.result or {}), "version": number, "ref": registry.ref(model, number),
+                                   "method": method, "seconds": round(seconds, 4), "wall_seconds": wall})
+    artifacts.delete(_dir(c["version_id"], method))
+    return "completed"
