@@ -28,6 +28,7 @@ from app.jobs.outbox import safe_relay
 from app.jobs.tables import Audit, Job, Outbox
 from app.ledger import service as ledger
 from app.registry import service as registry
+from app.registry.schemas import SCORERS
 from app.registry.tables import Model, Version
 from app.settings import get_settings
 from app.webhooks import service as webhooks
@@ -335,22 +336,25 @@ def _calibrate(ctx: JobContext) -> str:
         p = job.params
         method = p.get("method") or model.policy.get("scorer", "gradnorm")
         live = np.array(datasets.live_rows(s, dataset_id=ds.id))
-        run = registry.influence_run(s, version=version, method=method)
-        have = run is not None and registry.load_scores(run) is not None
+        compare = list(SCORERS) if p.get("compare") is None else p["compare"]
+        methods = [method] + [m for m in compare if m != method]
+        missing = [m for m in methods if (run := registry.influence_run(s, version=version, method=m)) is None
+                   or registry.load_scores(run) is None]
         c = {"model_id": model.id, "tenant_id": model.tenant_id, "arch": model.architecture, "recipe": model.recipe,
              "number": version.number, "version_id": version.id, "uri": version.uri, "ds_uri": ds.uri,
              "shape": tuple(ds.input_shape), "n_classes": ds.n_classes, "ref": registry.ref(model, version.number)}
     with ctx.phase("scoring", 0.0, 0.1) as progress:
-        if not have:
-            _score_version(model_id=c["model_id"], number=c["number"], method=method,
-                           progress=progress)
+        for m in missing:
+            _score_version(model_id=c["model_id"], number=c["number"], method=m, progress=progress)
         with session_scope() as s:
             version = s.get(Version, c["version_id"])
-            scores = np.asarray(registry.load_scores(registry.influence_run(s, version=version, method=method)))
-    live_scores = scores[live]
-    by_score = np.lexsort((live, live_scores))  # positions within the live set, lowest first
+            every = {m: np.asarray(registry.load_scores(registry.influence_run(s, version=version, method=m)))
+                     for m in methods}
+    live_scores = every[method][live]
     grid = sorted({int(n) for n in (p.get("grid") or []) if 0 < int(n) < len(live)}) or default_grid(len(live))
-    orders = {method: by_score, "random": np.random.default_rng(int(c["recipe"].get("seed", 0))).permutation(len(live))}
+    # positions within the live set, lowest first (ties by row); random removal is the baseline
+    orders = {m: np.lexsort((live, every[m][live])) for m in methods}
+    orders["random"] = np.random.default_rng(int(c["recipe"].get("seed", 0))).permutation(len(live))
     arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
     net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(c["uri"]))
     with ctx.phase("retraining", 0.1, 0.95) as progress:
@@ -361,6 +365,8 @@ def _calibrate(ctx: JobContext) -> str:
             float(p.get("auc_max", 0.55))
         n_free = choose(curves[method], epsilon=eps, auc_max=auc_max)
         n_prune = max(n_free, choose(curves[method], epsilon=prune_eps, auc_max=None))
+        by_method = {m: {"n_free": choose(curves[m], epsilon=eps, auc_max=auc_max),
+                         "n_prune": choose(curves[m], epsilon=prune_eps, auc_max=None)} for m in curves}
         ranked = np.sort(live_scores)
         png_uri = f"calibration/{c['version_id']}-{method}.png"
         artifacts.path_of(png_uri).parent.mkdir(parents=True, exist_ok=True)
@@ -369,6 +375,7 @@ def _calibrate(ctx: JobContext) -> str:
         summary = {"method": method, "epsilon": eps, "prune_epsilon": prune_eps, "auc_max": auc_max, "grid": grid,
                    "n_free": n_free, "n_prune": n_prune, "threshold": _threshold_for(ranked, n_free),
                    "prune_threshold": _threshold_for(ranked, n_prune), "curves": curves, "png": png_uri,
+                   "by_method": by_method,
                    "n_train": int(len(live))}
         with session_scope() as s:
             job = s.get(Job, ctx.job_id)

@@ -142,7 +142,10 @@ class TrainCreate(BaseModel):
 
 class CalibrateCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Scorer | None = Field(None, description="default: the policy's scorer")
+    method: Scorer | None = Field(None, description="the scorer whose curve sets threshold and budget; default: "
+                                  "the policy's scorer")
+    compare: list[Scorer] | None = Field(None, description="other scorers whose removal curves are measured "
+                                         "beside it (scored first if needed); default: all of them")
     epsilon: float = Field(0.01, ge=0, le=1, description="free: accuracy on removed points within this of the full")
     prune_epsilon: float = Field(0.03, ge=0, le=1, description="the looser bound for job-time pruning")
     auc_max: float = Field(0.55, ge=0.5, le=1, description="removed points' loss AUC, retrained vs full model")

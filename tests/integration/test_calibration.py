@@ -25,7 +25,7 @@ def test_calibration_sets_threshold_budget_and_prune_bound(client: TestClient, a
     client.post("/models/toy/train", headers=h)
     drain()
     assert client.get("/models/toy/versions/1/calibration", headers=h).status_code == 404
-    job = client.post("/models/toy/versions/1/calibrate", headers=h, json={"grid": [5, 10, 20, 40]})
+    job = client.post("/models/toy/versions/1/calibrate", headers=h, json={"grid": [5, 10, 20, 40], "compare": []})
     assert job.status_code == 202 and job.json()["kind"] == "calibrate"
     drain()
     done = client.get(f"/jobs/{job.json()['job_id']}", headers=h).json()
@@ -54,6 +54,24 @@ def test_calibration_sets_threshold_budget_and_prune_bound(client: TestClient, a
     assert sorted(resp["free"]) == sorted(expected)
     events = [e["event"] for e in client.get("/ledger?limit=1000", headers=h).json()["items"]]
     assert "calibration.completed" in events
+
+
+def test_calibration_compares_every_scorer(client: TestClient, admin_headers: dict[str, str]) -> None:
+    h = admin_headers
+    upload_dataset(client, h, n=160, n_test=40)
+    create_model(client, h)
+    client.post("/models/toy/train", headers=h)
+    drain()
+    job = client.post("/models/toy/versions/1/calibrate", headers=h, json={"grid": [8, 16]})
+    drain()
+    assert client.get(f"/jobs/{job.json()['job_id']}", headers=h).json()["status"] == "completed"
+    cal = client.get("/models/toy/versions/1/calibration", headers=h).json()
+    assert set(cal["curves"]) == {"gradnorm", "hessian", "less", "random"}
+    assert set(cal["by_method"]) == set(cal["curves"]) and cal["method"] == "gradnorm"
+    assert cal["by_method"]["gradnorm"]["n_free"] == cal["n_free"]
+    # the other scorers were scored on the way, and their runs are listed on the version
+    runs = {r["method"]: r["status"] for r in client.get("/models/toy/versions/1", headers=h).json()["influence"]}
+    assert runs == {"gradnorm": "completed", "hessian": "completed", "less": "completed"}
 
 
 def test_calibration_needs_a_test_split(client: TestClient, admin_headers: dict[str, str]) -> None:
