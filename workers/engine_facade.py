@@ -113,24 +113,25 @@ def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, n
 
 def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
           retain: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray | None, np.ndarray | None],
-          settings: Settings | None = None, retrained: bool = False) -> dict[str, Any]:
-    """Audit the new network against its parent on the request's points; pass/fail by the settings."""
+          settings: Settings | None = None, retrained: bool = False,
+          policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Audit the new network against its parent on the request's points; pass/fail by the model's audit
+    policy, whose unset thresholds are the server's settings."""
     settings = settings or get_settings()
     if test[0] is None or len(test[0]) == 0:
         raise ValueError("the dataset has no test split (x_test, y_test): the audit cannot run")
+    rule = {"max_acc_drop": settings.audit_max_acc_drop, "mia_auc_max": settings.audit_mia_auc_max,
+            "mia_alpha": settings.audit_mia_alpha}
+    rule |= {k: v for k, v in (policy or {}).items() if k in rule and v is not None}
     dev = device()
     sets = {"forget": ArraySet(*forget), "retain": ArraySet(*retain), "test": ArraySet(test[0], test[1])}
     kw = {"device": dev, "min_points": settings.audit_min_points}
     after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
-    passed, reasons = audit_mod.audit_passes(after, before, max_acc_drop=settings.audit_max_acc_drop,
-                                             mia_auc_max=settings.audit_mia_auc_max,
-                                             mia_alpha=settings.audit_mia_alpha, retrained=retrained)
+    passed, reasons = audit_mod.audit_passes(after, before, retrained=retrained, **rule)
     return {"passed": passed, "reasons": reasons, "after": after, "before": before,
             "mia_reference": "self (retrained without the forget set)" if retrained else "test sample",
-            "n_audit": len(forget[0]), "policy": {"max_acc_drop": settings.audit_max_acc_drop,
-                                                 "mia_auc_max": settings.audit_mia_auc_max,
-                                                 "mia_alpha": settings.audit_mia_alpha}}
+            "n_audit": len(forget[0]), "policy": rule}
 
 
 def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray,

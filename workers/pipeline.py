@@ -490,7 +490,7 @@ def _unlearn(ctx: JobContext) -> str:
         with ctx.phase(f"auditing#{attempt}" if attempt > 1 else "auditing", lo + span * 0.7, lo + span):
             report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
                                retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings,
-                               retrained=algorithm == "retrain")
+                               retrained=algorithm == "retrain", policy=c["policy"].get("audit"))
             passed = report["passed"]
             with session_scope() as s:
                 row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"], attempt=attempt,

@@ -90,6 +90,16 @@ def train(name: str, caller: Modeller, session: SessionDep, body: TrainCreate | 
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
+@router.get("/{name}/versions", response_model=Page[VersionRead])
+def list_versions(name: str, caller: Reader, session: SessionDep,
+                  page: Annotated[PageParams, Depends(page_params)]) -> Page[VersionRead]:
+    """The lineage, newest first (revoked versions included: their weights answer 410)."""
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    rows, total = service.list_versions(session, model=model, offset=page.offset, limit=page.limit)
+    return Page(items=[service.version_read(session, model=model, version=v) for v in rows], total=total,
+                next=next_cursor(page, total))
+
+
 @router.get("/{name}/versions/{number}", response_model=VersionRead)
 def get_version(name: str, number: int, caller: Reader, session: SessionDep) -> VersionRead:
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)

@@ -29,6 +29,17 @@ class Recipe(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     checkpoints: int = Field(3, ge=0, le=100, description="training checkpoints kept for LESS scoring (0: none)")
+    grad_restriction: float = Field(0.0, ge=0, le=10, description="IAU's gradient-restriction term: adds "
+                                    "α·mean‖∇θ ℓ_i‖ to the training loss, so later single-step unlearning works")
+
+
+class AuditPolicy(BaseModel):
+    """Per-model pass/fail thresholds; unset ones are the server's LETHE_AUDIT_* settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_acc_drop: float | None = Field(None, ge=0, le=1, description="RA and TA may fall at most this much")
+    mia_auc_max: float | None = Field(None, ge=0.5, le=1, description="loss-MIA AUC above this fails ...")
+    mia_alpha: float | None = Field(None, gt=0, lt=1, description="... when significant at this level")
 
 
 class Policy(BaseModel):
@@ -38,6 +49,7 @@ class Policy(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     q_forget: float = Field(0.0, ge=0.0, lt=1.0)
     q_retain: float = Field(0.0, ge=0.0, lt=1.0)
+    audit: AuditPolicy = Field(default_factory=AuditPolicy)
 
     @model_validator(mode="after")
     def _known(self) -> Policy:

@@ -88,6 +88,13 @@ def list_models(session: Session, *, tenant_id: str, offset: int, limit: int) ->
     return list(session.scalars(q.order_by(Model.name).offset(offset).limit(limit))), total
 
 
+def list_versions(session: Session, *, model: Model, offset: int, limit: int) -> tuple[list[Version], int]:
+    """The model's versions, newest first."""
+    q = select(Version).where(Version.model_id == model.id)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    return list(session.scalars(q.order_by(Version.number.desc()).offset(offset).limit(limit))), total
+
+
 def models_on_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> list[Model]:
     return list(session.scalars(select(Model).where(Model.tenant_id == tenant_id, Model.dataset_id == dataset_id)
                                 .order_by(Model.name)))

@@ -1,4 +1,4 @@
-"""Audit: UA/RA/TA and the loss-based membership-inference attack."""
+"""Audit: UA/RA/TA, the loss-based membership-inference attack and the confidence-based MIA efficacy."""
 
 from __future__ import annotations
 
@@ -87,9 +87,68 @@ def cv_auc(feats: np.ndarray, labels: np.ndarray, folds_idx: list[tuple[np.ndarr
     return float(np.mean(aucs))
 
 
+@torch.no_grad()
+def confidence_features(model: nn.Module, data: ArraySet, *, device: torch.device,
+                        batch_size: int = 512) -> np.ndarray:
+    """Per example: the softmax confidence in the true class and the prediction entropy (SalUn's features)."""
+    model = model.to(device).eval()
+    x, y = to_tensors(data, device)
+    rows = []
+    for idx in batches(len(data), batch_size, shuffle=False):
+        idx = idx.to(device)
+        logp = F.log_softmax(model(x[idx]).double(), dim=1)
+        conf = logp.gather(1, y[idx, None]).exp().squeeze(1)
+        entropy = -(logp.exp() * logp).sum(1)
+        rows.append(torch.stack([conf, entropy], 1).cpu().numpy())
+    return np.concatenate(rows) if rows else np.empty((0, 2))
+
+
+def confidence_mia(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: ArraySet, device: torch.device,
+                   seed: int = 0, max_points: int = 1000, max_forget: int = 5000, min_points: int = 20,
+                   ) -> dict[str, Any]:
+    """MIA-efficacy (SalUn/IMU): an RBF SVC (C=3) learns member (retain) vs non-member (test) from the model's
+    confidence, then classifies the forget set; `efficacy` is the fraction of forget predicted non-member (higher
+    = more forgotten; compare with a retrained model's value). Retain is subsampled to the test size, both to at
+    most max_points, so the SVC stays small. `by_entropy` repeats it on the prediction entropy; `attack_accuracy`
+    is the SVC's accuracy on its own training points (≈ 0.5: the model leaks little through confidence)."""
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(seed)
+    n = min(len(retain), len(test), max_points)
+    if n < 2 or len(forget) == 0:
+        return {"efficacy": None, "by_entropy": None, "attack_accuracy": None, "n_shadow": int(n),
+                "n_forget": len(forget), "status": "insufficient"}
+
+    def sample(data: ArraySet, k: int) -> ArraySet:
+        if len(data) <= k:
+            return data
+        pick = np.sort(rng.choice(len(data), k, replace=False))
+        return ArraySet(data.x[pick], data.y[pick])
+
+    members = confidence_features(model, sample(retain, n), device=device)
+    outsiders = confidence_features(model, sample(test, n), device=device)
+    target = confidence_features(model, sample(forget, max_forget), device=device)
+    labels = np.r_[np.ones(n), np.zeros(n)]
+    out: dict[str, Any] = {}
+    for name, col in (("efficacy", 0), ("by_entropy", 1)):
+        feats = np.r_[members[:, col], outsiders[:, col]].reshape(-1, 1)
+        if np.ptp(feats) == 0:  # nothing to learn: every point looks the same
+            out[name], acc = 0.5, 0.5
+        else:
+            svc = SVC(C=3, kernel="rbf", gamma="auto").fit(feats, labels)
+            out[name] = float(1 - svc.predict(target[:, col].reshape(-1, 1)).mean())
+            acc = float((svc.predict(feats) == labels).mean())
+        if col == 0:
+            out["attack_accuracy"] = round(acc, 6)
+        out[name] = round(out[name], 6)
+    return {**out, "n_shadow": int(n), "n_forget": int(len(target)),
+            "status": "ok" if min(n, len(target)) >= min_points else "insufficient"}
+
+
 def audit_model(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: ArraySet, device: torch.device,
                 seed: int = 0, retain_sample: int = 2000, min_points: int = 20) -> dict[str, Any]:
-    """UA (1 - forget accuracy), RA on a seeded retain sample, TA, and the loss MIA forget vs test."""
+    """UA (1 - forget accuracy), RA on a seeded retain sample, TA, the loss MIA forget vs test, and the
+    confidence MIA efficacy (retain vs test SVC, fraction of forget predicted non-member) under `mia_conf`."""
     rng = np.random.default_rng(seed)
     if len(retain) > retain_sample:
         pick = np.sort(rng.choice(len(retain), retain_sample, replace=False))
@@ -103,6 +162,8 @@ def audit_model(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: A
         "ta": round(float(t_correct.mean()), 6) if len(t_correct) else None,
         "forget_loss": round(float(f_losses.mean()), 6) if len(f_losses) else None,
         "mia": loss_mia(f_losses, t_losses, seed=seed, min_points=min_points),
+        "mia_conf": confidence_mia(model, forget=forget, retain=retain, test=test, device=device, seed=seed,
+                                   min_points=min_points),
     }
 
 

@@ -14,6 +14,22 @@ from workers.engine.data import ArraySet, batches, to_tensors
 
 DEFAULT_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 64,
                                   "weight_decay": 0.0, "seed": 0}
+# Optional recipe keys: grad_restriction (float, default 0 = off) adds IAU's gradient-restriction term
+# alpha · mean_i ‖∇θ CE_i‖₂ over each batch (double backprop; the paper uses alpha = 0.005).
+
+
+def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖∇θ CE(model(x_i), y_i)‖₂ for each i, differentiable in the parameters (for double backprop)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v for k, v in model.named_parameters() if v.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
+
+    per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(params, x, y)
+    return torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in per.values()) + 1e-12)
 
 
 def make_optimizer(params: Any, *, name: str, lr: float, weight_decay: float = 0.0,
@@ -40,6 +56,7 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
     opt = make_optimizer(model.parameters(), name=r["optimizer"], lr=r["lr"], weight_decay=r["weight_decay"])
     gen = torch.Generator().manual_seed(int(r["seed"]))
     epochs = int(r["epochs"])
+    restriction = float(r.get("grad_restriction") or 0.0)
     loss_sum = 0.0
     for epoch in range(epochs):
         loss_sum, seen = 0.0, 0
@@ -47,7 +64,10 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
+            if restriction:
+                (loss + restriction * per_sample_grad_norms(model, x[idx], y[idx]).mean()).backward()
+            else:
+                loss.backward()
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)

@@ -14,8 +14,13 @@ from torch import nn
 from workers.engine.data import ArraySet
 from workers.engine.params import PARAMS, validate_params
 from workers.engine.unlearning.finetune import finetune
+from workers.engine.unlearning.iau import iau
+from workers.engine.unlearning.imu import imu
 from workers.engine.unlearning.neggrad import neggrad
+from workers.engine.unlearning.rank1 import rank1
+from workers.engine.unlearning.rank2 import rank2
 from workers.engine.unlearning.retrain import retrain
+from workers.engine.unlearning.scrub import scrub
 
 Progress = Callable[[float], None]
 
@@ -26,7 +31,10 @@ class UnlearnResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-ALGORITHMS: dict[str, Callable[..., dict[str, Any]]] = {"finetune": finetune, "neggrad": neggrad, "retrain": retrain}
+ALGORITHMS: dict[str, Callable[..., dict[str, Any]]] = {
+    "finetune": finetune, "neggrad": neggrad, "retrain": retrain, "scrub": scrub, "rank1": rank1, "rank2": rank2,
+    "iau": iau, "imu": imu,
+}
 assert set(ALGORITHMS) == set(PARAMS), "every algorithm has a params model"
 
 

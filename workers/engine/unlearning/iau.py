@@ -1,0 +1,48 @@
+"""IAU, influence approximation unlearning (Liu, Wu, Lian, Chen): forgetting a set is the incremental-learning
+step in the opposite direction, a single fresh-Adam step on ∇L(retain) − ∇L(forget)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.data import ArraySet, batches, to_tensors
+
+
+def mean_gradient(model: nn.Module, data: ArraySet, device: torch.device, batch_size: int) -> list[torch.Tensor]:
+    """Full-batch gradient of the mean cross-entropy, computed in chunks (eval mode: no dropout noise)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    x, y = to_tensors(data, device)
+    n = len(data)
+    for idx in batches(n, batch_size, shuffle=False):
+        idx = idx.to(device)
+        loss = F.cross_entropy(model(x[idx]), y[idx], reduction="sum") / n
+        for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+            acc.add_(g)
+    return total
+
+
+def iau(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
+        device: torch.device, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
+    if retain is None or len(retain) == 0:
+        raise ValueError("iau needs retain data")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=params["lr"])  # fresh: its first step is about lr · sign(g)
+    steps, norm = params["steps"], 0.0
+    model.eval()
+    for step in range(steps):
+        g_r = mean_gradient(model, retain, device, params["batch_size"])
+        g_f = (mean_gradient(model, forget, device, params["batch_size"]) if len(forget)
+               else [torch.zeros_like(p) for p in trainable])
+        for p, r, f in zip(trainable, g_r, g_f, strict=True):
+            p.grad = r - params["forget_weight"] * f
+        norm = float(torch.sqrt(sum((p.grad ** 2).sum() for p in trainable)))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        progress((step + 1) / steps)
+    return {"steps": steps, "update_grad_norm": round(norm, 6), "n_forget": len(forget), "n_retain": len(retain)}

@@ -1,0 +1,69 @@
+"""SCRUB (Kurmanji et al. 2023): a student, starting as the model, moves away from a frozen teacher on the forget
+set (max-steps) and stays close to it on the retain set (min-steps)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.data import ArraySet, batches, to_tensors
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) of the tempered softmaxes, scaled by T² (Hinton's distillation loss)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
+          device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
+    if retain is None or len(retain) == 0:
+        raise ValueError("scrub needs retain data")
+    teacher = copy.deepcopy(model).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    xr, yr = to_tensors(retain, device)
+    xf, _ = to_tensors(forget, device)
+    opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
+                          weight_decay=params["weight_decay"])
+    gen = torch.Generator().manual_seed(seed)
+    t, alpha, gamma, ceiling = params["temperature"], params["alpha"], params["gamma"], params["max_forget_kl"]
+    epochs = params["epochs"]
+    max_steps = min_steps = skipped = 0
+    last_forget_kl = 0.0
+    model.train()
+    for epoch in range(epochs):
+        if epoch < params["max_epochs"] and len(forget):
+            for idx in batches(len(forget), params["forget_batch_size"], shuffle=True, generator=gen):
+                idx = idx.to(device)
+                with torch.no_grad():
+                    target = teacher(xf[idx])
+                kl = distill_kl(model(xf[idx]), target, t)
+                last_forget_kl = float(kl.detach())
+                # Unbounded ascent diverges; a batch already this far from the teacher is forgotten enough.
+                if last_forget_kl >= ceiling:
+                    skipped += 1
+                    continue
+                opt.zero_grad(set_to_none=True)
+                (-kl).backward()
+                opt.step()
+                max_steps += 1
+        for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
+            idx = idx.to(device)
+            with torch.no_grad():
+                target = teacher(xr[idx])
+            logits = model(xr[idx])
+            loss = gamma * F.cross_entropy(logits, yr[idx]) + alpha * distill_kl(logits, target, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            min_steps += 1
+        progress((epoch + 1) / epochs)
+    return {"max_steps": max_steps, "min_steps": min_steps, "max_skipped": skipped,
+            "last_forget_kl": round(last_forget_kl, 6), "n_forget": len(forget), "n_retain": len(retain)}
