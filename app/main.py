@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import health
+from app import health, metrics
 from app.datasets.router import router as datasets_router
 from app.db import session_scope
 from app.errors import install_handlers
 from app.forget.router import router as forget_router
 from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
+from app.opendsr.router import router as opendsr_router
 from app.registry.router import router as models_router
 from app.settings import get_settings
 from app.tenants import service as tenants
@@ -40,6 +41,6 @@ def create_app() -> FastAPI:
                   description="Remove training data from deployed PyTorch models, with audits and a ledger.")
     install_handlers(app)
     for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,
-                   keys_router, webhooks_router):
+                   keys_router, webhooks_router, opendsr_router, metrics.router):
         app.include_router(router)
     return app

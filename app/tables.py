@@ -5,6 +5,7 @@ from app.db import Base
 from app.forget.tables import Disposition, ForgetRequest
 from app.jobs.tables import Audit, Job, JobRequest, Outbox
 from app.ledger.tables import LedgerEntry
+from app.opendsr.tables import OpenDsrLink, OpenDsrRequest
 from app.registry.tables import InfluenceRun, Model, Version
 from app.tenants.tables import ApiKey, Tenant
 from app.webhooks.tables import Delivery, Webhook
@@ -12,5 +13,5 @@ from app.webhooks.tables import Delivery, Webhook
 __all__ = [
     "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
     "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
-    "Delivery", "Webhook",
+    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest",
 ]

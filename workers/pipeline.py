@@ -27,6 +27,7 @@ from app.jobs import service as jobs
 from app.jobs.outbox import safe_relay
 from app.jobs.tables import Audit, Job, Outbox
 from app.ledger import service as ledger
+from app.opendsr import hooks as opendsr
 from app.registry import service as registry
 from app.registry.schemas import SCORERS
 from app.registry.tables import Model, Version
@@ -111,6 +112,8 @@ def run_job(job_id: str, *, worker: str) -> str:
         kind = job.kind
         ledger.append(s, tenant_id=job.tenant_id, event="job.started", subject_type="job", subject_id=job.id,
                       data={"kind": kind, "attempt": job.attempts, "worker": worker})
+        if kind == "unlearn":
+            opendsr.job_started(s, job_id=job.id)  # OpenDSR requests it serves become in_progress
     ctx = JobContext(job_id)
     heartbeat = Heartbeat(job_id)
     heartbeat.start()
@@ -185,6 +188,7 @@ def _close_request(s: Any, request: ForgetRequest, *, status: str, pending_to: s
     webhooks.emit(s, tenant_id=request.tenant_id, event_type=f"request.{status}",
                   data={"request_id": request.id, "model": model.name, "counts": counts,
                         "ref": registry.ref(model, version) if version else None}, callback_url=request.callback_url)
+    opendsr.request_changed(s, request_id=request.id)  # OpenDSR statuses follow (signed callbacks)
 
 
 # ----------------------------------------------------------------------------- engine access

@@ -103,11 +103,16 @@ def deliver_due(*, limit: int = 50, timeout: float = 5.0) -> int:
     for delivery_id, tenant_id, url, payload in due:
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         status, error = None, None
+        opendsr = str(payload.get("type", "")).startswith("opendsr.")
+        if opendsr:  # OpenDSR status callbacks: the spec's body, signed with the processor's certificate
+            from app.opendsr import callbacks
         try:
             check_url(url)  # again at send time: DNS may have changed since registration
             headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
                        "Lethe-Signature": signature(tenant_secret(tenant_id), body, int(time.time())),
                        "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
+            if opendsr:
+                body, headers = callbacks.render(payload, delivery_id)
             status = httpx.post(url, content=body, headers=headers, timeout=timeout).status_code
         except (httpx.HTTPError, Unprocessable) as exc:
             error = str(getattr(exc, "detail", None) or exc)[:500]
@@ -120,6 +125,8 @@ def deliver_due(*, limit: int = 50, timeout: float = 5.0) -> int:
                 done += 1
             else:
                 d.next_at = utcnow() + timedelta(seconds=min(2 ** d.attempts, 3600))
+            if opendsr:
+                callbacks.record(session, delivery=d)  # each OpenDSR delivery attempt in the ledger
     return done
 
 

@@ -1,0 +1,146 @@
+"""A small typed client for governance systems (and the CLI): httpx underneath, the API's own schemas on top.
+
+    from app.client import Lethe
+    with Lethe("http://127.0.0.1:8000", key) as lethe:
+        answer = lethe.forget("digits", point_ids=["d0001"], reason="gdpr art. 17", requested_by="dpo")
+        job = lethe.wait(answer.job_id) if answer.job_id else None
+
+Errors come back as LetheAPIError with the HTTP status and the server's detail. POST /forget sends an
+Idempotency-Key (a fresh one unless given), so a retried call after a network error never doubles a request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from app.forget.schemas import ForgetResponse, RequestRead
+from app.jobs.schemas import JobRead
+from app.ledger.schemas import LedgerVerify
+from app.registry.schemas import ModelRead
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+class LetheAPIError(Exception):
+    """An HTTP error answer: status code and the server's detail."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class Lethe:
+    """One server, one API key. Use as a context manager, or call close()."""
+
+    def __init__(self, url: str, key: str, *, timeout: float = 30.0, retries: int = 3,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
+                                  transport=transport or httpx.HTTPTransport(retries=retries))
+
+    @classmethod
+    def over(cls, http: httpx.Client) -> Lethe:
+        """Wrap a configured client (base URL and Authorization set), e.g. a FastAPI TestClient."""
+        self = cls.__new__(cls)
+        self._http = http
+        return self
+
+    def __enter__(self) -> Lethe:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self._http.request(method, path, **kw)
+        body = resp.json() if resp.content and resp.headers.get("content-type", "").startswith("application/json") \
+            else resp.text
+        if resp.status_code >= 400:
+            raise LetheAPIError(resp.status_code, body.get("detail", body) if isinstance(body, dict) else body)
+        return body
+
+    def _pages(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
+        cursor = None
+        while True:
+            page = self._call("GET", path, params={k: v for k, v in (params | {"cursor": cursor}).items()
+                                                   if v is not None})
+            yield from page["items"]
+            cursor = page.get("next")
+            if not cursor:
+                return
+
+    # --- forgetting -----------------------------------------------------------------------------------
+    def forget(self, model: str, *, point_ids: list[str] | None = None, subject_ids: list[str] | None = None,
+               reason: str, requested_by: str, algorithm: str | None = None, params: dict[str, Any] | None = None,
+               callback_url: str | None = None, idempotency_key: str | None = None) -> ForgetResponse:
+        """POST /forget: free points answered at once, the rest in a job (job_id)."""
+        body = {"model": model, "point_ids": point_ids or [], "subject_ids": subject_ids or [], "reason": reason,
+                "requested_by": requested_by, "algorithm": algorithm, "params": params, "callback_url": callback_url}
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return ForgetResponse.model_validate(self._call("POST", "/forget", headers=headers,
+                                                        json={k: v for k, v in body.items() if v is not None}))
+
+    def request(self, request_id: str) -> RequestRead:
+        return RequestRead.model_validate(self._call("GET", f"/requests/{request_id}"))
+
+    def certificate(self, request_id: str) -> dict[str, Any]:
+        """The signed deletion certificate an auditor keeps."""
+        return self._call("GET", f"/requests/{request_id}/certificate")
+
+    def cancel(self, request_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/requests/{request_id}/cancel")
+
+    # --- jobs -----------------------------------------------------------------------------------------
+    def job(self, job_id: str) -> JobRead:
+        return JobRead.model_validate(self._call("GET", f"/jobs/{job_id}"))
+
+    def jobs(self, *, status: str | None = None, kind: str | None = None) -> Iterator[JobRead]:
+        for item in self._pages("/jobs", status=status, kind=kind):
+            yield JobRead.model_validate(item)
+
+    def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None,
+             on_progress: Callable[[JobRead], None] | None = None) -> JobRead:
+        """Poll a job until it ends; on_progress sees every state (a progress bar, a log line)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job.status in FINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            time.sleep(poll)
+
+    # --- registry and ledger --------------------------------------------------------------------------
+    def models(self) -> list[ModelRead]:
+        return [ModelRead.model_validate(m) for m in self._pages("/models")]
+
+    def verify_ledger(self) -> LedgerVerify:
+        return LedgerVerify.model_validate(self._call("GET", "/ledger/verify"))
+
+    def status(self) -> dict[str, Any]:
+        """What `lethe status` shows: models and their current versions, the queue, and what deletions cost."""
+        models = self.models()
+        active = {s: list(self.jobs(status=s)) for s in ("queued", "running")}
+        done = list(self.jobs(status="completed", kind="unlearn"))
+        seconds = [sum(v for v in (j.timings or {}).values() if isinstance(v, int | float)) for j in done]
+        return {
+            "models": [{"name": m.name, "ref": m.ref, "current": m.current} for m in models],
+            "queue": {s: len(v) for s, v in active.items()},
+            "running": [{"job_id": j.id, "kind": j.kind, "phase": j.phase, "progress": j.progress}
+                        for j in active["running"]],
+            "unlearning_jobs": len(done),
+            "unlearning_seconds_total": round(sum(seconds), 3),
+            "unlearning_seconds_mean": round(sum(seconds) / len(seconds), 3) if seconds else None,
+            "ledger_ok": self.verify_ledger().ok,
+        }

@@ -1,0 +1,58 @@
+"""OpenDSR deadline metrics, read from the database at scrape time (so every process reports the same)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("lethe.opendsr")
+_registered = False
+
+
+class DeadlineCollector(Collector):
+    """lethe_opendsr_open_requests{time_left} and lethe_opendsr_deadlines_missed_total."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from app.db import session_scope
+        from app.opendsr import service
+
+        try:
+            with session_scope(readonly=True) as session:
+                buckets, missed = service.open_by_time_left(session)
+        except Exception as exc:  # noqa: BLE001 - a scrape never fails for a lost database
+            log.warning("OpenDSR metrics unavailable: %s", exc)
+            return
+        gauge = GaugeMetricFamily("lethe_opendsr_open_requests",
+                                  "Open OpenDSR requests (pending or in_progress) by time left to their deadline",
+                                  labels=["time_left"])
+        for bucket, n in buckets.items():
+            gauge.add_metric([bucket], n)
+        yield gauge
+        yield CounterMetricFamily("lethe_opendsr_deadlines_missed",
+                                  "OpenDSR requests past their deadline while open, or completed after it",
+                                  value=missed)
+
+    def describe(self) -> list:
+        return []  # no collection at registration time
+
+
+def registry() -> CollectorRegistry:
+    """The registry GET /metrics serves (app.metrics.REGISTRY when present), else prometheus_client's default."""
+    try:
+        from app import metrics as app_metrics
+
+        return app_metrics.REGISTRY
+    except (ImportError, AttributeError):
+        return REGISTRY
+
+
+def register() -> None:
+    """Add the collector to that registry once per process."""
+    global _registered
+    if not _registered:
+        registry().register(DeadlineCollector())
+        _registered = True
