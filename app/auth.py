@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,7 +13,8 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, RateLimited, Unauthorized
+from app.settings import get_settings
 from app.tenants.tables import ApiKey
 
 SCOPES = ("read", "forget", "models", "admin")
@@ -35,6 +38,45 @@ def generate_key() -> str:
     return "lethe_" + secrets.token_urlsafe(32)
 
 
+class TokenBuckets:
+    """Per-key token buckets, in this process's memory: each API process (uvicorn worker) limits on its own,
+    so N processes allow N times LETHE_RATE_LIMIT_PER_SECOND. Buckets are refilled lazily on use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, monotonic time)
+
+    def take(self, key_id: str, *, rate: float, burst: int) -> float:
+        """Take one token; 0.0 when granted, else the seconds until one is available."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[key_id] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+    def reset(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+
+
+BUCKETS = TokenBuckets()
+
+
+def rate_limit(caller: Caller) -> None:
+    """429 with Retry-After once the caller's key has spent its burst faster than the per-second rate."""
+    settings = get_settings()
+    if settings.rate_limit_per_second <= 0:
+        return
+    wait = BUCKETS.take(caller.key_id, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst)
+    if wait > 0:
+        raise RateLimited(f"rate limit of this API key exceeded ({settings.rate_limit_per_second:g}/s, burst "
+                          f"{settings.rate_limit_burst}); retry in {wait:.1f} s", retry_after=wait)
+
+
 def authenticate(request: Request) -> Caller:
     """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked.
 
@@ -48,7 +90,9 @@ def authenticate(request: Request) -> Caller:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
         if row is None or row.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key")
-        return Caller(tenant_id=row.tenant_id, key_id=row.id, scopes=frozenset(row.scopes))
+        caller = Caller(tenant_id=row.tenant_id, key_id=row.id, scopes=frozenset(row.scopes))
+    rate_limit(caller)
+    return caller
 
 
 def require(scope: str):  # noqa: ANN201 - returns a FastAPI dependency

@@ -1,4 +1,4 @@
-"""The `lethe` command: serve, worker, migrate, demo, forget, job."""
+"""The `lethe` command: serve, worker, migrate, demo, forget, job, keys."""
 
 from __future__ import annotations
 
@@ -148,6 +148,84 @@ def job(job_id: str, url: str = URL, key: str | None = KEY,
         if wait:
             _follow(http, job_id)
         console.print_json(data=http.get(f"/jobs/{job_id}").json())
+
+
+keys = typer.Typer(help="API keys in the configured database (operator commands; keys are stored hashed).",
+                   no_args_is_help=True)
+cli.add_typer(keys, name="keys")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    from app.errors import LetheError
+
+    if isinstance(exc, LetheError):
+        detail = exc.detail
+    else:
+        detail = f"{type(exc).__name__}: {exc} (is the database reachable and migrated: `lethe migrate`?)"
+    console.print(f"[red]error:[/red] {detail}")
+    return typer.Exit(1)
+
+
+@keys.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="tenant name; created if new")] = "default",
+                scopes: Annotated[str, typer.Option(help="comma-separated: read,forget,models,admin")] = "read",
+                name: Annotated[str | None, typer.Option(help="a label for the key")] = None) -> None:
+    """Create a key; the key itself is printed once, alone on the last line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import session_scope
+    from app.errors import LetheError
+    from app.tenants import service
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    try:
+        with session_scope() as session:
+            t = service.get_or_create_tenant(session, name=tenant)
+            row, key = service.create_key(session, tenant_id=t.id, scopes=wanted, name=name)
+            info = f"key {row.id} (prefix {row.prefix}) for tenant '{tenant}', scopes {','.join(row.scopes)}"
+    except (LetheError, SQLAlchemyError) as exc:
+        raise _fail(exc) from None
+    console.print(info)
+    print(key, flush=True)  # plain, last, on its own line: `lethe keys create ... | tail -n1`
+
+
+@keys.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None) -> None:
+    """List keys (id, tenant, prefix, scopes, created, revoked); never the keys themselves."""
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import session_scope
+    from app.tenants import service
+
+    table = Table("id", "tenant", "prefix", "name", "scopes", "created", "revoked")
+    try:
+        with session_scope(readonly=True) as session:
+            for row, tenant_name in service.all_keys(session, tenant=tenant):
+                table.add_row(row.id, tenant_name, row.prefix, row.name or "", ",".join(row.scopes),
+                              f"{row.created_at:%Y-%m-%d %H:%M}",
+                              f"{row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "")
+    except SQLAlchemyError as exc:
+        raise _fail(exc) from None
+    console.print(table)
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (or its prefix)")]) -> None:
+    """Revoke a key at once: later requests with it get 401."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import session_scope
+    from app.errors import LetheError
+    from app.tenants import service
+
+    try:
+        with session_scope() as session:
+            row = service.revoke_any_key(session, key_id=key_id)
+            info = f"revoked key {row.id} (prefix {row.prefix}) at {row.revoked_at:%Y-%m-%d %H:%M:%S}"
+    except (LetheError, SQLAlchemyError) as exc:
+        raise _fail(exc) from None
+    console.print(info)
 
 
 def main() -> None:

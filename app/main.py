@@ -19,6 +19,7 @@ from app.registry.router import router as models_router
 from app.settings import get_settings
 from app.tenants import service as tenants
 from app.tenants.router import router as keys_router
+from app.uploads import BodyLimit
 from app.webhooks.router import router as webhooks_router
 
 
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
                   description="Remove training data from deployed PyTorch models, with audits and a ledger.")
     install_handlers(app)
+    app.add_middleware(BodyLimit)  # 413 for bodies over LETHE_MAX_BODY_MB / LETHE_MAX_UPLOAD_MB
     for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,
                    keys_router, webhooks_router, opendsr_router, metrics.router):
         app.include_router(router)

@@ -19,6 +19,7 @@ from app.db import utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.identity import keyed_hash
 from app.ledger import service as ledger
+from app.uploads import check_npz
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
@@ -34,6 +35,7 @@ class NpzSummary:
 
 def inspect_npz(path: Path) -> NpzSummary:
     """Validate an uploaded .npz without unpickling anything; 422 naming what is wrong."""
+    check_npz(path)  # headers against sizes first: nothing is allocated from a lying header
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)

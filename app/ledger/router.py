@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from app.auth import Reader
 from app.db import SessionDep
 from app.ledger import service
-from app.ledger.schemas import LedgerEntryRead, LedgerVerify
+from app.ledger.schemas import LedgerEntryRead, LedgerHead, LedgerVerify
 from app.paging import Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/ledger", tags=["ledger"])
@@ -26,4 +26,11 @@ def list_ledger(caller: Reader, session: SessionDep, limit: Annotated[int, Query
 
 @router.get("/verify", response_model=LedgerVerify)
 def verify(caller: Reader, session: SessionDep) -> LedgerVerify:
+    """Recompute the tenant's chain; when broken, name the first entry that does not verify."""
     return LedgerVerify(**service.verify(session, tenant_id=caller.tenant_id))
+
+
+@router.get("/head", response_model=LedgerHead)
+def head(caller: Reader, session: SessionDep) -> LedgerHead:
+    """The chain head (seq, hash, time) to anchor externally: a later verify proves nothing before it changed."""
+    return LedgerHead(**service.head(session, tenant_id=caller.tenant_id))

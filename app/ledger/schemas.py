@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class LedgerEntryRead(BaseModel):
@@ -18,6 +18,15 @@ class LedgerEntryRead(BaseModel):
 
 class LedgerVerify(BaseModel):
     ok: bool
-    entries: int
-    head: str
-    broken_at: int | None = None
+    entries: int = Field(description="entries that verified, from the start of the chain")
+    head: str = Field(description="hash of the last entry that verified")
+    broken_at: int | None = Field(None, description="seq of the first entry that does not verify")
+    broken_id: int | None = Field(None, description="row id of that entry")
+    reason: str | None = None
+
+
+class LedgerHead(BaseModel):
+    tenant_id: str
+    seq: int = Field(description="sequence number of the newest entry; 0 for an empty chain")
+    hash: str = Field(description="its hash, which commits to every earlier entry; record it outside Lethe")
+    at: str | None = Field(description="its timestamp (ISO 8601, as hashed)")

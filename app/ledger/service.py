@@ -64,7 +64,10 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
 
 
 def verify(session: Session, *, tenant_id: str) -> dict[str, Any]:
-    """Recompute the whole chain; report the first entry that does not match."""
+    """Recompute the whole chain; report the first entry that does not match (seq, row id and why).
+
+    `head` is the hash of the last entry that verified: everything up to it is intact.
+    """
     prev = GENESIS
     count = 0
     expected_seq = 1
@@ -74,12 +77,30 @@ def verify(session: Session, *, tenant_id: str) -> dict[str, Any]:
     for e in rows:
         recomputed = entry_hash(tenant_id=tenant_id, seq=e.seq, event=e.event, subject_type=e.subject_type,
                                 subject_id=e.subject_id, data=e.data, at=e.at, prev_hash=prev)
-        if e.seq != expected_seq or e.prev_hash != prev or e.hash != recomputed:
-            return {"ok": False, "entries": count, "head": prev, "broken_at": e.seq}
+        reason = None
+        if e.seq != expected_seq:
+            reason = f"sequence gap: expected seq {expected_seq}, found {e.seq} (entries removed)"
+        elif e.prev_hash != prev:
+            reason = "prev_hash does not match the previous entry's hash"
+        elif e.hash != recomputed:
+            reason = "content does not match its hash (entry edited)"
+        if reason:
+            return {"ok": False, "entries": count, "head": prev, "broken_at": e.seq, "broken_id": e.id,
+                    "reason": reason}
         prev = e.hash
         count += 1
         expected_seq += 1
     return {"ok": True, "entries": count, "head": prev}
+
+
+def head(session: Session, *, tenant_id: str) -> dict[str, Any]:
+    """The tenant's chain head as stored (seq, hash, time), to anchor outside Lethe; seq 0 is the empty chain."""
+    last = session.scalar(
+        select(LedgerEntry).where(LedgerEntry.tenant_id == tenant_id).order_by(LedgerEntry.seq.desc()).limit(1)
+    )
+    if last is None:
+        return {"tenant_id": tenant_id, "seq": 0, "hash": GENESIS, "at": None}
+    return {"tenant_id": tenant_id, "seq": last.seq, "hash": last.hash, "at": last.at}
 
 
 def list_entries(session: Session, *, tenant_id: str, event: str | None = None, subject_id: str | None = None,

@@ -21,6 +21,7 @@ from app.ledger import service as ledger
 from app.registry.schemas import InfluenceSummary, ModelCreate, ModelRead, VersionRead
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
+from app.uploads import check_safetensors_header
 from app.webhooks import service as webhooks
 
 
@@ -112,6 +113,7 @@ def check_safetensors(path: Path) -> list[str]:
     """The tensor names of a safetensors file; 422 for anything else (pickles included)."""
     from safetensors import safe_open
 
+    check_safetensors_header(path)  # declared header and tensor sizes against the file, before the library reads
     try:
         with safe_open(str(path), framework="numpy") as fh:
             names = list(fh.keys())

@@ -13,9 +13,7 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 @router.post("", status_code=201, response_model=KeyCreated)
 def create_key(body: KeyCreate, caller: Admin, session: SessionDep) -> KeyCreated:
-    tenant_id = caller.tenant_id
-    if body.tenant:
-        tenant_id = service.get_or_create_tenant(session, name=body.tenant).id
+    tenant_id = service.tenant_for_new_key(session, caller_tenant_id=caller.tenant_id, name=body.tenant)
     row, key = service.create_key(session, tenant_id=tenant_id, scopes=body.scopes, name=body.name)
     session.commit()
     return KeyCreated(**KeyRead.model_validate(row, from_attributes=True).model_dump(), key=key)

@@ -6,9 +6,10 @@ from pydantic import BaseModel, Field
 
 
 class KeyCreate(BaseModel):
-    scopes: list[str] = Field(min_length=1)
-    tenant: str | None = Field(None, description="Tenant name; created if new. Default: the caller's tenant.")
-    name: str | None = None
+    scopes: list[str] = Field(min_length=1, max_length=4, description="read | forget | models | admin")
+    tenant: str | None = Field(None, min_length=1, max_length=200, description=(
+        "A new tenant's name (created with this key); default the caller's tenant. Another existing tenant is 404."))
+    name: str | None = Field(None, max_length=200)
 
 
 class KeyRead(BaseModel):

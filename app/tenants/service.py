@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import SCOPES, generate_key, hash_key
 from app.db import utcnow
-from app.errors import NotFound, Unprocessable
+from app.errors import Conflict, NotFound, Unprocessable
 from app.tenants.tables import ApiKey, Tenant
 
 DEFAULT_TENANT = "default"
@@ -21,6 +21,19 @@ def get_or_create_tenant(session: Session, *, name: str) -> Tenant:
         session.add(tenant)
         session.flush()
     return tenant
+
+
+def tenant_for_new_key(session: Session, *, caller_tenant_id: str, name: str | None) -> str:
+    """The tenant a key created through the API belongs to: the caller's own, or a new tenant it names.
+
+    Naming another tenant that exists is 404 (its keys are the operator's: `lethe keys create --tenant`).
+    """
+    if not name:
+        return caller_tenant_id
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is not None and tenant.id != caller_tenant_id:
+        raise NotFound(f"no tenant '{name}' of yours")
+    return (tenant or get_or_create_tenant(session, name=name)).id
 
 
 def create_key(session: Session, *, tenant_id: str, scopes: list[str], name: str | None = None,
@@ -52,6 +65,29 @@ def list_keys(session: Session, *, tenant_id: str) -> list[ApiKey]:
     return list(session.scalars(
         select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at.desc())
     ))
+
+
+def all_keys(session: Session, *, tenant: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Operator view (CLI): every key with its tenant's name, optionally of one tenant, newest first."""
+    q = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+    if tenant is not None:
+        q = q.where(Tenant.name == tenant)
+    return [(k, n) for k, n in session.execute(q.order_by(ApiKey.created_at.desc()))]
+
+
+def revoke_any_key(session: Session, *, key_id: str) -> ApiKey:
+    """Operator (CLI): revoke a key of any tenant by id or by its printed prefix."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        matches = list(session.scalars(select(ApiKey).where(ApiKey.prefix == key_id)))
+        if len(matches) > 1:
+            raise Conflict(f"prefix {key_id} names {len(matches)} keys; give the key id")
+        row = matches[0] if matches else None
+    if row is None:
+        raise NotFound(f"no API key {key_id}")
+    row.revoked_at = row.revoked_at or utcnow()
+    session.flush()
+    return row
 
 
 def revoke_key(session: Session, *, tenant_id: str, key_id: str) -> ApiKey:

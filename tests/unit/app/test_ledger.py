@@ -1,4 +1,4 @@
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from app.db import session_scope
 from app.ledger import service as ledger
@@ -23,8 +23,12 @@ def test_chain_appends_verifies_and_detects_tampering(lethe_env: dict[str, str])
         assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
         assert result["head"] == entries[-1].hash
     with session_scope() as s:
+        if lethe_env["backend"] == "postgres":  # append-only trigger: tamper as a superuser would
+            s.execute(text("ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_append_only"))
         s.execute(update(LedgerEntry).where(LedgerEntry.tenant_id == tid, LedgerEntry.seq == 3)
                   .values(data={"i": 99}))
+        if lethe_env["backend"] == "postgres":
+            s.execute(text("ALTER TABLE ledger_entries ENABLE TRIGGER ledger_entries_append_only"))
     with session_scope() as s:
         result = ledger.verify(s, tenant_id=tid)
         assert not result["ok"] and result["broken_at"] == 3
