@@ -1,4 +1,4 @@
-"""The `lethe` command: serve, worker, migrate, demo, forget, job, keys."""
+"""The `lethe` command: serve, worker, migrate, demo, forget, job, status, keys."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from app.client import Lethe
 
 cli = typer.Typer(help="Lethe: remove training data from deployed PyTorch models.", no_args_is_help=True)
 console = Console(soft_wrap=True)
@@ -104,50 +105,77 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
                 child.kill()
 
 
+def _client(url: str, key: str | None) -> Lethe:
+    from app.client import Lethe
+
+    return Lethe(url, _key(key))
+
+
 @cli.command()
 def forget(model: str, points: Annotated[list[str], typer.Option("--points", "-p", help="point ids")] = [],  # noqa: B006
            subjects: Annotated[list[str], typer.Option("--subjects", "-s", help="subject ids")] = [],  # noqa: B006
            reason: str = "erasure request", requested_by: str = "cli", wait: bool = False,
+           algorithm: Annotated[str | None, typer.Option(help="override the model's unlearning algorithm")] = None,
            url: str = URL, key: str | None = KEY) -> None:
     """POST /forget; with --wait, follow the job with a progress bar."""
+    from app.client import LetheAPIError
+
     ids = [p for item in points for p in item.split(",") if p]
-    headers = {"Authorization": f"Bearer {_key(key)}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
-        resp = http.post("/forget", json={"model": model, "point_ids": ids, "subject_ids": subjects,
-                                          "reason": reason, "requested_by": requested_by})
-        body = resp.json()
-        if resp.status_code >= 400:
-            console.print(f"[red]{resp.status_code}[/red] {body}")
-            raise typer.Exit(1)
-        console.print(f"request {body['request_id']}: {len(body['free'])} free, {len(body['pending'])} pending, "
-                      f"{len(body['already_forgotten'])} already forgotten")
-        if wait and body.get("job_id"):
-            _follow(http, body["job_id"])
+    subject_ids = [p for item in subjects for p in item.split(",") if p]
+    with _client(url, key) as lethe:
+        try:
+            answer = lethe.forget(model, point_ids=ids, subject_ids=subject_ids, reason=reason,
+                                  requested_by=requested_by, algorithm=algorithm)
+        except LetheAPIError as exc:
+            console.print(f"[red]{exc.status}[/red] {exc.detail}")
+            raise typer.Exit(1) from exc
+        console.print(f"request {answer.request_id}: {len(answer.free)} free, {len(answer.pending)} pending, "
+                      f"{len(answer.already_forgotten)} already forgotten")
+        if wait and answer.job_id:
+            _follow(lethe, answer.job_id)
 
 
-def _follow(http: httpx.Client, job_id: str) -> None:
+def _follow(lethe: Lethe, job_id: str) -> None:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("queued", total=1.0)
-        while True:
-            job = http.get(f"/jobs/{job_id}").json()
-            bar.update(task, completed=job["progress"], description=f"{job['status']} {job['phase'] or ''}")
-            if job["status"] in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
-    result = job.get("result") or {}
-    colour = "green" if job["status"] == "completed" else "red"
-    console.print(f"[{colour}]job {job['status']}[/{colour}] {result.get('ref') or ''} {job.get('error') or ''}")
+        job = lethe.wait(job_id, on_progress=lambda j: bar.update(
+            task, completed=j.progress, description=f"{j.status} {j.phase or ''}"))
+    result = job.result or {}
+    colour = "green" if job.status == "completed" else "red"
+    console.print(f"[{colour}]job {job.status}[/{colour}] {result.get('ref') or ''} {job.error or ''}")
 
 
 @cli.command()
 def job(job_id: str, url: str = URL, key: str | None = KEY,
         wait: Annotated[bool, typer.Option(help="follow until it ends")] = False) -> None:
     """Show a job."""
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {_key(key)}"}, timeout=30) as http:
+    with _client(url, key) as lethe:
         if wait:
-            _follow(http, job_id)
-        console.print_json(data=http.get(f"/jobs/{job_id}").json())
+            _follow(lethe, job_id)
+        console.print_json(lethe.job(job_id).model_dump_json())
+
+
+@cli.command()
+def status(url: str = URL, key: str | None = KEY) -> None:
+    """Models and their current versions, the queue, what unlearning has cost, and the ledger."""
+    from rich.table import Table
+
+    with _client(url, key) as lethe:
+        st = lethe.status()
+    table = Table(title="models")
+    for col in ("model", "current"):
+        table.add_column(col)
+    for m in st["models"]:
+        table.add_row(m["name"], m["ref"] or "-")
+    console.print(table)
+    console.print(f"queue: {st['queue']['queued']} queued, {st['queue']['running']} running")
+    for r in st["running"]:
+        console.print(f"  {r['job_id']} {r['kind']} {r['phase'] or ''} {r['progress']:.0%}")
+    mean = st["unlearning_seconds_mean"]
+    console.print(f"unlearning jobs: {st['unlearning_jobs']} completed, {st['unlearning_seconds_total']:.1f} s "
+                  f"in all" + (f", {mean:.1f} s each on average" if mean is not None else ""))
+    console.print(f"ledger: {'[green]verified[/green]' if st['ledger_ok'] else '[red]BROKEN[/red]'}")
 
 
 keys = typer.Typer(help="API keys in the configured database (operator commands; keys are stored hashed).",

@@ -105,4 +105,9 @@ def test_governance_system_forgets_50_points(server: tuple[str, dict[str, str], 
                           "--wait", "--url", url, "--key", h["Authorization"].split()[1]],
                          env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stdout + cli.stderr
-    assert "request" in cli.stdout
+    assert "request" in cli.stdout and "job completed digits@4" in cli.stdout  # v3 was trained unpromoted
+    status = subprocess.run([sys.executable, "-m", "app.cli", "status", "--url", url,
+                             "--key", h["Authorization"].split()[1]], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "digits@4" in status.stdout and "0 queued" in status.stdout and "verified" in status.stdout
