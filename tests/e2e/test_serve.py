@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support import free_port, stop, wait_until_up
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,23 +34,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError("lethe serve did not become ready")
+        wait_until_up(proc, url, path="/readyz")
         key = (tmp_path / "var" / "admin.key").read_text().strip()
         yield url, {"Authorization": f"Bearer {key}"}, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def test_governance_system_forgets_50_points(server: tuple[str, dict[str, str], dict[str, str]]) -> None:

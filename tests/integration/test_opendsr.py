@@ -8,10 +8,8 @@ import base64
 import hashlib
 import io
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ from app.demo import digits_npz
 from app.main import create_app
 from app.webhooks.service import deliver_due
 from tests.factories import create_model, drain, npz_bytes, upload_dataset
+from tests.support import Receiver
 
 DIGITS_ONLY, SHARED, CHURN_ONLY = "subject-007", "subject-281", "subject-300"
 
@@ -35,22 +34,8 @@ class Controller:
 
     def __init__(self, client: TestClient) -> None:
         self.client = client
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.got.append((dict(self.headers), body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/opendsr_callbacks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.receiver = Receiver(path="/opendsr_callbacks")
+        self.got, self.url = self.receiver.got, self.receiver.url
         discovery = client.get("/opendsr/v1/discovery")  # public, like the certificate
         assert discovery.status_code == 200
         self.discovery = discovery.json()
@@ -87,7 +72,7 @@ def client(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterat
 def controller(client: TestClient) -> Iterator[Controller]:
     c = Controller(client)
     yield c
-    c.server.shutdown()
+    c.receiver.close()
 
 
 def churn_npz() -> bytes:

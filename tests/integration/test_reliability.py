@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,14 +13,9 @@ import pytest
 
 from tests.conftest import BOOTSTRAP
 from tests.factories import npz_bytes, safetensors_bytes
+from tests.support import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -32,20 +25,10 @@ def server(lethe_env: dict[str, str]) -> Iterator[str]:
                             env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "lethe serve exited during start-up"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("lethe serve did not answer /healthz within 120 s")
+        wait_until_up(proc, url)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def test_500_concurrent_duplicates_make_one_request_and_one_job(server: str) -> None:
