@@ -388,8 +388,11 @@ REGISTRY.register(COLLECTOR)
 
 def exported_names() -> set[str]:
     """Every sample name a scrape can contain (counters' _total, histograms' _bucket/_sum/_count)."""
+    from app.opendsr.metrics import DeadlineCollector
+
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    return {fam.name + sfx for fam in COLLECTOR.describe() for sfx in suffixes[fam.type]}
+    families = [*COLLECTOR.describe(), *DeadlineCollector().describe()]
+    return {fam.name + sfx for fam in families for sfx in suffixes[fam.type]}
 
 
 router = APIRouter(tags=["metrics"])

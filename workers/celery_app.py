@@ -35,6 +35,10 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": VISIBILITY_TIMEOUT,
             "priority_steps": list(range(settings.redis_priority_steps)),
             "queue_order_strategy": "priority",
+            # A Redis that accepts connections but never answers (stopped, partitioned) must fail a publish
+            # in seconds, not hang the outbox relay (or a request that relays inline) forever.
+            "socket_connect_timeout": 3,
+            "socket_timeout": 3,
         }
     return app
 

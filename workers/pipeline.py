@@ -7,6 +7,7 @@ run again by another worker and the ledger shows each event once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from app.jobs import service as jobs
 from app.jobs.outbox import safe_relay
 from app.jobs.tables import Audit, Job, Outbox
 from app.ledger import service as ledger
+from app.ledger.tables import LedgerEntry
 from app.opendsr import hooks as opendsr
 from app.registry import service as registry
 from app.registry.schemas import SCORERS
@@ -37,6 +39,12 @@ from workers.engine.params import escalation
 
 log = logging.getLogger("lethe.pipeline")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
+# job id -> the attempt number this process claimed; the final transactions check it (see _fence).
+_CLAIMS: dict[str, int] = {}
+
+
+class Superseded(Exception):  # noqa: N818 - a state, not a failure
+    """This worker's lease lapsed and another worker claimed the job: drop this run's results."""
 
 
 # ----------------------------------------------------------------------------- job plumbing
@@ -48,9 +56,18 @@ class JobContext:
         self.job_id = job_id
         self._last = 0.0
 
+    def _job(self, s: Any) -> Job:
+        """The job's row; Superseded when another attempt claimed it meanwhile (this worker was paused past its
+        lease): the stale run stops at its next progress or phase write instead of overwriting the new one's."""
+        job = s.get(Job, self.job_id)
+        attempt = _CLAIMS.get(self.job_id)
+        if attempt is not None and job.attempts != attempt:
+            raise Superseded(self.job_id)
+        return job
+
     def _update(self, **values: Any) -> None:
         with session_scope() as s:
-            job = s.get(Job, self.job_id)
+            job = self._job(s)
             for k, v in values.items():
                 setattr(job, k, v)
             job.lease_until = utcnow() + jobs.lease()
@@ -70,7 +87,7 @@ class JobContext:
         yield progress
         seconds = round(time.perf_counter() - began, 4)
         with session_scope() as s:
-            job = s.get(Job, self.job_id)
+            job = self._job(s)
             job.timings = {**(job.timings or {}), name: seconds}
             job.progress = end
             job.lease_until = utcnow() + jobs.lease()
@@ -79,16 +96,18 @@ class JobContext:
 class Heartbeat(threading.Thread):
     """Renews the job's lease while it runs, so only a dead worker's job is ever claimed again."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, attempt: int | None = None) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.job_id = job_id
+        self.attempt = attempt
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(jobs.lease().total_seconds() / 4):
             try:
                 with session_scope() as s:
-                    s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
+                    ours = Job.attempts == self.attempt if self.attempt is not None else True
+                    s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running", ours)
                               .values(lease_until=utcnow() + jobs.lease()))
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has slack
                 log.warning("lease renewal of %s failed: %s", self.job_id, exc)
@@ -114,17 +133,22 @@ def run_job(job_id: str, *, worker: str) -> str:
                       data={"kind": kind, "attempt": job.attempts, "worker": worker})
         if kind == "unlearn":
             opendsr.job_started(s, job_id=job.id)  # OpenDSR requests it serves become in_progress
+        attempt = job.attempts
+    _CLAIMS[job_id] = attempt
     ctx = JobContext(job_id)
-    heartbeat = Heartbeat(job_id)
+    heartbeat = Heartbeat(job_id, attempt)
     heartbeat.start()
     try:
         status = {"train": _train, "score": _score, "unlearn": _unlearn, "calibrate": _calibrate}[kind](ctx)
+    except Superseded:
+        log.warning("job %s: attempt %d lost its lease to another worker; its results are dropped", job_id, attempt)
+        status = "superseded"
     except Exception as exc:  # noqa: BLE001 - any failure ends the job visibly, never silently
         log.exception("job %s failed", job_id)
-        _fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
-        status = "failed"
+        status = _fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
     finally:
         heartbeat.stop()
+        _CLAIMS.pop(job_id, None)
     safe_relay()  # publish what the job queued (scoring of a new version)
     return status
 
@@ -143,11 +167,33 @@ def _lineage_busy(s: Any, job: Job) -> bool:
                                          Job.status == "running", Job.lease_until > utcnow())) is not None
 
 
-def _fail(job_id: str, error: str, trace: str) -> None:
+def _fence(s: Any, job_id: str) -> None:
+    """In a transaction that records a job's results: raise Superseded unless the attempt this process claimed
+    still owns the job. A worker whose lease lapsed while it was alive (a long pause) and whose job another worker
+    claimed must not record an audit, register a second version, close requests twice or fail the job.
+
+    Claims take the tenant's chain lock (run_job), so holding it here until commit keeps the answer true."""
+    attempt = _CLAIMS.get(job_id)
+    if attempt is None:  # not run through run_job here (a chord's join): nothing to compare
+        return
+    ledger.lock_chain(s, tenant_id=s.scalar(select(Job.tenant_id).where(Job.id == job_id)))
+    status, attempts = s.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one()
+    if status != "running" or attempts != attempt:
+        raise Superseded(job_id)
+
+
+def _fail(job_id: str, error: str, trace: str) -> str:
     with session_scope() as s:
         job = s.get(Job, job_id)
         ledger.lock_chain(s, tenant_id=job.tenant_id)
+        try:
+            _fence(s, job_id)
+        except Superseded:
+            log.warning("job %s: not failed by this worker, another attempt owns it", job_id)
+            return "superseded"
         job.status, job.error, job.finished_at = "failed", error, utcnow()
+        if job.kind == "unlearn":  # its audited candidate, never registered, holds the data it failed to remove
+            s.info.setdefault("delete_after_commit", []).append(_candidate_uri(job.model_id, job.id))
         for request in _requests(s, job):
             _close_request(s, request, status="failed", pending_to="failed", version=None)
         if job.kind == "score":
@@ -157,9 +203,11 @@ def _fail(job_id: str, error: str, trace: str) -> None:
         ledger.append(s, tenant_id=job.tenant_id, event="job.failed", subject_type="job", subject_id=job.id,
                       data={"error": error[:2000]})
     log.debug(trace)
+    return "failed"
 
 
 def _complete(s: Any, job: Job, result: dict[str, Any]) -> None:
+    _fence(s, job.id)
     job.status, job.result, job.progress, job.finished_at, job.phase = "completed", result, 1.0, utcnow(), None
     ledger.append(s, tenant_id=job.tenant_id, event="job.completed", subject_type="job", subject_id=job.id,
                   data={"kind": job.kind, "timings": job.timings, **{k: v for k, v in result.items()
@@ -301,8 +349,16 @@ def _score(ctx: JobContext) -> str:
         job = s.get(Job, ctx.job_id)
         model_id, number, method = job.model_id, job.version, job.params.get("method", "gradnorm")
         run = _influence_run_of(s, job)
-        if run is not None:
+        done = run is not None and run.status == "completed" and registry.load_scores(run) is not None
+        if run is not None and not done:
             run.status = "running"
+    if done:  # an earlier attempt (its worker died before completing the job) or another job scored it
+        with session_scope() as s:
+            job = s.get(Job, ctx.job_id)
+            model = s.get(Model, model_id)
+            _complete(s, job, {"version": number, "ref": registry.ref(model, number), "method": method,
+                               "seconds": 0.0, "reused": True})
+        return "completed"
     if _under_celery():
         from workers import sharding
 
@@ -472,8 +528,11 @@ def _unlearn(ctx: JobContext) -> str:
             "bound": bound, "q_forget": q_f, "q_retain": q_r,
         }
         with session_scope() as s:
-            ledger.append(s, tenant_id=c["tenant_id"], event="points.pruned", subject_type="job",
-                          subject_id=ctx.job_id, data=pruned_summary)
+            ledger.lock_chain(s, tenant_id=c["tenant_id"])
+            _fence(s, ctx.job_id)
+            if not _logged(s, tenant_id=c["tenant_id"], subject_id=ctx.job_id, event="points.pruned"):  # re-run
+                ledger.append(s, tenant_id=c["tenant_id"], event="points.pruned", subject_type="job",
+                              subject_id=ctx.job_id, data=pruned_summary)
 
     arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
     x, y = arrays["x"], arrays["y"]
@@ -481,31 +540,44 @@ def _unlearn(ctx: JobContext) -> str:
     test = (arrays.get("x_test"), arrays.get("y_test"))
     attempts: list[dict[str, Any]] = []
     ladder = escalation(c["algorithm"], c["params"])
+    uri = _candidate_uri(c["model_id"], ctx.job_id)
     for attempt, (algorithm, params) in enumerate(ladder, start=1):
         span = 0.6 / len(ladder)
         lo = 0.2 + span * (attempt - 1)
-        with ctx.phase(f"unlearning#{attempt}" if attempt > 1 else "unlearning", lo, lo + span * 0.7) as progress:
-            began = time.perf_counter()
-            net, un_metrics = eng.unlearn(
-                algorithm, parent_net, forget=(x[forget_kept], y[forget_kept]),
-                retain=(x[retain_kept], y[retain_kept]), params=params, recipe=c["recipe"], arch=c["arch"],
-                shape=c["shape"], n_classes=c["n_classes"], progress=progress)
-            unlearn_seconds = time.perf_counter() - began
-        with ctx.phase(f"auditing#{attempt}" if attempt > 1 else "auditing", lo + span * 0.7, lo + span):
-            report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
-                               retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings,
-                               retrained=algorithm == "retrain", policy=c["policy"].get("audit"))
-            passed = report["passed"]
-            with session_scope() as s:
-                row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"], attempt=attempt,
-                            algorithm=algorithm, passed=passed, report=ledger.canonical(report))
-                s.add(row)
-                s.flush()
-                ledger.append(s, tenant_id=c["tenant_id"], event="audit.recorded", subject_type="job",
-                              subject_id=ctx.job_id, data={"passed": passed, "algorithm": algorithm, "params": params,
-                                                           "attempt": attempt, "after": report["after"],
-                                                           "before": report["before"], "reasons": report["reasons"]})
-                audit_id = row.id
+        prior = _recorded_audit(ctx.job_id, attempt)
+        if prior is not None:  # an earlier run of this job (its worker died) audited this attempt: resume after it
+            audit_id, report, candidate = prior
+            sha, unlearn_seconds, un_metrics = candidate["sha256"], candidate["unlearn_seconds"], candidate["metrics"]
+        else:
+            with ctx.phase(f"unlearning#{attempt}" if attempt > 1 else "unlearning", lo, lo + span * 0.7) as progress:
+                began = time.perf_counter()
+                net, un_metrics = eng.unlearn(
+                    algorithm, parent_net, forget=(x[forget_kept], y[forget_kept]),
+                    retain=(x[retain_kept], y[retain_kept]), params=params, recipe=c["recipe"], arch=c["arch"],
+                    shape=c["shape"], n_classes=c["n_classes"], progress=progress)
+                unlearn_seconds = time.perf_counter() - began
+                sha = eng.save_network(net, artifacts.path_of(uri))  # the candidate: audited, then registered as is
+            with ctx.phase(f"auditing#{attempt}" if attempt > 1 else "auditing", lo + span * 0.7, lo + span):
+                report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
+                                   retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings,
+                                   retrained=algorithm == "retrain", policy=c["policy"].get("audit"))
+                candidate = {"uri": uri, "sha256": sha, "unlearn_seconds": round(unlearn_seconds, 4),
+                             "metrics": un_metrics}
+                with session_scope() as s:
+                    ledger.lock_chain(s, tenant_id=c["tenant_id"])
+                    _fence(s, ctx.job_id)
+                    row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"],
+                                attempt=attempt, algorithm=algorithm, passed=report["passed"],
+                                report=ledger.canonical(report | {"candidate": candidate}))
+                    s.add(row)
+                    s.flush()
+                    ledger.append(s, tenant_id=c["tenant_id"], event="audit.recorded", subject_type="job",
+                                  subject_id=ctx.job_id, data={"passed": report["passed"], "algorithm": algorithm,
+                                                               "params": params, "attempt": attempt,
+                                                               "after": report["after"], "before": report["before"],
+                                                               "reasons": report["reasons"]})
+                    audit_id = row.id
+        passed = report["passed"]
         attempts.append({"attempt": attempt, "algorithm": algorithm, "params": params, "passed": passed,
                          "seconds": round(unlearn_seconds, 4), "reasons": report["reasons"]})
         if passed:
@@ -520,6 +592,8 @@ def _unlearn(ctx: JobContext) -> str:
         if not passed:
             with session_scope() as s:
                 ledger.lock_chain(s, tenant_id=c["tenant_id"])
+                _fence(s, ctx.job_id)
+                s.info.setdefault("delete_after_commit", []).append(uri)  # the failed candidate is never kept
                 job = s.get(Job, ctx.job_id)
                 for request in _requests(s, job):
                     _close_request(s, request, status="failed", pending_to="failed", version=None)
@@ -528,11 +602,10 @@ def _unlearn(ctx: JobContext) -> str:
                 ledger.append(s, tenant_id=c["tenant_id"], event="job.failed", subject_type="job",
                               subject_id=ctx.job_id, data={"error": job.error, "audit_id": audit_id})
             return "failed"
-        uri = f"models/{c['model_id']}/job-{ctx.job_id}.safetensors"
-        sha = eng.save_network(net, artifacts.path_of(uri))
         pruned_pks = {pk for pk in pending_pks if rows_of[pk] in set(forget_pruned)}
         with session_scope() as s:
             ledger.lock_chain(s, tenant_id=c["tenant_id"])
+            _fence(s, ctx.job_id)
             job = s.get(Job, ctx.job_id)
             model = s.get(Model, c["model_id"])
             parent = s.get(Version, c["parent_id"])
@@ -556,6 +629,38 @@ def _unlearn(ctx: JobContext) -> str:
     return "completed"
 
 
+def _candidate_uri(model_id: str, job_id: str) -> str:
+    """Where an unlearning job keeps its candidate weights between unlearning, audit and registration."""
+    return f"models/{model_id}/job-{job_id}.safetensors"
+
+
+def _logged(s: Any, *, tenant_id: str, subject_id: str, event: str) -> bool:
+    """Whether the ledger already holds this event for this subject (a re-run job must not record it twice)."""
+    return s.scalar(select(LedgerEntry.id).where(LedgerEntry.tenant_id == tenant_id, LedgerEntry.event == event,
+                                                 LedgerEntry.subject_id == subject_id).limit(1)) is not None
+
+
+def _recorded_audit(job_id: str, attempt: int) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(audit id, report, candidate) of this job's recorded audit of `attempt`, or None when there is none.
+
+    A passed audit counts only while the candidate it judged is on disk with the recorded hash: that file is what
+    registering publishes. A failed one is kept as recorded (the next attempt needs no file of it)."""
+    with session_scope(readonly=True) as s:
+        row = s.scalar(select(Audit).where(Audit.job_id == job_id, Audit.attempt == attempt)
+                       .order_by(Audit.created_at.desc()).limit(1))
+        if row is None:
+            return None
+        audit_id, report = row.id, dict(row.report)
+    candidate = report.pop("candidate", None)
+    if candidate is None:
+        return None
+    if report["passed"]:
+        path = artifacts.path_of(candidate["uri"])
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != candidate["sha256"]:
+            return None
+    return audit_id, report, candidate
+
+
 def _ids_summary(model_id: str, rows: list[int]) -> dict[str, Any]:
     """Pruned rows as point ids (or a count + sha256 when large, to keep ledger entries small)."""
     if not rows:
@@ -566,6 +671,4 @@ def _ids_summary(model_id: str, rows: list[int]) -> dict[str, Any]:
                                                             Point.row.in_(rows))))
     if len(ids) <= 1000:
         return {"n": len(ids), "point_ids": ids}
-    import hashlib
-
     return {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}

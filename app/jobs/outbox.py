@@ -10,6 +10,8 @@ from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
 
 log = logging.getLogger("lethe.outbox")
 RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# Publishing never subscribes to a task's result (ignore_result=True): nothing reads these results, and with a
+# Redis result backend the subscription alone retries ~20 s when Redis is down, then breaks the result consumer.
 
 
 def relay_once() -> int:
@@ -22,7 +24,7 @@ def relay_once() -> int:
             try:
                 # Earlier deadlines first on brokers with priorities (Redis: 0 is highest).
                 celery.send_task(row.task, kwargs=row.payload, retry=True, retry_policy=RETRY,
-                                 priority=0 if row.deadline else 5)
+                                 priority=0 if row.deadline else 5, ignore_result=True)
             except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row for the next pass
                 row.attempts += 1
                 log.warning("outbox: broker unavailable (%s); %s left for the next pass", exc, row.job_id)
@@ -40,7 +42,7 @@ def requeue_lapsed() -> int:
         lapsed = lapsed_jobs(session)
     for job_id in lapsed:
         try:
-            celery.send_task(RUN_JOB, kwargs={"job_id": job_id}, retry=True, retry_policy=RETRY)
+            celery.send_task(RUN_JOB, kwargs={"job_id": job_id}, retry=True, retry_policy=RETRY, ignore_result=True)
             log.warning("job %s lost its worker: published again", job_id)
         except Exception as exc:  # noqa: BLE001
             log.warning("outbox: broker unavailable (%s)", exc)

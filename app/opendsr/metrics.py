@@ -36,8 +36,11 @@ class DeadlineCollector(Collector):
                                   "OpenDSR requests past their deadline while open, or completed after it",
                                   value=missed)
 
-    def describe(self) -> list:
-        return []  # no collection at registration time
+    def describe(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        """The families without values: registration and the dashboard test need no database."""
+        return [GaugeMetricFamily("lethe_opendsr_open_requests", "Open OpenDSR requests by time left",
+                                  labels=["time_left"]),
+                CounterMetricFamily("lethe_opendsr_deadlines_missed", "OpenDSR deadlines missed")]
 
 
 def registry() -> CollectorRegistry:

@@ -227,6 +227,8 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
     """Record completed scores and set the version's (pre-calibration) free threshold and budget."""
     settings = get_settings()
     run = influence_run(session, version=version, method=method)
+    if run is not None and run.status == "completed" and run.sha256 == sha256:
+        return run  # the same scores again (a concurrent or re-run computation): recorded once
     if run is None:
         run = InfluenceRun(version_id=version.id, method=method, summary={})
         session.add(run)

@@ -146,3 +146,18 @@ def _unsharded_scores(method: str) -> object:
         work_dir = artifacts.path_of(f"scores/{v.id}")
     scores, _ = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=lambda _: None, work_dir=work_dir)
     return scores
+
+
+def test_calibration_runs_on_the_worker(stack: TestClient, admin_headers: dict[str, str]) -> None:
+    h = admin_headers
+    upload_dataset(stack, h, n=160, n_test=40)
+    create_model(stack, h)
+    trained = wait_for(stack, h, stack.post("/models/toy/train", headers=h).json()["job_id"])
+    assert trained["status"] == "completed", trained["error"]
+    job = stack.post("/models/toy/versions/1/calibrate", headers=h, json={"grid": [8, 16], "compare": ["less"]})
+    assert job.status_code == 202
+    done = wait_for(stack, h, job.json()["job_id"])
+    assert done["status"] == "completed", done["error"]
+    cal = stack.get("/models/toy/versions/1/calibration", headers=h).json()
+    assert set(cal["curves"]) == {"gradnorm", "less", "random"} and cal["grid"] == [8, 16]
+    assert stack.get("/models/toy/versions/1", headers=h).json()["budget"] == cal["n_free"]
