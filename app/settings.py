@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
     max_upload_mb: int = Field(512, ge=1)
     redis_priority_steps: int = Field(10, ge=1)
+    idempotency_ttl_hours: float = Field(24.0, gt=0, description="An Idempotency-Key replays its first answer "
+                                         "for this long; afterwards the key may be used again.")
     score_shard_size: int = Field(20_000, ge=1, description="Points per shard task when a worker scores a "
                                   "larger dataset (shards run in parallel on every worker, joined by a chord).")
     host: str = "127.0.0.1"

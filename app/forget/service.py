@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -24,6 +25,7 @@ from app.ledger import service as ledger
 from app.registry import service as registry
 from app.registry.schemas import ALGORITHMS
 from app.registry.tables import Model, Version
+from app.settings import get_settings
 from app.webhooks import service as webhooks
 from workers.engine.params import validate_params
 
@@ -98,16 +100,31 @@ def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, pol
         raise Unprocessable(str(exc)) from exc
 
 
+def _expired(request: ForgetRequest) -> bool:
+    ttl = timedelta(hours=get_settings().idempotency_ttl_hours)
+    created = request.created_at if request.created_at.tzinfo else request.created_at.replace(tzinfo=UTC)
+    return created < utcnow() - ttl
+
+
 def replay(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str) -> tuple[
         dict[str, Any], int] | None:
-    """The first answer given for this Idempotency-Key (409 if the body differs), or None."""
+    """The first answer given for this Idempotency-Key (409 if the body differs), or None (new or expired key)."""
     prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
                                                        ForgetRequest.idempotency_key == idempotency_key))
-    if prior is None:
+    if prior is None or _expired(prior):
         return None
     if prior.body_hash != body_hash(body):
         raise Conflict("this Idempotency-Key was used with a different body")
     return prior.response["body"], prior.response["status"]
+
+
+def _release_expired(session: Session, *, tenant_id: str, idempotency_key: str) -> None:
+    """An expired key may be used again: the old request keeps its record, not the key."""
+    prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
+                                                       ForgetRequest.idempotency_key == idempotency_key))
+    if prior is not None and _expired(prior):
+        prior.idempotency_key = None
+        session.flush()
 
 
 def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str | None) -> tuple[
@@ -118,6 +135,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
         prior = replay(session, tenant_id=tenant_id, body=body, idempotency_key=idempotency_key)
         if prior is not None:
             return prior
+        _release_expired(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
     ledger.lock_chain(session, tenant_id=tenant_id)
     model, number = registry.resolve_ref(session, tenant_id=tenant_id, target=body.model)
     if model.current_version is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -152,3 +153,22 @@ def test_paging(toy: TestClient, admin_headers: dict[str, str]) -> None:
     assert len(rest["items"]) == 1 and rest["next"] is None
     assert toy.get("/requests?cursor=garbage", headers=admin_headers).status_code == 422
     assert toy.get("/requests?limit=5000", headers=admin_headers).status_code == 422
+
+
+def test_idempotency_keys_expire(toy: TestClient, admin_headers: dict[str, str]) -> None:
+    """After LETHE_IDEMPOTENCY_TTL_HOURS a key is free again: a new request; the old one keeps its record."""
+    from sqlalchemy import update
+
+    from app.db import session_scope, utcnow
+    from app.forget.tables import ForgetRequest
+
+    h = admin_headers | {"Idempotency-Key": "req-ttl"}
+    first = toy.post("/forget", headers=h, json=forget_body()).json()
+    assert toy.post("/forget", headers=h, json=forget_body(point_ids=["p0003"])).status_code == 409
+    with session_scope() as s:
+        s.execute(update(ForgetRequest).where(ForgetRequest.id == first["request_id"])
+                  .values(created_at=utcnow() - timedelta(hours=25)))
+    reused = toy.post("/forget", headers=h, json=forget_body(point_ids=["p0003"]))
+    assert reused.status_code == 202 and reused.json()["request_id"] != first["request_id"]
+    assert toy.get(f"/requests/{first['request_id']}", headers=admin_headers).json()["status"] == "accepted"
+    assert toy.post("/forget", headers=h, json=forget_body(point_ids=["p0003"])).json() == reused.json()
