@@ -137,6 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "n_forget_used": int(len(kept_f)), "n_retain_used": 0 if algorithm == "imu" else int(len(kept_r)),
                    **m, "avg_gap": avg_gap(m, ref)}
             rows.append(row)
+            if args.out:  # a partial file after every row: a long run cut short still leaves its measurements
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"partial": True, "retrain_seconds": ref_seconds, "rows": rows},
+                                               indent=1))
             print(f"{algorithm:9s} q_f={q_f:.1f} q_r={q_r:.1f} {row['seconds']:7.2f}s UA {m['ua']:.3f} "
                   f"RA {m['ra']:.3f} TA {m['ta']:.3f} AUC {m['mia_auc']} eff {m['mia_efficacy']} "
                   f"gap {row['avg_gap']:.3f}", flush=True)
