@@ -28,5 +28,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app workers tests bench
 
+# bench/influence.py runs Kronfluence side by side: it requires torchvision, which the engine does not
+# need, so it goes in without dependencies and what it imports is added with torch held at the pinned build.
+.PHONY: bench-deps
+bench-deps: $(STAMP)
+	echo 'torch==2.13.0' > $(VENV)/bench-constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/bench-constraints.txt accelerate einconv einops opt_einsum tqdm
+	$(BIN)/pip install -q --no-deps -c $(VENV)/bench-constraints.txt kronfluence==1.0.1
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
