@@ -125,6 +125,8 @@ def session_scope(readonly: bool = False) -> Iterator[Session]:
 
 def get_session(request: Request) -> Iterator[Session]:
     with session_scope(readonly=request.method in ("GET", "HEAD")) as session:
+        # An Idempotency-Key claim (app.idempotency) commits with the route's own writes.
+        session.info["idempotency_claim"] = request.scope.get("state", {}).get("idempotency_claim")
         yield session
 
 

@@ -12,6 +12,7 @@ from app.datasets.router import router as datasets_router
 from app.db import session_scope
 from app.errors import install_handlers
 from app.forget.router import router as forget_router
+from app.idempotency import Idempotency
 from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
 from app.opendsr.router import router as opendsr_router
@@ -41,6 +42,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
                   description="Remove training data from deployed PyTorch models, with audits and a ledger.")
     install_handlers(app)
+    app.add_middleware(Idempotency)  # inside BodyLimit: replays and claims see only bodies within the limits
     app.add_middleware(BodyLimit)  # 413 for bodies over LETHE_MAX_BODY_MB / LETHE_MAX_UPLOAD_MB
     for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,
                    keys_router, webhooks_router, opendsr_router, metrics.router):

@@ -3,6 +3,7 @@
 from app.datasets.tables import Dataset, Point
 from app.db import Base
 from app.forget.tables import Disposition, ForgetRequest
+from app.idempotency import IdempotencyKey
 from app.jobs.tables import Audit, Job, JobRequest, Outbox
 from app.ledger.tables import LedgerEntry
 from app.opendsr.tables import OpenDsrLink, OpenDsrRequest
@@ -13,5 +14,5 @@ from app.webhooks.tables import Delivery, Webhook
 __all__ = [
     "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
     "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
-    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest",
+    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey",
 ]

@@ -57,3 +57,24 @@ def test_500_concurrent_duplicates_make_one_request_and_one_job(server: str) -> 
         assert received == 1 and http.get("/ledger/verify").json()["ok"]
         clash = http.post("/forget", headers={"Idempotency-Key": "dup-1"}, json=body | {"reason": "other"})
         assert clash.status_code == 409
+
+
+def test_concurrent_duplicates_of_other_posts_make_one_job(server: str) -> None:
+    """app.idempotency: 200 concurrent POST /train with one key → one job; every answer is the first one."""
+    h = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+        assert http.post("/datasets", data={"name": "toy"}, files={"file": ("d.npz", npz_bytes())}).status_code == 201
+        assert http.post("/models", json={"name": "toy", "dataset": "toy",
+                                          "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
+
+    async def storm() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server, headers=h | {"Idempotency-Key": "train-dup"}, timeout=120,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(*[client.post("/models/toy/train") for _ in range(200)])
+
+    responses = asyncio.run(storm())
+    assert {r.status_code for r in responses} == {202}, {r.text for r in responses if r.status_code != 202}
+    assert len({r.json()["job_id"] for r in responses}) == 1
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 199
+    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+        assert http.get("/jobs", params={"kind": "train"}).json()["total"] == 1
