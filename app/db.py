@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +17,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -77,9 +84,104 @@ def engine_for(url: str, readonly: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return eng
-    # Short connect timeout: a lost database must answer 503 quickly, never hang a request.
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=30, pool_timeout=10,
-                         connect_args={"connect_timeout": 5})
+    # Short connect timeout: a lost database must answer 503 quickly, never hang a request. libpq has no read
+    # timeout, so a stalled server (connections open, no answers) is caught by WATCHDOG, which also pings
+    # pooled connections on checkout (SQLAlchemy's pre-ping would wait on a stalled server for ever).
+    limit = get_settings().db_statement_timeout
+    eng = create_engine(url, pool_size=20, max_overflow=30, pool_timeout=10,
+                        connect_args={"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                                      "keepalives_interval": 5, "keepalives_count": 3,
+                                      "tcp_user_timeout": int(limit * 1000)})
+
+    @event.listens_for(eng, "checkout")
+    def _ping(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        token = WATCHDOG.arm(dbapi_conn, min(limit, 5.0))
+        try:
+            dbapi_conn.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as e:  # the pool discards this connection and checks out (or opens) another
+            raise exc.DisconnectionError(str(e)) from e
+        finally:
+            WATCHDOG.disarm(token)
+
+    @event.listens_for(eng, "before_cursor_execute")
+    def _arm(conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any) -> None:
+        context._lethe_watch = WATCHDOG.arm(conn.connection.dbapi_connection, limit)
+
+    @event.listens_for(eng, "after_cursor_execute")
+    def _disarm(conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any) -> None:
+        WATCHDOG.disarm(getattr(context, "_lethe_watch", None))
+
+    @event.listens_for(eng, "handle_error")
+    def _disarm_on_error(ctx: Any) -> None:
+        if ctx.execution_context is not None:
+            WATCHDOG.disarm(getattr(ctx.execution_context, "_lethe_watch", None))
+
+    return eng
+
+
+class Watchdog:
+    """Shuts down the socket of a Postgres connection whose statement outlives its deadline, so the blocked
+    call fails at once (SQLAlchemy sees a disconnect and invalidates it) instead of waiting on a stalled
+    server for ever. One thread for the process; arming costs a heap push."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, Any] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, dbapi_conn: Any, seconds: float) -> int | None:
+        pgconn = getattr(dbapi_conn, "pgconn", None)
+        if pgconn is None:
+            return None
+        token = next(self._ids)
+        with self._lock:
+            self._armed[token] = pgconn
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        return token
+
+    def disarm(self, token: int | None) -> None:
+        if token is not None:
+            with self._lock:
+                self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._heap:
+                    self._lock.wait()
+                deadline, token = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                pgconn = self._armed.pop(token, None)
+            if pgconn is not None:
+                self._shut(pgconn)
+
+    @staticmethod
+    def _shut(pgconn: Any) -> None:
+        try:
+            sock = socket.socket(fileno=os.dup(pgconn.socket))
+        except Exception:  # noqa: BLE001 - already closed: nothing is waiting on it
+            return
+        with sock:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked reader with an error, for every fd of it
+            except OSError:
+                pass
+        logging.getLogger("lethe.db").warning("database statement exceeded LETHE_DB_STATEMENT_TIMEOUT: "
+                                              "connection shut down")
+
+
+WATCHDOG = Watchdog()
 
 
 def get_engine(readonly: bool = False) -> Engine:

@@ -15,6 +15,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./var"), description="State directory of the embedded deployment.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under data_dir.")
+    db_statement_timeout: float = Field(60.0, gt=0, description="Seconds a Postgres statement may wait for the "
+                                        "server before its connection is shut down (a stalled server then answers "
+                                        "503, not a hang); pings of pooled connections get min(this, 5).")
     broker_url: str | None = Field(None, description="Celery broker; default kombu sqla+sqlite under data_dir.")
     artifact_dir: Path | None = Field(None, description="Artifact store root; default data_dir/artifacts.")
     secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")

@@ -28,8 +28,8 @@ def proxied(lethe_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Server,
         pytest.skip("the proxy stands in front of Postgres")
     proxy = TcpProxy(("127.0.0.1", 5432)).start()
     url = make_url(lethe_env["LETHE_DATABASE_URL"]).set(host="127.0.0.1", port=proxy.port)
-    server = Server(subprocess_env(LETHE_DATABASE_URL=url.render_as_string(hide_password=False)),
-                    tmp_path / "serve.log")
+    server = Server(subprocess_env(LETHE_DATABASE_URL=url.render_as_string(hide_password=False),
+                                   LETHE_DB_STATEMENT_TIMEOUT="3"), tmp_path / "serve.log")
     try:
         yield server.start(), proxy
     finally:
@@ -78,3 +78,22 @@ def test_database_cut_answers_503_and_recovers_unaided(proxied: tuple[Server, Tc
         assert http.get("/ledger/verify").json()["ok"]
         # nothing was recorded while the database was away: one request, from after the restore
         assert http.get("/requests").json()["total"] == 1
+
+
+@pytest.mark.parametrize("lethe_env", ["postgres"], indirect=True)
+def test_database_frozen_answers_503_not_a_hang(proxied: tuple[Server, TcpProxy]) -> None:
+    """A stalled database (connections open, no answers: a paused host, a black-holed network) must not hang
+    requests: pooled connections are pinged and statements watched under LETHE_DB_STATEMENT_TIMEOUT."""
+    server, proxy = proxied
+    with httpx.Client(base_url=server.url, headers=H, timeout=60) as http:
+        assert http.post("/models", json={"name": "toy", "dataset": "nope"}).status_code in (404, 422)
+        assert http.get("/readyz").status_code == 200
+        proxy.freeze()
+        for method, path, kw in (("GET", "/readyz", {}), ("GET", "/models", {}), ("POST", "/forget", {"json": FORGET}),
+                                 ("GET", "/jobs", {})):
+            resp, took = _timed(http, method, path, **kw)
+            assert resp.status_code == 503 and took < BOUND, (method, path, resp.status_code, took, resp.text)
+        assert http.get("/healthz").status_code == 200
+        proxy.thaw()
+        wait_until(lambda: http.get("/readyz").status_code == 200, 20, "/readyz to recover after the stall")
+        assert http.get("/models").status_code == 200
