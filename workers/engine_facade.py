@@ -114,9 +114,11 @@ def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, n
 def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
           retain: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray | None, np.ndarray | None],
           settings: Settings | None = None, retrained: bool = False,
-          policy: dict[str, Any] | None = None) -> dict[str, Any]:
+          policy: dict[str, Any] | None = None, reference: torch.nn.Module | None = None) -> dict[str, Any]:
     """Audit the new network against its parent on the request's points; pass/fail by the model's audit
-    policy, whose unset thresholds are the server's settings."""
+    policy, whose unset thresholds are the server's settings. With a retrain `reference` (a model retrained
+    without the forget set) the report adds its numbers and the gap of each metric to them, and the
+    loss-MIA is judged against the reference's AUC."""
     settings = settings or get_settings()
     if test[0] is None or len(test[0]) == 0:
         raise ValueError("the dataset has no test split (x_test, y_test): the audit cannot run")
@@ -128,10 +130,20 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
     kw = {"device": dev, "min_points": settings.audit_min_points}
     after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
+    extra: dict[str, Any] = {}
+    mia_reference = "self (retrained without the forget set)" if retrained else "test sample"
+    if reference is not None and not retrained:
+        ref = audit_mod.audit_model(reference, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
+        gap = audit_mod.gaps(after, ref)
+        extra["reference"] = {"metrics": ref, "gap": gap,
+                              "avg_gap": round(float(np.mean(list(gap.values()))), 6) if gap else None}
+        if (ref.get("mia") or {}).get("status") == "ok":
+            rule["reference_auc"] = ref["mia"]["auc"]
+            rule["reference_margin"] = (policy or {}).get("reference_margin") or 0.03
+            mia_reference = "retrain reference (retrained without the forget set in this job)"
     passed, reasons = audit_mod.audit_passes(after, before, retrained=retrained, **rule)
-    return {"passed": passed, "reasons": reasons, "after": after, "before": before,
-            "mia_reference": "self (retrained without the forget set)" if retrained else "test sample",
-            "n_audit": len(forget[0]), "policy": rule}
+    return {"passed": passed, "reasons": reasons, "after": after, "before": before, "mia_reference": mia_reference,
+            "n_audit": len(forget[0]), "policy": rule, **extra}
 
 
 def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray,

@@ -541,9 +541,23 @@ def _unlearn(ctx: JobContext) -> str:
     attempts: list[dict[str, Any]] = []
     ladder = escalation(c["algorithm"], c["params"])
     uri = _candidate_uri(c["model_id"], ctx.job_id)
+    reference_net, ref_uri, start = None, None, 0.2
+    if (c["policy"].get("audit") or {}).get("retrain_reference") and c["algorithm"] != "retrain":
+        # The model's policy asks for a retrain reference: retrained on the whole retain set (never pruned: it
+        # is the gold standard the audit measures against), kept until the job ends so a re-run reuses it.
+        ref_uri, start = _candidate_uri(c["model_id"], ctx.job_id, "reference"), 0.4
+        if artifacts.path_of(ref_uri).exists():
+            reference_net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(ref_uri))
+        else:
+            with ctx.phase("reference", 0.2, start) as progress:
+                reference_net, _ = eng.unlearn("retrain", parent_net, forget=(x[forget_rows], y[forget_rows]),
+                                               retain=(x[retain_rows], y[retain_rows]), params={},
+                                               recipe=c["recipe"], arch=c["arch"], shape=c["shape"],
+                                               n_classes=c["n_classes"], progress=progress)
+                eng.save_network(reference_net, artifacts.path_of(ref_uri))
     for attempt, (algorithm, params) in enumerate(ladder, start=1):
-        span = 0.6 / len(ladder)
-        lo = 0.2 + span * (attempt - 1)
+        span = (0.8 - start) / len(ladder)
+        lo = start + span * (attempt - 1)
         prior = _recorded_audit(ctx.job_id, attempt)
         if prior is not None:  # an earlier run of this job (its worker died) audited this attempt: resume after it
             audit_id, report, candidate = prior
@@ -560,7 +574,8 @@ def _unlearn(ctx: JobContext) -> str:
             with ctx.phase(f"auditing#{attempt}" if attempt > 1 else "auditing", lo + span * 0.7, lo + span):
                 report = eng.audit(net, parent_net, forget=(x[audit_rows], y[audit_rows]),
                                    retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings,
-                                   retrained=algorithm == "retrain", policy=c["policy"].get("audit"))
+                                   retrained=algorithm == "retrain", policy=c["policy"].get("audit"),
+                                   reference=reference_net)
                 candidate = {"uri": uri, "sha256": sha, "unlearn_seconds": round(unlearn_seconds, 4),
                              "metrics": un_metrics}
                 with session_scope() as s:
@@ -575,7 +590,9 @@ def _unlearn(ctx: JobContext) -> str:
                                   subject_id=ctx.job_id, data={"passed": report["passed"], "algorithm": algorithm,
                                                                "params": params, "attempt": attempt,
                                                                "after": report["after"], "before": report["before"],
-                                                               "reasons": report["reasons"]})
+                                                               "reasons": report["reasons"],
+                                                               "reference_gap": (report.get("reference") or {}).get(
+                                                                   "gap")})
                     audit_id = row.id
         passed = report["passed"]
         attempts.append({"attempt": attempt, "algorithm": algorithm, "params": params, "passed": passed,
@@ -593,7 +610,7 @@ def _unlearn(ctx: JobContext) -> str:
             with session_scope() as s:
                 ledger.lock_chain(s, tenant_id=c["tenant_id"])
                 _fence(s, ctx.job_id)
-                s.info.setdefault("delete_after_commit", []).append(uri)  # the failed candidate is never kept
+                s.info.setdefault("delete_after_commit", []).extend([uri, *([ref_uri] if ref_uri else [])])
                 job = s.get(Job, ctx.job_id)
                 for request in _requests(s, job):
                     _close_request(s, request, status="failed", pending_to="failed", version=None)
@@ -613,6 +630,8 @@ def _unlearn(ctx: JobContext) -> str:
                 s, model=model, source="unlearn", sha256=sha, uri=uri, parent=parent, request_id=c["request_ids"][0],
                 job_id=job.id, n_train=len(retain_rows), metrics={"audit": report["after"]}, promote=True)
             s.get(Audit, audit_id).version = version.number
+            if ref_uri:  # the reference has served its audits
+                s.info.setdefault("delete_after_commit", []).append(ref_uri)
             mapping = {pk: ("pruned" if pk in pruned_pks else "unlearned") for pk in pending_pks}
             for request in _requests(s, job):
                 _close_request(s, request, status="completed", pending_to=None, version=version.number,
@@ -629,9 +648,10 @@ def _unlearn(ctx: JobContext) -> str:
     return "completed"
 
 
-def _candidate_uri(model_id: str, job_id: str) -> str:
-    """Where an unlearning job keeps its candidate weights between unlearning, audit and registration."""
-    return f"models/{model_id}/job-{job_id}.safetensors"
+def _candidate_uri(model_id: str, job_id: str, part: str = "") -> str:
+    """Where an unlearning job keeps its candidate weights between unlearning, audit and registration (and
+    its retrain reference, `part` "reference")."""
+    return f"models/{model_id}/job-{job_id}{'-' + part if part else ''}.safetensors"
 
 
 def _logged(s: Any, *, tenant_id: str, subject_id: str, event: str) -> bool:

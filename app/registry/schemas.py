@@ -40,6 +40,12 @@ class AuditPolicy(BaseModel):
     max_acc_drop: float | None = Field(None, ge=0, le=1, description="RA and TA may fall at most this much")
     mia_auc_max: float | None = Field(None, ge=0.5, le=1, description="loss-MIA AUC above this fails ...")
     mia_alpha: float | None = Field(None, gt=0, lt=1, description="... when significant at this level")
+    retrain_reference: bool = Field(False, description=(
+        "Also retrain a reference without the forget set in every unlearning job (one retraining's cost): the "
+        "audit then reports each metric's gap to it and Avg Gap, and the loss-MIA must stay within "
+        "reference_margin of the reference's AUC instead of the absolute mia_auc_max test."))
+    reference_margin: float | None = Field(None, ge=0, le=0.5, description="loss-MIA AUC allowed above the "
+                                           "retrain reference's (default 0.03)")
 
 
 class Policy(BaseModel):

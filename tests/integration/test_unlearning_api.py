@@ -95,3 +95,33 @@ def test_failed_audit_escalates_and_only_a_passing_version_is_promoted(client: T
     assert len(audits) == 3 and [a["data"]["passed"] for a in sorted(audits, key=lambda e: e["seq"])] == [
         False, False, True]
     assert client.get("/ledger/verify", headers=h).json()["ok"]
+
+
+def test_retrain_reference_policy_reports_the_gap_and_judges_the_mia_by_it(embedded: TestClient,
+                                                                         admin_headers: dict[str, str]) -> None:
+    from app import artifacts
+
+    h = admin_headers
+    ids = _trained(embedded, h, policy={"algorithm": "neggrad", "audit": {"retrain_reference": True,
+                                                                          "reference_margin": 0.2}})
+    resp = embedded.post("/forget", headers=h, json={"model": "toy", "point_ids": ids[-40:], "reason": "gdpr",
+                                                     "requested_by": "dpo"}).json()
+    drain()
+    job = embedded.get(f"/jobs/{resp['job_id']}", headers=h).json()
+    assert job["status"] == "completed", job["error"]
+    assert "reference" in job["timings"], job["timings"]
+    audit = job["result"]["audit"]
+    ref = audit["reference"]
+    assert {"ua", "ra", "ta", "mia", "mia_conf"} <= set(ref["metrics"])
+    assert {"ua", "ra", "ta"} <= set(ref["gap"]) and all(v >= 0 for v in ref["gap"].values())
+    after = audit["after"]
+    assert ref["gap"]["ra"] == pytest.approx(abs(after["ra"] - ref["metrics"]["ra"]), abs=1e-6)
+    assert ref["avg_gap"] == pytest.approx(sum(ref["gap"].values()) / len(ref["gap"]), abs=1e-5)
+    if ref["metrics"]["mia"]["status"] == "ok":
+        assert audit["mia_reference"].startswith("retrain reference")
+        assert audit["policy"]["reference_auc"] == ref["metrics"]["mia"]["auc"]
+        assert audit["policy"]["reference_margin"] == 0.2
+    entry = embedded.get("/ledger", headers=h, params={"event": "audit.recorded"}).json()["items"][0]
+    assert entry["data"]["reference_gap"] == ref["gap"]
+    model_id = embedded.get("/models/toy", headers=h).json()["id"]
+    assert not artifacts.path_of(f"models/{model_id}/job-{resp['job_id']}-reference.safetensors").exists()

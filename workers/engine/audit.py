@@ -167,6 +167,23 @@ def audit_model(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: A
     }
 
 
+GAP_METRICS = (("ua", None), ("ra", None), ("ta", None), ("mia", "auc"), ("mia_conf", "efficacy"))
+
+
+def gaps(after: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """|after − reference| per metric (UA, RA, TA, loss-MIA AUC, confidence-MIA efficacy): the terms of the
+    seed paper's Avg Gap. Metrics missing on either side (too few points) are left out."""
+    out = {}
+    for key, sub in GAP_METRICS:
+        a, r = after.get(key), reference.get(key)
+        if sub is not None:
+            a = a.get(sub) if isinstance(a, dict) and a.get("status") == "ok" else None
+            r = r.get(sub) if isinstance(r, dict) and r.get("status") == "ok" else None
+        if a is not None and r is not None:
+            out[f"{key}.{sub}" if sub else key] = round(abs(float(a) - float(r)), 6)
+    return out
+
+
 def audit_passes(after: dict[str, Any], before: dict[str, Any], *, max_acc_drop: float = 0.02,
                  mia_auc_max: float = 0.55, mia_alpha: float = 0.05, reference_auc: float | None = None,
                  reference_margin: float = 0.03, retrained: bool = False) -> tuple[bool, list[str]]:
