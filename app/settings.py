@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(120.0, gt=0, description="A silent worker's job is re-run after this.")
     webhooks_allow_private: bool = Field(False, description="Allow loopback/private callback targets (tests, labs).")
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
+    erasure_interval: float = Field(10.0, ge=0.0, description=(
+        "Seconds between erasure sweeps: points a forget request answered for free are erased in batches, one "
+        "dataset rewrite per sweep instead of one per request (the rewrite is O(dataset)). 0 erases inside "
+        "the request. Unlearning jobs erase what they clear as they finish either way."))
     max_upload_mb: int = Field(512, ge=1)
     redis_priority_steps: int = Field(10, ge=1)
     idempotency_ttl_hours: float = Field(24.0, gt=0, description="An Idempotency-Key replays its first answer "

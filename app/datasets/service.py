@@ -190,3 +190,23 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                         "old_sha256": old_sha, "new_sha256": new_sha})
     session.info.setdefault("delete_after_commit", []).append(old_uri)
     return ids
+
+
+def sweep_erasures() -> list[str]:
+    """Erase every cleared point of every dataset, one transaction per dataset; return the erased ids.
+
+    Run by the relay thread every LETHE_ERASURE_INTERVAL seconds. Concurrent sweeps (API replicas) and jobs
+    serialise on the tenant's ledger chain; the later one finds nothing left to erase.
+    """
+    from app.db import session_scope
+
+    pending = (select(Point.id).where(Point.dataset_id == Dataset.id, Point.tombstoned_at.is_not(None),
+                                      Point.erased_at.is_(None)).exists())
+    with session_scope(readonly=True) as session:
+        due = session.execute(select(Dataset.id, Dataset.tenant_id).where(pending)).all()
+    erased: list[str] = []
+    for dataset_id, tenant_id in due:
+        with session_scope() as session:
+            ledger.lock_chain(session, tenant_id=tenant_id)
+            erased += erase_cleared(session, dataset_id=dataset_id)
+    return erased

@@ -164,7 +164,8 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
             lalgo, lparams = validate_algorithm(None, None, other.policy)
             linked.append(_open(session, model=other, points=list(points.values()), body=body, algorithm=lalgo,
                                 params=lparams, unknown_subjects=[], linked_from=request.id))
-    datasets.erase_cleared(session, dataset_id=model.dataset_id)
+    if get_settings().erasure_interval == 0:  # else the relay's sweep erases them, batched
+        datasets.erase_cleared(session, dataset_id=model.dataset_id)
     response = request.response["body"] | {"linked_requests": [r.id for r in linked]}
     status = request.response["status"]
     request.response = {"body": response, "status": status}

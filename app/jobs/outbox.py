@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from app.db import session_scope, utcnow
 from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
+from app.settings import get_settings
 
 log = logging.getLogger("lethe.outbox")
 RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -68,6 +70,16 @@ def safe_deliver() -> None:
         log.warning("webhook delivery pass failed: %s", exc)
 
 
+def safe_sweep() -> None:
+    """Erase what forget requests cleared since the last sweep; never raises."""
+    from app.datasets.service import sweep_erasures
+
+    try:
+        sweep_erasures()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("erasure sweep failed: %s", exc)
+
+
 _running: Relay | None = None
 
 
@@ -95,13 +107,19 @@ class Relay(threading.Thread):
 
     def run(self) -> None:
         passes = 0
+        swept = time.monotonic()
         while not self.stopped.is_set():
-            self.wake.wait(self.interval)
+            erasure = get_settings().erasure_interval
+            wait = min(self.interval, max(0.0, swept + erasure - time.monotonic())) if erasure else self.interval
+            self.wake.wait(wait)
             self.wake.clear()
             if self.stopped.is_set():
                 break
             safe_relay()
             safe_deliver()
+            if erasure and time.monotonic() - swept >= erasure:
+                swept = time.monotonic()
+                safe_sweep()
             passes += 1
             if passes % 10 == 0:
                 try:

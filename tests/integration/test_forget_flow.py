@@ -145,6 +145,58 @@ def test_erasure_once_every_model_cleared(client: TestClient, admin_headers: dic
     assert client.get("/ledger/verify", headers=h).json()["ok"]
 
 
+def test_free_points_are_erased_by_the_relay_sweep_in_one_batch(client: TestClient, admin_headers: dict[str, str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free answers leave erasure to the relay thread's sweep: one dataset rewrite for many requests."""
+    import io
+
+    import numpy as np
+
+    from app import artifacts
+    from app.datasets.tables import Dataset
+    from app.db import session_scope
+    from app.jobs.outbox import Relay
+    from app.settings import get_settings
+    from tests.integration.faults import wait_until
+
+    h = admin_headers
+    upload_dataset(client, h, n=200, n_test=80)
+    create_model(client, h)
+    client.post("/models/toy/train", headers=h)
+    drain()
+
+    def dataset_file() -> bytes:
+        with session_scope() as s:
+            return artifacts.path_of(s.query(Dataset).one().uri).read_bytes()
+
+    original = np.load(io.BytesIO(dataset_file()))
+    ids = [i["point_id"] for i in client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()["items"]]
+    for point in ids[:2]:  # the two lowest: free
+        resp = client.post("/forget", headers=h, json={"model": "toy", "point_ids": [point], "reason": "r",
+                                                       "requested_by": "x"}).json()
+        assert resp["free"] == [point], resp
+    needles = [original["x"][int(p[1:])].tobytes() for p in ids[:2]]
+    assert all(n in dataset_file() for n in needles)  # not erased inside the request
+    assert client.get("/ledger?event=points.erased", headers=h).json()["total"] == 0
+
+    monkeypatch.setenv("LETHE_ERASURE_INTERVAL", "0.2")
+    get_settings.cache_clear()
+    relay = Relay(0.05)
+    relay.start()
+    try:
+        wait_until(lambda: client.get("/ledger?event=points.erased", headers=h).json()["total"] > 0, 20,
+                   "the relay's erasure sweep")
+    finally:
+        relay.stop()
+        relay.join(10)
+    after = dataset_file()
+    assert not any(n in after for n in needles)
+    erased = client.get("/ledger?event=points.erased", headers=h).json()["items"]
+    assert len(erased) == 1 and erased[0]["data"]["point_ids"] == sorted(ids[:2])  # one rewrite for both
+    assert client.get("/datasets/toy", headers=h).json()["n_erased"] == 2
+    assert client.get("/ledger/verify", headers=h).json()["ok"]
+
+
 def test_spent_free_budget_is_settled_by_the_next_job(client: TestClient, admin_headers: dict[str, str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LETHE_FREE_BUDGET", "0.01")  # 2 of 200 points
