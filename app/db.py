@@ -56,6 +56,14 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+SQLITE_WRITERS = threading.Lock()  # a plain Lock: FastAPI may commit a session on another thread than began it
+
+
+def _release_writer(conn: Any) -> None:
+    if conn.info.pop("lethe_writer", False):
+        SQLITE_WRITERS.release()
+
+
 @lru_cache
 def engine_for(url: str, readonly: bool = False) -> Engine:
     """One pooled engine per URL; SQLite gets WAL and a busy timeout so API and worker can share it.
@@ -81,8 +89,24 @@ def engine_for(url: str, readonly: bool = False) -> Engine:
         def _begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front, so read-then-append (ledger chain, seq
             # numbers) cannot interleave between API and worker; others wait on busy_timeout.
-            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+            if readonly:
+                conn.exec_driver_sql("BEGIN")
+                return
+            # Writers of this process queue on a Python lock first: SQLite's busy handler polls with growing
+            # sleeps, so under load a waiting writer could lose the race for seconds (p99 ≫ p50). Other
+            # processes (the worker) still meet busy_timeout.
+            if not SQLITE_WRITERS.acquire(timeout=30):
+                raise exc.OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (30 s)"))
+            conn.info["lethe_writer"] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release_writer(conn)
+                raise
 
+        eng_events = (("commit", _release_writer), ("rollback", _release_writer))
+        for name, fn in eng_events:
+            event.listen(eng, name, fn)
         return eng
     # Short connect timeout: a lost database must answer 503 quickly, never hang a request. libpq has no read
     # timeout, so a stalled server (connections open, no answers) is caught by WATCHDOG, which also pings

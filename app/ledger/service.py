@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -32,24 +32,36 @@ def entry_hash(*, tenant_id: str, seq: int, event: str, subject_type: str, subje
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+HELD = "ledger_chains"  # session.info: {tenant_id: (seq, hash) of the chain's tip, or None} locked this transaction
+
+
 def lock_chain(session: Session, *, tenant_id: str) -> None:
     """Take the tenant's chain lock first: transactions that touch shared rows and then append would
-    otherwise lock in opposite orders and deadlock (Postgres; SQLite's BEGIN IMMEDIATE serialises anyway)."""
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    otherwise lock in opposite orders and deadlock (Postgres; SQLite's BEGIN IMMEDIATE serialises anyway).
+    Taken once per transaction: the session remembers it until commit or rollback."""
+    held = session.info.setdefault(HELD, {})
+    if tenant_id not in held:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+        held[tenant_id] = None
 
 
 def append(session: Session, *, tenant_id: str, event: str, subject_type: str, subject_id: str,
            data: dict[str, Any] | None = None) -> LedgerEntry:
     """Append one event to the tenant's chain inside the caller's transaction."""
-    # Row lock on the tenant serialises appenders on Postgres (SQLite: BEGIN IMMEDIATE does).
+    # Row lock on the tenant serialises appenders on Postgres (SQLite: BEGIN IMMEDIATE does). Holding it, this
+    # transaction alone extends the chain, so the tip is read once and then carried in the session.
     lock_chain(session, tenant_id=tenant_id)
-    last = session.execute(
-        select(LedgerEntry.seq, LedgerEntry.hash)
-        .where(LedgerEntry.tenant_id == tenant_id)
-        .order_by(LedgerEntry.seq.desc())
-        .limit(1)
-    ).first()
-    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    held = session.info[HELD]
+    tip = held[tenant_id]
+    if tip is None:
+        last = session.execute(
+            select(LedgerEntry.seq, LedgerEntry.hash)
+            .where(LedgerEntry.tenant_id == tenant_id)
+            .order_by(LedgerEntry.seq.desc())
+            .limit(1)
+        ).first()
+        tip = (last[0], last[1]) if last else (0, GENESIS)
+    seq, prev = tip[0] + 1, tip[1]
     payload = canonical(data or {})
     at = utcnow().isoformat()
     entry = LedgerEntry(
@@ -58,9 +70,16 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
         hash=entry_hash(tenant_id=tenant_id, seq=seq, event=event, subject_type=subject_type,
                         subject_id=subject_id, data=payload, at=at, prev_hash=prev),
     )
-    session.add(entry)
-    session.flush()
+    session.add(entry)  # inserted with the transaction's next flush, in order (ledger rows are only ever added)
+    held[tenant_id] = (seq, entry.hash)
     return entry
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_soft_rollback")
+def _release_chains(session: Session, *_: Any) -> None:
+    """A new transaction locks and reads the chain afresh (a rolled-back savepoint may have held appends)."""
+    session.info.pop(HELD, None)
 
 
 def verify(session: Session, *, tenant_id: str) -> dict[str, Any]:
