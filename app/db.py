@@ -60,6 +60,7 @@ SQLITE_WRITERS = threading.Lock()  # a plain Lock: FastAPI may commit a session 
 
 
 def _release_writer(conn: Any) -> None:
+    """`conn`: a Connection or its pool record (they share `info`)."""
     if conn.info.pop("lethe_writer", False):
         SQLITE_WRITERS.release()
 
@@ -104,9 +105,11 @@ def engine_for(url: str, readonly: bool = False) -> Engine:
                 _release_writer(conn)
                 raise
 
-        eng_events = (("commit", _release_writer), ("rollback", _release_writer))
-        for name, fn in eng_events:
-            event.listen(eng, name, fn)
+        event.listen(eng, "commit", _release_writer)
+        event.listen(eng, "rollback", _release_writer)
+        # A connection reset or invalidated by the pool without either event must not keep the lock.
+        event.listen(eng.pool, "reset", lambda _dbapi, record, *_: _release_writer(record))
+        event.listen(eng.pool, "invalidate", lambda _dbapi, record, *_: _release_writer(record))
         return eng
     # Short connect timeout: a lost database must answer 503 quickly, never hang a request. libpq has no read
     # timeout, so a stalled server (connections open, no answers) is caught by WATCHDOG, which also pings
@@ -167,7 +170,8 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
                 self._thread.start()
-            self._lock.notify()
+            if self._heap[0][1] == token:  # an earlier deadline than the one the thread sleeps towards
+                self._lock.notify()
         return token
 
     def disarm(self, token: int | None) -> None:
