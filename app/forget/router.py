@@ -11,6 +11,7 @@ from app.db import SessionDep, session_scope
 from app.forget import service
 from app.forget.schemas import ForgetCreate, ForgetResponse, RequestRead, RequestSummary
 from app.jobs.outbox import kick
+from app.opendsr import hooks as opendsr
 from app.paging import Page, PageParams, next_cursor, page_params
 
 router = APIRouter(tags=["forget"])
@@ -74,5 +75,6 @@ def get_certificate(request_id: str, caller: Reader, session: SessionDep) -> dic
 @router.post("/requests/{request_id}/cancel", response_model=RequestRead)
 def cancel_request(request_id: str, caller: Forgetter, session: SessionDep) -> RequestRead:
     request = service.cancel(session, tenant_id=caller.tenant_id, request_id=request_id)
+    opendsr.request_changed(session, request_id=request.id)  # an OpenDSR request on it is called back
     session.commit()
     return service.request_read(session, request=request)

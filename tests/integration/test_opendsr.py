@@ -234,6 +234,17 @@ def test_cancel_while_pending(client: TestClient, admin_headers: dict[str, str],
     assert deliver_due() == 1
     assert [c["request_status"] for c in controller.callbacks()] == ["cancelled"]
 
+    # cancelling the forget request itself (POST /requests/{id}/cancel) calls the controller back too
+    body = erasure(DIGITS_ONLY, callbacks=[controller.url])
+    assert post(client, h, body).status_code == 201
+    (forget_id,) = [r["id"] for r in client.get("/requests", headers=h).json()["items"] if r["status"] == "accepted"]
+    assert client.post(f"/requests/{forget_id}/cancel", headers=h).status_code == 200
+    status = client.get(f"/opendsr/v1/opendsr_requests/{body['subject_request_id']}", headers=h).json()
+    assert status["request_status"] == "cancelled"
+    assert deliver_due() == 1
+    assert [c["request_status"] for c in controller.callbacks()] == ["cancelled", "cancelled"]
+    assert controller.callbacks()[-1]["subject_request_id"] == body["subject_request_id"]
+
     # once a job ran, cancellation is refused in the spec's error shape
     body = erasure(CHURN_ONLY)
     post(client, h, body)
