@@ -24,6 +24,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from fastapi import FastAPI
 from sqlalchemy import Integer, String, Text, UniqueConstraint, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -270,3 +271,29 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def document(app: FastAPI) -> None:
+    """List the Idempotency-Key header on every POST the middleware serves (the OpenAPI document would
+    otherwise show it only where a route declares it, POST /forget)."""
+    generate = app.openapi
+    param = {"name": "Idempotency-Key", "in": "header", "required": False,
+             "description": f"Replays the first 2xx answer for {get_settings().idempotency_ttl_hours:g} h; "
+                            "another request under the same key is a 409 (see README: Retries).",
+             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY}}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        for path, ops in schema.get("paths", {}).items():
+            post = ops.get("post")
+            if post is None or any(path == p or path.startswith(p) for p in OWN_HANDLING):
+                continue
+            params = post.setdefault("parameters", [])
+            if not any(p.get("name", "").lower() == "idempotency-key" for p in params):
+                params.append(param)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

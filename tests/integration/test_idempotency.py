@@ -122,3 +122,14 @@ def test_body_digest_ignores_the_multipart_boundary_wherever_chunks_split(cut: i
     a, b = b"0123456789abcdef", b"fedcba9876543210"
     assert digest(a, form(a, b"same bytes")) == digest(b, form(b, b"same bytes"))
     assert digest(a, form(a, b"same bytes")) != digest(b, form(b, b"other bytes"))
+
+
+def test_openapi_lists_the_header_on_every_post(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    posts = {path: ops["post"] for path, ops in paths.items() if "post" in ops}
+    assert "/models/{name}/train" in posts and "/datasets" in posts
+    for path, op in posts.items():
+        if path.startswith("/opendsr/"):
+            continue
+        names = [p["name"].lower() for p in op.get("parameters", [])]
+        assert names.count("idempotency-key") == 1, (path, names)
