@@ -7,6 +7,7 @@ import io
 import re
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -192,18 +193,27 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     return ids
 
 
-def sweep_erasures() -> list[str]:
-    """Erase every cleared point of every dataset, one transaction per dataset; return the erased ids.
+def sweep_erasures(*, since: datetime | None = None) -> list[str]:
+    """Erase every cleared point, one transaction per dataset; return the erased ids.
 
-    Run by the relay thread every LETHE_ERASURE_INTERVAL seconds. Concurrent sweeps (API replicas) and jobs
-    serialise on the tenant's ledger chain; the later one finds nothing left to erase.
+    Run by the relay thread every LETHE_ERASURE_INTERVAL seconds with `since` = its previous sweep: only
+    datasets where a point reached a final disposition since then are looked at (points still pending in a
+    job are not re-examined every sweep; the job erases what it clears when it finishes). Concurrent sweeps
+    (API replicas) and jobs serialise on the tenant's ledger chain; the later one finds nothing to erase.
     """
     from app.db import session_scope
+    from app.forget.tables import Disposition
+    from app.registry.tables import Model
 
     pending = (select(Point.id).where(Point.dataset_id == Dataset.id, Point.tombstoned_at.is_not(None),
                                       Point.erased_at.is_(None)).exists())
+    query = select(Dataset.id, Dataset.tenant_id).where(pending)
+    if since is not None:
+        query = query.where(Dataset.id.in_(
+            select(Model.dataset_id).join(Disposition, Disposition.model_id == Model.id).where(
+                Disposition.updated_at >= since, Disposition.disposition.in_(("free", "pruned", "unlearned")))))
     with session_scope(readonly=True) as session:
-        due = session.execute(select(Dataset.id, Dataset.tenant_id).where(pending)).all()
+        due = session.execute(query).all()
     erased: list[str] = []
     for dataset_id, tenant_id in due:
         with session_scope() as session:

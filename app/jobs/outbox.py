@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime, timedelta
 
 from app.db import session_scope, utcnow
 from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
 from app.settings import get_settings
 
 log = logging.getLogger("lethe.outbox")
+FULL_SWEEP = 30  # every 30th erasure sweep looks at every dataset
 RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 # Publishing never subscribes to a task's result (ignore_result=True): nothing reads these results, and with a
 # Redis result backend the subscription alone retries ~20 s when Redis is down, then breaks the result consumer.
@@ -70,14 +72,16 @@ def safe_deliver() -> None:
         log.warning("webhook delivery pass failed: %s", exc)
 
 
-def safe_sweep() -> None:
-    """Erase what forget requests cleared since the last sweep; never raises."""
+def safe_sweep(since: datetime | None) -> bool:
+    """Erase what forget requests cleared since `since` (None: everything); never raises. True if it ran."""
     from app.datasets.service import sweep_erasures
 
     try:
-        sweep_erasures()
+        sweep_erasures(since=since)
+        return True
     except Exception as exc:  # noqa: BLE001
         log.warning("erasure sweep failed: %s", exc)
+        return False
 
 
 _running: Relay | None = None
@@ -108,6 +112,8 @@ class Relay(threading.Thread):
     def run(self) -> None:
         passes = 0
         swept = time.monotonic()
+        since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
+        sweeps = 0
         while not self.stopped.is_set():
             erasure = get_settings().erasure_interval
             wait = min(self.interval, max(0.0, swept + erasure - time.monotonic())) if erasure else self.interval
@@ -118,8 +124,12 @@ class Relay(threading.Thread):
             safe_relay()
             safe_deliver()
             if erasure and time.monotonic() - swept >= erasure:
-                swept = time.monotonic()
-                safe_sweep()
+                swept, began = time.monotonic(), utcnow() - timedelta(seconds=5)  # margin: flush vs commit
+                sweeps += 1
+                # Recent final dispositions point at the datasets to look at; a periodic full sweep catches
+                # points cleared otherwise (a lineage's last version revoked, say).
+                if safe_sweep(None if sweeps % FULL_SWEEP == 0 else since):
+                    since = began
             passes += 1
             if passes % 10 == 0:
                 try:

@@ -178,6 +178,14 @@ def test_free_points_are_erased_by_the_relay_sweep_in_one_batch(client: TestClie
     needles = [original["x"][int(p[1:])].tobytes() for p in ids[:2]]
     assert all(n in dataset_file() for n in needles)  # not erased inside the request
     assert client.get("/ledger?event=points.erased", headers=h).json()["total"] == 0
+    from datetime import timedelta
+
+    from app.datasets.service import sweep_erasures
+    from app.db import utcnow
+
+    # an incremental sweep looks only where a point reached a final disposition since its last run
+    assert sweep_erasures(since=utcnow() + timedelta(hours=1)) == []
+    assert all(n in dataset_file() for n in needles)
 
     monkeypatch.setenv("LETHE_ERASURE_INTERVAL", "0.2")
     get_settings.cache_clear()
