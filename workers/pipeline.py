@@ -7,6 +7,7 @@ run again by another worker and the ledger shows each event once.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
@@ -49,6 +50,10 @@ class Superseded(Exception):  # noqa: N818 - a state, not a failure
 
 # ----------------------------------------------------------------------------- job plumbing
 
+# The running phase (name, perf_counter at entry) of this thread's job, for _complete.
+_PHASE: contextvars.ContextVar[tuple[str, float] | None] = contextvars.ContextVar("lethe_phase", default=None)
+
+
 class JobContext:
     """Phase timings and throttled progress of one running job, each write a short transaction."""
 
@@ -77,6 +82,7 @@ class JobContext:
         """Enter a phase owning progress [start, end]; record its seconds in the job's timings."""
         self._update(phase=name, progress=start)
         began = time.perf_counter()
+        token = _PHASE.set((name, began))
 
         def progress(fraction: float) -> None:
             now = time.monotonic()
@@ -84,7 +90,10 @@ class JobContext:
                 self._last = now
                 self._update(progress=round(start + (end - start) * min(max(fraction, 0.0), 1.0), 4))
 
-        yield progress
+        try:
+            yield progress
+        finally:
+            _PHASE.reset(token)
         seconds = round(time.perf_counter() - began, 4)
         with session_scope() as s:
             job = self._job(s)
@@ -208,6 +217,9 @@ def _fail(job_id: str, error: str, trace: str) -> str:
 
 def _complete(s: Any, job: Job, result: dict[str, Any]) -> None:
     _fence(s, job.id)
+    current = _PHASE.get()
+    if current is not None:  # the phase completing the job is timed in the same commit, not just after it
+        job.timings = {**(job.timings or {}), current[0]: round(time.perf_counter() - current[1], 4)}
     job.status, job.result, job.progress, job.finished_at, job.phase = "completed", result, 1.0, utcnow(), None
     ledger.append(s, tenant_id=job.tenant_id, event="job.completed", subject_type="job", subject_id=job.id,
                   data={"kind": job.kind, "timings": job.timings, **{k: v for k, v in result.items()

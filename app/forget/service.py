@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
 from app.datasets.tables import Point
-from app.db import utcnow
+from app.db import new_id, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.forget.schemas import ForgetCreate, PointDisposition, RequestRead, RequestSummary
 from app.forget.tables import Disposition, ForgetRequest
@@ -157,7 +157,8 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
     points = {p.id: p for p in list(by_id.values()) + subject_points}
 
     request = _open(session, model=model, points=list(points.values()), body=body, algorithm=algorithm,
-                    params=params, unknown_subjects=unknown_subjects, linked_from=None)
+                    params=params, unknown_subjects=unknown_subjects, linked_from=None,
+                    idempotency=(idempotency_key, digest))
     linked = []
     for other in registry.models_on_dataset(session, tenant_id=tenant_id, dataset_id=model.dataset_id):
         if other.id != model.id and other.current_version is not None and points:
@@ -166,17 +167,21 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
                                 params=lparams, unknown_subjects=[], linked_from=request.id))
     if get_settings().erasure_interval == 0:  # else the relay's sweep erases them, batched
         datasets.erase_cleared(session, dataset_id=model.dataset_id)
-    response = request.response["body"] | {"linked_requests": [r.id for r in linked]}
-    status = request.response["status"]
-    request.response = {"body": response, "status": status}
-    request.idempotency_key, request.body_hash = idempotency_key, digest
+    response, status = request.response["body"], request.response["status"]
+    if linked:  # (else the stored answer already says "linked_requests": [], and no UPDATE is needed)
+        response = response | {"linked_requests": [r.id for r in linked]}
+        request.response = {"body": response, "status": status}
     session.flush()
     return response, status
 
 
 def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCreate, algorithm: str,
-          params: dict[str, Any], unknown_subjects: list[str], linked_from: str | None) -> ForgetRequest:
-    """One lineage's request: dispositions, tombstones, ledger entries, and its job if needed."""
+          params: dict[str, Any], unknown_subjects: list[str], linked_from: str | None,
+          idempotency: tuple[str | None, str | None] = (None, None)) -> ForgetRequest:
+    """One lineage's request: dispositions, tombstones, ledger entries, and its job if needed.
+
+    The request row is built whole before anything flushes it (its id is drawn here), so a free answer
+    costs one INSERT, not an INSERT and UPDATEs."""
     version = registry.get_version(session, model=model, number=model.current_version)
     existing = _live_dispositions(session, model_id=model.id, point_pks=[p.id for p in points])
     already = [p for p in points if p.id in existing and existing[p.id].disposition in FINAL]
@@ -190,15 +195,27 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     free_keys = {c.key for c in free}
     pending = [p for p in todo if p.id not in free_keys]
 
-    request = ForgetRequest(tenant_id=model.tenant_id, model_id=model.id, version=version.number,
-                            status="accepted" if pending else "completed", reason=body.reason,
+    # The request row is built whole (id, answer) before it is added: a free answer costs one INSERT.
+    request_id = new_id()
+    body_out = {
+        "request_id": request_id, "status": "accepted" if pending else "completed", "model": model.name,
+        "version": version.number, "ref": registry.ref(model, version.number),
+        "free": sorted(c.point_id for c in free), "pending": sorted(p.point_id for p in pending),
+        "already_forgotten": sorted(p.point_id for p in already), "unknown_subjects": unknown_subjects,
+        "job_id": None, "linked_requests": [],
+        "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
+    }
+    request = ForgetRequest(id=request_id, tenant_id=model.tenant_id, model_id=model.id, version=version.number,
+                            status=body_out["status"], reason=body.reason,
                             requested_by_hash=keyed_hash(body.requested_by),
                             callback_url=str(body.callback_url) if body.callback_url else None,
                             algorithm=algorithm, params=params, linked_from=linked_from,
-                            unknown_subjects=unknown_subjects, response={},
+                            unknown_subjects=unknown_subjects,
+                            response={"body": body_out, "status": 202 if pending else 200},
+                            idempotency_key=idempotency[0], body_hash=idempotency[1],
                             completed_at=None if pending else utcnow())
     session.add(request)
-    session.flush()
+    session.flush()  # before the rows that refer to it (the unit of work orders by relationships, not FKs)
     now = utcnow()
     score_of = {c.key: c.score for c in candidates}
     rows = [Disposition(request_id=request.id, model_id=model.id, point_pk=p.id, point_id=p.point_id,
@@ -224,20 +241,14 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                           "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
                           "threshold": scored_by.threshold if scored_by else None,
                           "budget": scored_by.budget if scored_by else None, "free_spent": model.free_spent})
-    job = None
     if pending:
-        job = _job_for(session, model=model, request=request, algorithm=algorithm, params=params)
-    request.job_id = job.id if job else None
-    body_out = {
-        "request_id": request.id, "status": request.status, "model": model.name, "version": version.number,
-        "ref": registry.ref(model, version.number),
-        "free": sorted(c.point_id for c in free), "pending": sorted(p.point_id for p in pending),
-        "already_forgotten": sorted(p.point_id for p in already), "unknown_subjects": unknown_subjects,
-        "job_id": job.id if job else None, "linked_requests": [],
-        "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
-    }
-    request.response = {"body": body_out, "status": 202 if pending else 200}
-    if not pending:
+        job, coalesced = _job_for(session, model=model, algorithm=algorithm, params=params)
+        session.add(JobRequest(job_id=job.id, request_id=request.id))
+        ledger.append(session, tenant_id=model.tenant_id, event="request.queued", subject_type="request",
+                      subject_id=request.id, data={"job_id": job.id, "coalesced": coalesced})
+        request.job_id = job.id
+        request.response = {"body": body_out | {"job_id": job.id}, "status": 202}
+    else:
         counts = dict(Counter(r.disposition for r in rows))
         ledger.append(session, tenant_id=model.tenant_id, event="request.completed", subject_type="request",
                       subject_id=request.id, data={"counts": counts})
@@ -248,19 +259,13 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     return request
 
 
-def _job_for(session: Session, *, model: Model, request: ForgetRequest, algorithm: str,
-             params: dict[str, Any]) -> Job:
-    """Join the lineage's queued job when it runs the same algorithm (coalescing), else queue one."""
+def _job_for(session: Session, *, model: Model, algorithm: str, params: dict[str, Any]) -> tuple[Job, bool]:
+    """The lineage's queued job when it runs the same algorithm (coalescing: True), else a new one."""
     queued = jobs.queued_unlearn_job(session, model_id=model.id)
     if queued is not None and queued.params.get("algorithm") == algorithm and queued.params.get("params") == params:
-        job = queued
-    else:
-        job = jobs.create(session, tenant_id=model.tenant_id, kind="unlearn", model_id=model.id,
-                          version=model.current_version, params={"algorithm": algorithm, "params": params})
-    session.add(JobRequest(job_id=job.id, request_id=request.id))
-    ledger.append(session, tenant_id=model.tenant_id, event="request.queued", subject_type="request",
-                  subject_id=request.id, data={"job_id": job.id, "coalesced": job is queued})
-    return job
+        return queued, True
+    return jobs.create(session, tenant_id=model.tenant_id, kind="unlearn", model_id=model.id,
+                       version=model.current_version, params={"algorithm": algorithm, "params": params}), False
 
 
 def get_request(session: Session, *, tenant_id: str, request_id: str) -> ForgetRequest:

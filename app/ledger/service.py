@@ -41,7 +41,8 @@ def lock_chain(session: Session, *, tenant_id: str) -> None:
     Taken once per transaction: the session remembers it until commit or rollback."""
     held = session.info.setdefault(HELD, {})
     if tenant_id not in held:
-        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+        if session.get_bind().dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE already holds the lock
+            session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
         held[tenant_id] = None
 
 
@@ -54,12 +55,13 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
     held = session.info[HELD]
     tip = held[tenant_id]
     if tip is None:
-        last = session.execute(
-            select(LedgerEntry.seq, LedgerEntry.hash)
-            .where(LedgerEntry.tenant_id == tenant_id)
-            .order_by(LedgerEntry.seq.desc())
-            .limit(1)
-        ).first()
+        with session.no_autoflush:  # nothing pending can change the tip: this chain's appends all pass here
+            last = session.execute(
+                select(LedgerEntry.seq, LedgerEntry.hash)
+                .where(LedgerEntry.tenant_id == tenant_id)
+                .order_by(LedgerEntry.seq.desc())
+                .limit(1)
+            ).first()
         tip = (last[0], last[1]) if last else (0, GENESIS)
     seq, prev = tip[0] + 1, tip[1]
     payload = canonical(data or {})
