@@ -77,20 +77,32 @@ def rate_limit(caller: Caller) -> None:
                           f"{settings.rate_limit_burst}); retry in {wait:.1f} s", retry_after=wait)
 
 
-def authenticate(request: Request) -> Caller:
-    """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked.
+def bearer_token(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header value, or None."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def live_caller(token: str) -> Caller | None:
+    """The caller a key belongs to, or None when it is unknown or revoked.
 
     Reads from its own read-only session, so a writing request takes SQLite's write lock only when it writes.
     """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
     with session_scope(readonly=True) as session:
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))
         if row is None or row.revoked_at is not None:
-            raise Unauthorized("unknown or revoked API key")
-        caller = Caller(tenant_id=row.tenant_id, key_id=row.id, scopes=frozenset(row.scopes))
+            return None
+        return Caller(tenant_id=row.tenant_id, key_id=row.id, scopes=frozenset(row.scopes))
+
+
+def authenticate(request: Request) -> Caller:
+    """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked."""
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
+        raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
+    caller = live_caller(token)
+    if caller is None:
+        raise Unauthorized("unknown or revoked API key")
     rate_limit(caller)
     return caller
 

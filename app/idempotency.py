@@ -71,27 +71,31 @@ def _mark_committed(session: Session) -> None:
 # --- claims ---------------------------------------------------------------------------------------------------
 
 def _api_key_of(scope: Scope) -> str | None:
-    from app.auth import hash_key
-    from app.tenants.tables import ApiKey
+    from app.auth import bearer_token, live_caller
 
-    header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    with session_scope(readonly=True) as session:
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
-        return row.id if row is not None and row.revoked_at is None else None
+    token = bearer_token(dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1"))
+    caller = live_caller(token) if token else None
+    return caller.key_id if caller else None
+
+
+def expired(created_at: datetime) -> bool:
+    """Whether a key first used at `created_at` is past LETHE_IDEMPOTENCY_TTL_HOURS (free to be used again)."""
+    return created_at <= utcnow() - timedelta(hours=get_settings().idempotency_ttl_hours)
+
+
+def own_handling(path: str) -> bool:
+    """Routes that keep their keys with their own records, inside their own transaction."""
+    return any(path == p or path.startswith(p) for p in OWN_HANDLING)
 
 
 def _claim(api_key_id: str, key: str, method: str, path: str) -> tuple[str | None, IdempotencyKey | None]:
     """(claim id, None) when this request now owns the key, else (None, the existing row)."""
-    expiry = utcnow() - timedelta(hours=get_settings().idempotency_ttl_hours)
     for _ in range(3):
         try:
             with session_scope() as session:
                 prior = session.scalar(select(IdempotencyKey).where(IdempotencyKey.api_key_id == api_key_id,
                                                                     IdempotencyKey.key == key))
-                if prior is not None and prior.created_at > expiry:
+                if prior is not None and not expired(prior.created_at):
                     session.expunge(prior)
                     return None, prior
                 if prior is not None:  # expired: the key is free again
@@ -116,20 +120,20 @@ def _load(claim_id: str) -> IdempotencyKey | None:
 
 def _finish(claim_id: str, *, body_hash: str, status: int, headers: list[list[str]], body: bytes | None) -> None:
     """Store a 2xx response (`body` None: a secret, not stored; the claim stays `committed`), else release."""
+    if not 200 <= status < 300:  # a failed request changed nothing (unless it committed first)
+        _release(claim_id)
+        return
+    values: dict[str, Any] = {"body_hash": body_hash, "status": status}
+    if body is not None:
+        values |= {"state": "done", "response_headers": headers, "response_body": body.decode()}
+    else:
+        values["state"] = "committed"
     with session_scope() as session:
-        if 200 <= status < 300:
-            values: dict[str, Any] = {"body_hash": body_hash, "status": status}
-            if body is not None:
-                values |= {"state": "done", "response_headers": headers, "response_body": body.decode()}
-            else:
-                values["state"] = "committed"
-            session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claim_id).values(**values))
-        else:  # a failed request changed nothing (unless it committed first): its key may be used again
-            session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == claim_id,
-                                                         IdempotencyKey.state == "pending"))
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claim_id).values(**values))
 
 
 def _release(claim_id: str) -> None:
+    """Free the key of a request that did not commit: it may be used again."""
     with session_scope() as session:
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == claim_id,
                                                      IdempotencyKey.state == "pending"))
@@ -146,8 +150,7 @@ class Idempotency:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key_raw = dict(scope.get("headers", [])).get(HEADER) if scope["type"] == "http" else None
         path = scope.get("path", "")
-        if (key_raw is None or scope["method"] != "POST"
-                or any(path == p or path.startswith(p) for p in OWN_HANDLING)):
+        if key_raw is None or scope["method"] != "POST" or own_handling(path):
             await self.app(scope, receive, send)
             return
         key = key_raw.decode("latin-1").strip()
@@ -288,7 +291,7 @@ def document(app: FastAPI) -> None:
         schema = generate()
         for path, ops in schema.get("paths", {}).items():
             post = ops.get("post")
-            if post is None or any(path == p or path.startswith(p) for p in OWN_HANDLING):
+            if post is None or own_handling(path):
                 continue
             params = post.setdefault("parameters", [])
             if not any(p.get("name", "").lower() == "idempotency-key" for p in params):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app import idempotency
 from app.datasets import service as datasets
 from app.datasets.tables import Point
 from app.db import new_id, utcnow
@@ -100,31 +100,24 @@ def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, pol
         raise Unprocessable(str(exc)) from exc
 
 
-def _expired(request: ForgetRequest) -> bool:
-    ttl = timedelta(hours=get_settings().idempotency_ttl_hours)
-    created = request.created_at if request.created_at.tzinfo else request.created_at.replace(tzinfo=UTC)
-    return created < utcnow() - ttl
+def _keyed(session: Session, *, tenant_id: str, idempotency_key: str) -> ForgetRequest | None:
+    return session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
+                                                      ForgetRequest.idempotency_key == idempotency_key))
 
 
-def replay(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str) -> tuple[
-        dict[str, Any], int] | None:
-    """The first answer given for this Idempotency-Key (409 if the body differs), or None (new or expired key)."""
-    prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
-                                                       ForgetRequest.idempotency_key == idempotency_key))
-    if prior is None or _expired(prior):
+def _answer(prior: ForgetRequest | None, body: ForgetCreate) -> tuple[dict[str, Any], int] | None:
+    """The first answer given under a key (409 if the body differs), or None (new or expired key)."""
+    if prior is None or idempotency.expired(prior.created_at):
         return None
     if prior.body_hash != body_hash(body):
         raise Conflict("this Idempotency-Key was used with a different body")
     return prior.response["body"], prior.response["status"]
 
 
-def _release_expired(session: Session, *, tenant_id: str, idempotency_key: str) -> None:
-    """An expired key may be used again: the old request keeps its record, not the key."""
-    prior = session.scalar(select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id,
-                                                       ForgetRequest.idempotency_key == idempotency_key))
-    if prior is not None and _expired(prior):
-        prior.idempotency_key = None
-        session.flush()
+def replay(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str) -> tuple[
+        dict[str, Any], int] | None:
+    """The first answer given for this Idempotency-Key (409 if the body differs), or None (new or expired key)."""
+    return _answer(_keyed(session, tenant_id=tenant_id, idempotency_key=idempotency_key), body)
 
 
 def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str | None) -> tuple[
@@ -132,10 +125,13 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
     """Handle a forget request; returns (response body, HTTP status). The caller commits."""
     digest = body_hash(body)
     if idempotency_key:
-        prior = replay(session, tenant_id=tenant_id, body=body, idempotency_key=idempotency_key)
-        if prior is not None:
-            return prior
-        _release_expired(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
+        prior = _keyed(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
+        answer = _answer(prior, body)
+        if answer is not None:
+            return answer
+        if prior is not None:  # expired: the key may be used again; the old request keeps its record, not the key
+            prior.idempotency_key = None
+            session.flush()
     ledger.lock_chain(session, tenant_id=tenant_id)
     model, number = registry.resolve_ref(session, tenant_id=tenant_id, target=body.model)
     if model.current_version is None:
@@ -366,7 +362,6 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
     import hmac
 
     from app.jobs.tables import Audit
-    from app.settings import get_settings
 
     if request.status not in ("completed", "failed", "cancelled"):
         raise Conflict(f"request is {request.status}: a certificate is issued once it has ended")
