@@ -26,21 +26,22 @@ class DeadlineCollector(Collector):
         except Exception as exc:  # noqa: BLE001 - a scrape never fails for a lost database
             log.warning("OpenDSR metrics unavailable: %s", exc)
             return
-        gauge = GaugeMetricFamily("lethe_opendsr_open_requests",
-                                  "Open OpenDSR requests (pending or in_progress) by time left to their deadline",
-                                  labels=["time_left"])
-        for bucket, n in buckets.items():
-            gauge.add_metric([bucket], n)
-        yield gauge
-        yield CounterMetricFamily("lethe_opendsr_deadlines_missed",
-                                  "OpenDSR requests past their deadline while open, or completed after it",
-                                  value=missed)
+        yield from _families(buckets, missed)
 
     def describe(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         """The families without values: registration and the dashboard test need no database."""
-        return [GaugeMetricFamily("lethe_opendsr_open_requests", "Open OpenDSR requests by time left",
-                                  labels=["time_left"]),
-                CounterMetricFamily("lethe_opendsr_deadlines_missed", "OpenDSR deadlines missed")]
+        return _families({}, None)
+
+
+def _families(buckets: dict[str, int], missed: int | None) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    gauge = GaugeMetricFamily("lethe_opendsr_open_requests",
+                              "Open OpenDSR requests (pending or in_progress) by time left to their deadline",
+                              labels=["time_left"])
+    for bucket, n in buckets.items():
+        gauge.add_metric([bucket], n)
+    return [gauge, CounterMetricFamily("lethe_opendsr_deadlines_missed",
+                                       "OpenDSR requests past their deadline while open, or completed after it",
+                                       value=missed)]
 
 
 def registry() -> CollectorRegistry:
