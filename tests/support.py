@@ -6,9 +6,12 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import httpx
+import pytest
 
 
 def free_port() -> int:
@@ -31,12 +34,27 @@ def wait_until_up(proc: subprocess.Popen, url: str, *, path: str = "/healthz", t
     raise AssertionError(f"{url}{path} did not answer 200 within {timeout} s")
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until predicate() is truthy (returning it); fail the test with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s; returns once the process is gone."""
+    if proc.poll() is not None:
+        return
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=10)
 
 
 class Receiver:

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from tests.conftest import BOOTSTRAP, _reset_caches
 from tests.factories import drain, npz_bytes, safetensors_bytes
-from tests.integration.faults import PrivateRedis, Server, Workers, subprocess_env, tail, wait_until
+from tests.integration.faults import PrivateRedis, Server, Workers, subprocess_env, tail
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 H = {"Authorization": f"Bearer {BOOTSTRAP}"}

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import BOOTSTRAP
 from tests.factories import npz_bytes, safetensors_bytes
-from tests.integration.faults import Server, TcpProxy, subprocess_env, tail, wait_until
+from tests.integration.faults import Server, TcpProxy, subprocess_env, tail
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 H = {"Authorization": f"Bearer {BOOTSTRAP}"}

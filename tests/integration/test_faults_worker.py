@@ -32,7 +32,8 @@ import sqlalchemy as sa
 
 from tests.conftest import BOOTSTRAP, _truncate
 from tests.factories import npz_bytes
-from tests.integration.faults import PrivateRedis, Server, Workers, free_port, subprocess_env, tail, wait_until
+from tests.integration.faults import PrivateRedis, Server, Workers, subprocess_env, tail
+from tests.support import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 H = {"Authorization": f"Bearer {BOOTSTRAP}"}

@@ -157,7 +157,7 @@ def test_free_points_are_erased_by_the_relay_sweep_in_one_batch(client: TestClie
     from app.db import session_scope
     from app.jobs.outbox import Relay
     from app.settings import get_settings
-    from tests.integration.faults import wait_until
+    from tests.support import wait_until
 
     h = admin_headers
     upload_dataset(client, h, n=200, n_test=80)

@@ -14,8 +14,6 @@ import math
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,18 +27,13 @@ import yaml
 
 from tests.conftest import BOOTSTRAP
 from tests.factories import npz_bytes
+from tests.support import free_port, stop
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "unlearning-cost.json"
 REDIS = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prometheus_binary() -> str | None:
@@ -66,16 +59,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(every)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def prometheus_config(port: int, prom_port: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -31,26 +31,38 @@ def server(lethe_env: dict[str, str]) -> Iterator[str]:
         stop(proc)
 
 
-def test_500_concurrent_duplicates_make_one_request_and_one_job(server: str) -> None:
-    h = {"Authorization": f"Bearer {BOOTSTRAP}"}
-    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+H = {"Authorization": f"Bearer {BOOTSTRAP}"}
+
+
+def _toy(server: str, *, version: bool) -> None:
+    """Dataset `toy` and model `toy` (and its first version) through the API."""
+    with httpx.Client(base_url=server, headers=H, timeout=60) as http:
         assert http.post("/datasets", data={"name": "toy"}, files={"file": ("d.npz", npz_bytes())}).status_code == 201
         assert http.post("/models", json={"name": "toy", "dataset": "toy",
                                           "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
-        assert http.post("/models/toy/versions", files={"weights": ("w", safetensors_bytes())}).status_code == 201
-    body = {"model": "toy", "point_ids": ["p0001", "p0002"], "reason": "r", "requested_by": "x"}
+        if version:
+            assert http.post("/models/toy/versions", files={"weights": ("w", safetensors_bytes())}).status_code == 201
 
+
+def _storm(server: str, key: str, n: int,
+           send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]) -> list[httpx.Response]:
+    """`n` concurrent requests under one Idempotency-Key, over at most 64 connections."""
     async def storm() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=server, headers=h | {"Idempotency-Key": "dup-1"}, timeout=120,
-                                     limits=limits) as client:
-            return await asyncio.gather(*[client.post("/forget", json=body) for _ in range(500)])
+        async with httpx.AsyncClient(base_url=server, headers=H | {"Idempotency-Key": key}, timeout=120,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(*[send(client) for _ in range(n)])
 
-    responses = asyncio.run(storm())
+    return asyncio.run(storm())
+
+
+def test_500_concurrent_duplicates_make_one_request_and_one_job(server: str) -> None:
+    _toy(server, version=True)
+    body = {"model": "toy", "point_ids": ["p0001", "p0002"], "reason": "r", "requested_by": "x"}
+    responses = _storm(server, "dup-1", 500, lambda client: client.post("/forget", json=body))
     assert {r.status_code for r in responses} == {202}, {r.text for r in responses if r.status_code != 202}
     assert len({r.json()["request_id"] for r in responses}) == 1
     assert len({r.json()["job_id"] for r in responses}) == 1
-    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+    with httpx.Client(base_url=server, headers=H, timeout=60) as http:
         assert http.get("/requests").json()["total"] == 1
         assert http.get("/jobs", params={"kind": "unlearn"}).json()["total"] == 1
         received = http.get("/ledger", params={"event": "request.received"}).json()["total"]
@@ -61,20 +73,10 @@ def test_500_concurrent_duplicates_make_one_request_and_one_job(server: str) -> 
 
 def test_concurrent_duplicates_of_other_posts_make_one_job(server: str) -> None:
     """app.idempotency: 200 concurrent POST /train with one key → one job; every answer is the first one."""
-    h = {"Authorization": f"Bearer {BOOTSTRAP}"}
-    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
-        assert http.post("/datasets", data={"name": "toy"}, files={"file": ("d.npz", npz_bytes())}).status_code == 201
-        assert http.post("/models", json={"name": "toy", "dataset": "toy",
-                                          "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
-
-    async def storm() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server, headers=h | {"Idempotency-Key": "train-dup"}, timeout=120,
-                                     limits=httpx.Limits(max_connections=64)) as client:
-            return await asyncio.gather(*[client.post("/models/toy/train") for _ in range(200)])
-
-    responses = asyncio.run(storm())
+    _toy(server, version=False)
+    responses = _storm(server, "train-dup", 200, lambda client: client.post("/models/toy/train"))
     assert {r.status_code for r in responses} == {202}, {r.text for r in responses if r.status_code != 202}
     assert len({r.json()["job_id"] for r in responses}) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 199
-    with httpx.Client(base_url=server, headers=h, timeout=60) as http:
+    with httpx.Client(base_url=server, headers=H, timeout=60) as http:
         assert http.get("/jobs", params={"kind": "train"}).json()["total"] == 1
