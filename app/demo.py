@@ -103,6 +103,22 @@ def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
     if score_job:
         echo(f"scoring {ref} (gradnorm self-influence) …")
         pipeline.run_inline(score_job)
+    with session_scope() as s:
+        from app.evidence.tables import ReferencePool
+
+        pool = s.scalar(select(ReferencePool).where(ReferencePool.model_id == model_id,
+                                                    ReferencePool.status.in_(("queued", "running"))).limit(1))
+        pool_job, k = (pool.job_id, pool.k) if pool else (None, 0)
+    if pool_job:
+        echo(f"measuring {ref}: reference pool of {k} shadow models (the evidence behind 'free' and audits) …")
+        pipeline.run_inline(pool_job)
+    with session_scope() as s:
+        from app.evidence import service as evidence
+
+        state = evidence.pool_read(s, model=s.get(Model, model_id)) or {}
+        if state.get("status") == "completed":
+            echo(f"reference pool: {state['n_certified']} of {state['n_points']} points certified free "
+                 f"(group LiRA 95% bounds within the limits)")
     echo(f"demo ready: {ref}")
     return {"key": key, "ref": ref}
 

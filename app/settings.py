@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,8 +24,30 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")
     bootstrap_key: str | None = Field(None, description="First admin API key, created at start if absent.")
     device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
-    free_quantile: float = Field(0.10, ge=0.0, le=1.0, description="Score quantile below which points are free.")
-    free_budget: float = Field(0.02, ge=0.0, le=1.0, description="Free deletions per lineage, share of dataset.")
+    free_quantile: float = Field(0.10, ge=0.0, le=1.0, description="Provisional rule only (free_provisional): "
+                                 "score quantile below which points are answered provisionally free.")
+    free_budget: float = Field(0.02, ge=0.0, le=1.0, description="Provisional rule only: free deletions per "
+                               "lineage, share of dataset.")
+    free_provisional: bool = Field(False, description=(
+        "Before a lineage has a valid reference pool, answer points below the score quantile as free, labelled "
+        "'provisional' (nothing measured). Off by default: without a pool nothing is free ('unmeasured')."))
+    reference_k: int = Field(16, ge=0, description="Shadow models per reference pool when a model's policy does "
+                             "not set reference.k (even, >= 4; 0 = no pool, so nothing is measured free and "
+                             "audits are inconclusive).")
+    pool_max_removed: float = Field(0.1, gt=0.0, le=1.0, description=(
+        "A reference pool stays valid until this share of the points it measured has been removed; then a new "
+        "pool is queued and, until it is ready, nothing new is free."))
+    free_auc_max: float = Field(0.55, ge=0.5, le=1.0, description="Certified free set: 95% upper bound of its "
+                                "group LiRA AUC.")
+    free_tpr_max: float = Field(0.02, ge=0.0, le=1.0, description="Certified free set: 95% upper bound of its "
+                                "group LiRA TPR at 1% FPR.")
+    audit_alpha: float = Field(0.01, gt=0.0, lt=1.0, description="The audit's null range is the retrained "
+                               "models' two-sided (1 - alpha) prediction interval.")
+    audit_on_inconclusive: Literal["escalate", "accept"] = Field(
+        "escalate", description="What an inconclusive audit does when the model's policy does not say: escalate "
+        "(stronger settings, then retraining, which is exact) or accept (promote, labelled inconclusive).")
+    audit_min_power: float = Field(0.8, gt=0.0, lt=1.0, description="Below this power against 'not unlearned' "
+                                   "an audit is inconclusive.")
     prune_quantile: float = Field(0.25, ge=0.0, le=1.0, description="Before calibration: job-time prune bound.")
     audit_max_acc_drop: float = Field(0.02, ge=0.0, le=1.0)
     audit_mia_auc_max: float = Field(0.55, ge=0.5, le=1.0)

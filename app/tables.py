@@ -2,6 +2,7 @@
 
 from app.datasets.tables import Dataset, Point
 from app.db import Base
+from app.evidence.tables import ReferencePool
 from app.forget.tables import Disposition, ForgetRequest
 from app.idempotency import IdempotencyKey
 from app.jobs.tables import Audit, Job, JobRequest, Outbox
@@ -14,5 +15,5 @@ from app.webhooks.tables import Delivery, Webhook
 __all__ = [
     "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
     "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
-    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey",
+    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey", "ReferencePool",
 ]

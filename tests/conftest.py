@@ -11,6 +11,9 @@ import pytest
 
 PG_ADMIN_URL = os.environ.get("LETHE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BOOTSTRAP = "lethe_test_bootstrap_key"
+# Tests whose subject is not the evidence run without reference pools (they would cost K trainings per model):
+# free answers on the labelled provisional rule, inconclusive audits accepted. tests/evidence/ turns pools on.
+LEGACY = {"LETHE_REFERENCE_K": "0", "LETHE_FREE_PROVISIONAL": "true", "LETHE_AUDIT_ON_INCONCLUSIVE": "accept"}
 
 
 def _reset_caches() -> None:
@@ -63,7 +66,7 @@ def lethe_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
               pg_database: str | None) -> Iterator[dict[str, str]]:
     """Settings for one test: a temp data dir and SQLite, or the run's Postgres database (cleaned after)."""
     env = {"LETHE_DATA_DIR": str(tmp_path / "var"), "LETHE_BOOTSTRAP_KEY": BOOTSTRAP,
-           "LETHE_SECRET_KEY": "test-secret", "LETHE_DEVICE": "cpu"}
+           "LETHE_SECRET_KEY": "test-secret", "LETHE_DEVICE": "cpu", **LEGACY}
     if request.param == "postgres":
         if pg_database is None:
             pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432; Postgres variant skipped")
@@ -87,7 +90,7 @@ def lethe_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
 def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The embedded settings only (for tests whose subject is not the database)."""
     env = {"LETHE_DATA_DIR": str(tmp_path / "var"), "LETHE_BOOTSTRAP_KEY": BOOTSTRAP,
-           "LETHE_SECRET_KEY": "test-secret", "LETHE_DEVICE": "cpu"}
+           "LETHE_SECRET_KEY": "test-secret", "LETHE_DEVICE": "cpu", **LEGACY}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("LETHE_DATABASE_URL", raising=False)

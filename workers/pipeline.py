@@ -24,6 +24,8 @@ from app import artifacts
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset, Point
 from app.db import session_scope, utcnow
+from app.evidence import service as evidence
+from app.evidence.tables import ReferencePool
 from app.forget.tables import Disposition, ForgetRequest
 from app.jobs import service as jobs
 from app.jobs.outbox import safe_relay
@@ -148,7 +150,8 @@ def run_job(job_id: str, *, worker: str) -> str:
     heartbeat = Heartbeat(job_id, attempt)
     heartbeat.start()
     try:
-        status = {"train": _train, "score": _score, "unlearn": _unlearn, "calibrate": _calibrate}[kind](ctx)
+        status = {"train": _train, "score": _score, "unlearn": _unlearn, "calibrate": _calibrate,
+                  "reference": _reference}[kind](ctx)
     except Superseded:
         log.warning("job %s: attempt %d lost its lease to another worker; its results are dropped", job_id, attempt)
         status = "superseded"
@@ -209,6 +212,11 @@ def _fail(job_id: str, error: str, trace: str) -> str:
             run = _influence_run_of(s, job)
             if run is not None:
                 run.status = "failed"
+        if job.kind == "reference":
+            pool = s.get(ReferencePool, (job.params or {}).get("pool_id"))
+            if pool is not None and pool.status in ("queued", "running"):
+                pool.status = "failed"
+                s.info.setdefault("delete_after_commit", []).append(f"pools/{pool.id}")
         ledger.append(s, tenant_id=job.tenant_id, event="job.failed", subject_type="job", subject_id=job.id,
                       data={"error": error[:2000]})
     log.debug(trace)
@@ -349,8 +357,14 @@ def _train(ctx: JobContext) -> str:
             version, score_job = registry.register_version(
                 s, model=model, source="train", sha256=sha, uri=uri, job_id=job.id, n_train=len(live),
                 metrics=metrics, promote=promote)
+            pool_job = None
+            if promote and s.scalar(select(ReferencePool.id).where(  # the lineage's first training measures it
+                    ReferencePool.model_id == model.id, ReferencePool.status.in_(("queued", "running", "completed"))
+            ).limit(1)) is None and "x_test" in arrays and len(arrays["x_test"]):
+                pool_job = evidence.start_pool(s, model=model, version=version, reason="first training")
             _complete(s, job, {"version": version.number, "ref": registry.ref(model, version.number),
-                               "metrics": metrics, "score_job_id": score_job.id})
+                               "metrics": metrics, "score_job_id": score_job.id,
+                               "reference_job_id": pool_job.id if pool_job else None})
     return "completed"
 
 
@@ -464,6 +478,61 @@ def _calibrate(ctx: JobContext) -> str:
     return "completed"
 
 
+# ----------------------------------------------------------------------------- reference pool
+
+def _reference(ctx: JobContext) -> str:
+    """Train the lineage's reference pool (K shadow models + the size-shift models), certify its free set."""
+    eng = _engine()
+    settings = get_settings()
+    with session_scope() as s:
+        job = s.get(Job, ctx.job_id)
+        model = s.get(Model, job.model_id)
+        pool = s.get(ReferencePool, job.params["pool_id"])
+        version = registry.get_version(s, model=model, number=job.version)
+        ds = s.get(Dataset, model.dataset_id)
+        c = {"model_id": model.id, "tenant_id": model.tenant_id, "arch": model.architecture, "recipe": model.recipe,
+             "ds_uri": ds.uri, "shape": tuple(ds.input_shape), "n_classes": ds.n_classes, "pool_id": pool.id,
+             "k": pool.k, "shift_models": int(job.params.get("shift_models", 4)), "n_test": ds.n_test,
+             "w_uri": version.uri if version.status == "active" else None,
+             "live": datasets.live_rows(s, dataset_id=ds.id)}
+        pool.status = "running"
+    if c["n_test"] == 0:
+        raise ValueError("the dataset has no test split (x_test, y_test): a reference pool standardises each "
+                         "model by its test predictions")
+    arrays = eng.load_arrays(artifacts.path_of(c["ds_uri"]))
+    target = None
+    if c["w_uri"] and artifacts.path_of(c["w_uri"]).exists():
+        target = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(c["w_uri"]))
+    with ctx.phase("training", 0.0, 0.9) as progress:
+        pool_arrays, shift = eng.fit_pool(c["arch"], c["shape"], c["n_classes"], arrays, rows=c["live"], k=c["k"],
+                                          recipe=c["recipe"], shift_models=c["shift_models"], target=target,
+                                          progress=progress)
+    with ctx.phase("certifying", 0.9, 0.98):
+        report = eng.score_pool(pool_arrays, auc_max=settings.free_auc_max, tpr_max=settings.free_tpr_max,
+                                seed=int(c["recipe"].get("seed", 0)))
+        report["shift"] = shift
+        uri = f"pools/{c['pool_id']}"
+        from workers.engine.evidence import save_pool
+
+        save_pool(pool_arrays, artifacts.path_of(uri))
+        digest = hashlib.sha256()
+        for name in ("rows", "in_mask", "phi", "phi_test"):  # what was measured; the rest is derived from it
+            digest.update((artifacts.path_of(uri) / f"{name}.npy").read_bytes())
+    with ctx.phase("registering", 0.98, 1.0):
+        with session_scope() as s:
+            ledger.lock_chain(s, tenant_id=c["tenant_id"])
+            _fence(s, ctx.job_id)
+            job = s.get(Job, ctx.job_id)
+            pool = s.get(ReferencePool, c["pool_id"])
+            evidence.finish_pool(s, pool=pool, uri=uri, sha256=digest.hexdigest(), n_points=len(c["live"]),
+                                 n_certified=report["n_certified"], report=ledger.canonical(report))
+            model = s.get(Model, c["model_id"])
+            _complete(s, job, {"version": job.version, "ref": registry.ref(model, job.version), "pool_id": pool.id,
+                               "k": pool.k, "n_points": pool.n_points, "n_certified": pool.n_certified,
+                               "certified_set": report["certified_set"], "shift": shift})
+    return "completed"
+
+
 # ----------------------------------------------------------------------------- unlearn
 
 def _prune(scores: np.ndarray, rows: list[int], q: float, bound: float | None) -> tuple[list[int], list[int]]:
@@ -516,6 +585,14 @@ def _unlearn(ctx: JobContext) -> str:
         ctx_data["free_spent"] = model.free_spent
         run = registry.influence_run(s, version=parent, method=ctx_data["method"])
         have_scores = registry.load_scores(run) is not None if run else False
+        pool_state = evidence.state(s, model=model)
+        ctx_data["pool"] = ({"id": pool_state.pool.id, "uri": pool_state.pool.uri, "k": pool_state.pool.k}
+                            if pool_state.valid else None)
+        ctx_data["pool_why"] = pool_state.why
+        audit_policy = model.policy.get("audit") or {}
+        ctx_data["on_inconclusive"] = audit_policy.get("on_inconclusive") or settings.audit_on_inconclusive
+        ctx_data["audit_rule"] = {"alpha": audit_policy.get("alpha") or settings.audit_alpha,
+                                  "min_power": audit_policy.get("min_power") or settings.audit_min_power}
     forget_rows = [rows_of[pk] for pk in pending_pks]
     audit_rows = [rows_of[pk] for pk in audit_pks]
     c = ctx_data
@@ -588,6 +665,9 @@ def _unlearn(ctx: JobContext) -> str:
                                    retain=(x[retain_kept], y[retain_kept]), test=test, settings=settings,
                                    retrained=algorithm == "retrain", policy=c["policy"].get("audit"),
                                    reference=reference_net)
+                report = _judge(report, _evidence_audit(c, arrays, audit_rows, net=net, parent=parent_net,
+                                                        reference=reference_net), algorithm=algorithm,
+                                on_inconclusive=c["on_inconclusive"])
                 candidate = {"uri": uri, "sha256": sha, "unlearn_seconds": round(unlearn_seconds, 4),
                              "metrics": un_metrics}
                 with session_scope() as s:
@@ -595,11 +675,14 @@ def _unlearn(ctx: JobContext) -> str:
                     _fence(s, ctx.job_id)
                     row = Audit(job_id=ctx.job_id, model_id=c["model_id"], parent_version=c["parent"],
                                 attempt=attempt, algorithm=algorithm, passed=report["passed"],
+                                verdict=report["verdict"],
                                 report=ledger.canonical(report | {"candidate": candidate}))
                     s.add(row)
                     s.flush()
                     ledger.append(s, tenant_id=c["tenant_id"], event="audit.recorded", subject_type="job",
                                   subject_id=ctx.job_id, data={"passed": report["passed"], "algorithm": algorithm,
+                                                               "verdict": report["verdict"],
+                                                               "evidence": _evidence_summary(report["evidence"]),
                                                                "params": params, "attempt": attempt,
                                                                "after": report["after"], "before": report["before"],
                                                                "reasons": report["reasons"],
@@ -608,6 +691,7 @@ def _unlearn(ctx: JobContext) -> str:
                     audit_id = row.id
         passed = report["passed"]
         attempts.append({"attempt": attempt, "algorithm": algorithm, "params": params, "passed": passed,
+                         "verdict": report.get("verdict"),
                          "seconds": round(unlearn_seconds, 4), "reasons": report["reasons"]})
         if passed:
             break
@@ -658,6 +742,73 @@ def _unlearn(ctx: JobContext) -> str:
             _complete(s, job, result | {"version": version.number, "ref": registry.ref(model, version.number)})
             datasets.erase_cleared(s, dataset_id=model.dataset_id)
     return "completed"
+
+
+def _evidence_audit(c: dict[str, Any], arrays: dict[str, np.ndarray], audit_rows: list[int], *, net: Any,
+                    parent: Any, reference: Any | None) -> dict[str, Any]:
+    """The pool-based verdict on the request's points (free and pruned included): does the new version treat them
+    like a model retrained without them? Without a valid pool: inconclusive, basis unmeasured."""
+    from workers.engine import evidence as ev
+
+    pool_info = c.get("pool")
+    if pool_info is None:
+        return {"verdict": "inconclusive", "basis": "unmeasured", "pool_id": None, "side": None, "power": None,
+                "why": f"no valid reference pool for this lineage ({c.get('pool_why')})"}
+    pool = ev.load_pool(artifacts.path_of(pool_info["uri"]))
+    rows = np.asarray(audit_rows, dtype=np.int64)
+    cols = pool.columns(rows)
+    keep = cols >= 0
+    keep[keep] &= np.isfinite(np.asarray(pool.phi_std[:, cols[keep]])).all(0)
+    rows, cols = rows[keep], cols[keep]
+    base = {"basis": "measured", "pool_id": pool_info["id"], "n_request": len(audit_rows),
+            "n_unmeasured": int((~keep).sum())}
+    if not len(cols):
+        return base | {"verdict": "inconclusive", "side": None, "power": None,
+                       "why": "none of the request's points was measured by the pool"}
+    x, y = arrays["x"], arrays["y"]
+    eng = _engine()
+    phi = {name: eng.standardised_phi(m, x[rows], y[rows], arrays["x_test"], arrays["y_test"])
+           for name, m in (("new", net), ("parent", parent), ("reference", reference)) if m is not None}
+    # Concentrated: a large share of the measured data or of one class (the per-point null needs the rest of
+    # the data to stay as it was in the pool's models).
+    pool_classes = np.bincount(y[np.asarray(pool.rows)], minlength=int(y.max()) + 1)
+    req_classes = np.bincount(y[rows], minlength=len(pool_classes))
+    share = float((req_classes / np.maximum(pool_classes, 1)).max())
+    concentrated = len(cols) > 0.1 * len(pool.rows) or share > 0.25
+    rule = ev.AuditRule(alpha=float(c["audit_rule"]["alpha"]), min_power=float(c["audit_rule"]["min_power"]))
+    shift = None
+    if len(pool.shift_cols):  # the measured size mismatch: OUT means of the shift points and their offsets
+        at = np.asarray(pool.shift_cols)
+        shift = (ev.point_stats(np.asarray(pool.phi_std[:, at]), np.asarray(pool.in_mask[:, at])).mu_out,
+                 np.asarray(pool.shift_offsets))
+    out = ev.audit(np.asarray(pool.phi_std[:, cols]), np.asarray(pool.in_mask[:, cols]), phi["new"],
+                   shift=shift, parent_phi_std=phi.get("parent"),
+                   reference_phi_std=phi.get("reference"), concentrated=concentrated, rule=rule)
+    return base | out | {"largest_class_share": round(share, 6)}
+
+
+def _judge(report: dict[str, Any], evidence_report: dict[str, Any], *, algorithm: str,
+           on_inconclusive: str) -> dict[str, Any]:
+    """The decision table: accuracy outside policy → failed; then the pool's verdict. A candidate is promoted when
+    it passed, when the policy accepts an inconclusive audit (labelled), or when it is a retrain (exact by
+    construction; its verdict is recorded all the same: retrains that fail are the audit's false alarms)."""
+    verdict = "failed" if report["reasons"] else evidence_report["verdict"]
+    reasons = list(report["reasons"])
+    if not reasons and verdict != "passed":
+        reasons.append(f"{verdict}: {evidence_report.get('why')}")
+    accepted = verdict == "inconclusive" and on_inconclusive == "accept"
+    promoted = verdict == "passed" or accepted or algorithm == "retrain"
+    return report | {"passed": promoted, "verdict": verdict, "reasons": reasons,
+                     "accuracy": {"passed": not report["reasons"], "reasons": report["reasons"]},
+                     "evidence": evidence_report | {"accepted": accepted,
+                                                    "promoted_as_retrain": algorithm == "retrain"
+                                                    and verdict != "passed"}}
+
+
+def _evidence_summary(e: dict[str, Any]) -> dict[str, Any]:
+    """What the ledger keeps of an audit's evidence."""
+    return {k: e.get(k) for k in ("basis", "pool_id", "verdict", "side", "statistic", "null", "power", "why",
+                                  "n_points", "accepted")}
 
 
 def _candidate_uri(model_id: str, job_id: str, part: str = "") -> str:

@@ -170,6 +170,9 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     old_uri, old_sha = ds.uri, ds.sha256
     arrays = dict(np.load(artifacts.path_of(old_uri), allow_pickle=False))
     rows = np.array([p.row for p in erase])
+    from app.evidence import service as evidence  # the pools' per-point statistics go with the points
+
+    evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(r) for r in rows])
     arrays["x"] = arrays["x"].copy()
     arrays["x"][rows] = 0
     if "subjects" in arrays:

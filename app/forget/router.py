@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from app.auth import Forgetter, Reader
 from app.db import SessionDep, session_scope
 from app.forget import service
-from app.forget.schemas import ForgetCreate, ForgetResponse, RequestRead, RequestSummary
+from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
 from app.jobs.outbox import kick
 from app.opendsr import hooks as opendsr
 from app.paging import Page, PageParams, next_cursor, page_params
@@ -63,6 +63,16 @@ def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParam
 def get_request(request_id: str, caller: Reader, session: SessionDep) -> RequestRead:
     return service.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
                                                                      request_id=request_id))
+
+
+@router.get("/requests/{request_id}/evidence", response_model=EvidencePage)
+def get_evidence(request_id: str, caller: Reader, session: SessionDep,
+                 page: Annotated[PageParams, Depends(page_params)]) -> EvidencePage:
+    """What each point's answer rests on: its separation in the reference pool, the pool, the certified set's
+    bounds, and the audits of the jobs that served the request."""
+    request = service.get_request(session, tenant_id=caller.tenant_id, request_id=request_id)
+    body = service.evidence_page(session, request=request, offset=page.offset, limit=page.limit)
+    return EvidencePage(**body, next=next_cursor(page, body["total"]))
 
 
 @router.get("/requests/{request_id}/certificate")

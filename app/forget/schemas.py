@@ -38,7 +38,33 @@ class ForgetResponse(BaseModel):
     unknown_subjects: list[str] = []
     job_id: str | None
     linked_requests: list[str] = []
-    scores_from: str | None = Field(None, description="ref of the version whose scores decided 'free'")
+    free_basis: str = Field("unmeasured", description=(
+        "what 'free' rests on: 'measured' (the points belong to the lineage's certified set: a reference pool "
+        "measured models trained with and without them indistinguishable on them, as a group), 'provisional' "
+        "(LETHE_FREE_PROVISIONAL: a score quantile, nothing measured) or 'unmeasured' (no valid pool: nothing "
+        "is free)"))
+    pool_id: str | None = Field(None, description="the reference pool that measured the free answer")
+    scores_from: str | None = Field(None, description="provisional answers only: ref of the version whose "
+                                    "influence scores decided")
+
+
+class PointEvidence(BaseModel):
+    point_id: str
+    disposition: str
+    separation: float | None = Field(None, description="the point's own IN/OUT LiRA AUC in the pool (0.5 = "
+                                     "chance); reported, never decides alone")
+    pool_id: str | None
+
+
+class EvidencePage(BaseModel):
+    request_id: str
+    free_basis: str
+    evidence: dict[str, Any] = Field(description="the request-level evidence: pool, K, date, the certified set's "
+                                     "group bounds and the cumulative free set's, the limits")
+    audits: list[dict[str, Any]] = Field(default_factory=list, description="the verdicts of the jobs serving it")
+    items: list[PointEvidence]
+    total: int
+    next: str | None
 
 
 class PointDisposition(BaseModel):
@@ -47,6 +73,7 @@ class PointDisposition(BaseModel):
     version: int | None
     ref: str | None
     score: float | None
+    separation: float | None = None
     still_held_by: list[str] = []
 
 
@@ -65,6 +92,7 @@ class RequestRead(BaseModel):
     linked_requests: list[str]
     unknown_subjects: list[str]
     counts: dict[str, int]
+    free_basis: str = "unmeasured"
     points: list[PointDisposition]
     created_at: datetime
     completed_at: datetime | None

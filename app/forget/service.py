@@ -15,6 +15,7 @@ from app.datasets import service as datasets
 from app.datasets.tables import Point
 from app.db import new_id, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
+from app.evidence import service as evidence
 from app.forget.schemas import ForgetCreate, PointDisposition, RequestRead, RequestSummary
 from app.forget.tables import Disposition, ForgetRequest
 from app.forget.triage import Candidate, triage
@@ -182,13 +183,21 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     existing = _live_dispositions(session, model_id=model.id, point_pks=[p.id for p in points])
     already = [p for p in points if p.id in existing and existing[p.id].disposition in FINAL]
     todo = [p for p in points if p not in already]
-    scored_by, scores = _deciding_scores(session, model=model, version=version)
-    candidates = [Candidate(key=p.id, point_id=p.point_id,
-                            score=float(scores[p.row]) if scores is not None else None) for p in todo
-                  if p.id not in existing]  # points pending in an earlier request stay with that request's job
-    budget_left = (scored_by.budget or 0) - model.free_spent if scored_by is not None else 0
-    free, _ = triage(candidates, threshold=scored_by.threshold if scored_by else None, budget_left=budget_left)
-    free_keys = {c.key for c in free}
+    fresh = [p for p in todo if p.id not in existing]  # points pending in an earlier request stay with its job
+    measured = evidence.triage(session, model=model, candidates={p.id: p.row for p in fresh})
+    scored_by, scores = None, None
+    if measured.basis == "unmeasured" and get_settings().free_provisional:
+        scored_by, scores = _deciding_scores(session, model=model, version=version)
+        candidates = [Candidate(key=p.id, point_id=p.point_id,
+                                score=float(scores[p.row]) if scores is not None else None) for p in fresh]
+        budget_left = (scored_by.budget or 0) - model.free_spent if scored_by is not None else 0
+        chosen, _ = triage(candidates, threshold=scored_by.threshold if scored_by else None, budget_left=budget_left)
+        measured = evidence.Triage("provisional", free={c.key for c in chosen}, evidence={
+            "free_basis": "provisional", "why": measured.evidence.get("why"),
+            "rule": f"influence score below the {get_settings().free_quantile:.0%} quantile of "
+                    f"{registry.ref(model, scored_by.number) if scored_by else 'no scored version'}: NOT measured"})
+    free_keys = measured.free
+    free = sorted((p for p in fresh if p.id in free_keys), key=lambda p: p.point_id)
     pending = [p for p in todo if p.id not in free_keys]
 
     # The request row is built whole (id, answer) before it is added: a free answer costs one INSERT.
@@ -196,9 +205,10 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     body_out = {
         "request_id": request_id, "status": "accepted" if pending else "completed", "model": model.name,
         "version": version.number, "ref": registry.ref(model, version.number),
-        "free": sorted(c.point_id for c in free), "pending": sorted(p.point_id for p in pending),
+        "free": [p.point_id for p in free], "pending": sorted(p.point_id for p in pending),
         "already_forgotten": sorted(p.point_id for p in already), "unknown_subjects": unknown_subjects,
         "job_id": None, "linked_requests": [],
+        "free_basis": measured.basis, "pool_id": measured.pool_id,
         "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
     }
     request = ForgetRequest(id=request_id, tenant_id=model.tenant_id, model_id=model.id, version=version.number,
@@ -208,14 +218,16 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                             algorithm=algorithm, params=params, linked_from=linked_from,
                             unknown_subjects=unknown_subjects,
                             response={"body": body_out, "status": 202 if pending else 200},
-                            idempotency_key=idempotency[0], body_hash=idempotency[1],
+                            idempotency_key=idempotency[0], body_hash=idempotency[1], evidence=measured.evidence,
                             completed_at=None if pending else utcnow())
     session.add(request)
     session.flush()  # before the rows that refer to it (the unit of work orders by relationships, not FKs)
     now = utcnow()
-    score_of = {c.key: c.score for c in candidates}
+    score_of = {p.id: float(scores[p.row]) for p in fresh} if scores is not None else {}
     rows = [Disposition(request_id=request.id, model_id=model.id, point_pk=p.id, point_id=p.point_id,
-                        disposition=d, version=v, score=score_of.get(p.id))
+                        disposition=d, version=v, score=score_of.get(p.id),
+                        separation=measured.separation.get(p.id),
+                        pool_id=measured.pool_id if p.id in measured.separation else None)
             for p, d, v in ([(p, "already_forgotten", existing[p.id].version) for p in already]
                             + [(p, "free", version.number) for p in todo if p.id in free_keys]
                             + [(p, "pending", None) for p in pending])]
@@ -231,12 +243,14 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                       "n_unknown_subjects": len(unknown_subjects), "linked_from": linked_from,
                       "algorithm": algorithm})
     if free:
+        points_evidence = [{"point_id": p.point_id, "separation": measured.separation.get(p.id)} for p in free]
         ledger.append(session, tenant_id=model.tenant_id, event="points.free", subject_type="request",
                       subject_id=request.id, data={
-                          "point_ids": sorted(c.point_id for c in free),
+                          "point_ids": [p.point_id for p in free], "free_basis": measured.basis,
+                          "pool_id": measured.pool_id,
+                          "evidence_sha256": evidence.digest(measured.evidence, points_evidence),
                           "scores_from": registry.ref(model, scored_by.number) if scored_by else None,
-                          "threshold": scored_by.threshold if scored_by else None,
-                          "budget": scored_by.budget if scored_by else None, "free_spent": model.free_spent})
+                          "free_spent": model.free_spent})
     if pending:
         job, coalesced = _job_for(session, model=model, algorithm=algorithm, params=params)
         session.add(JobRequest(job_id=job.id, request_id=request.id))
@@ -335,10 +349,12 @@ def request_read(session: Session, *, request: ForgetRequest) -> RequestRead:
         ref=registry.ref(model, request.version), reason=request.reason, algorithm=request.algorithm,
         params=request.params, job_id=request.job_id, jobs=job_ids, linked_from=request.linked_from,
         linked_requests=linked, unknown_subjects=request.unknown_subjects,
-        counts=_counts(session, request_id=request.id),
+        counts=_counts(session, request_id=request.id), free_basis=(request.evidence or {}).get("free_basis",
+                                                                                             "unmeasured"),
         points=[PointDisposition(point_id=d.point_id, disposition=d.disposition, version=d.version,
                                  ref=registry.ref(model, d.version) if d.version else None, score=d.score,
-                                 still_held_by=held.get(d.point_pk, [])) for d in dispositions],
+                                 separation=d.separation, still_held_by=held.get(d.point_pk, []))
+                for d in dispositions],
         created_at=request.created_at, completed_at=request.completed_at,
     )
 
@@ -355,6 +371,35 @@ def list_requests(session: Session, *, tenant_id: str, status: str | None, offse
     return [RequestSummary(id=r.id, status=r.status, model=name, version=r.version, job_id=r.job_id,
                            counts=_counts(session, request_id=r.id), created_at=r.created_at,
                            completed_at=r.completed_at) for r, name in rows], total
+
+
+def _audits_of(session: Session, *, job_ids: list[str]) -> list[dict[str, Any]]:
+    """The audits of a request's jobs as evidence: verdict, statistic, null range, power, side, why."""
+    from app.jobs.tables import Audit
+
+    rows = session.scalars(select(Audit).where(Audit.job_id.in_(job_ids)).order_by(Audit.created_at, Audit.attempt))
+    out = []
+    for a in rows:
+        ev = (a.report or {}).get("evidence") or {}
+        out.append({"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "version": a.version,
+                    "verdict": a.verdict, "promoted": a.passed, "accepted_inconclusive": ev.get("accepted", False),
+                    **{k: ev.get(k) for k in ("basis", "pool_id", "statistic", "null", "power", "side", "why",
+                                              "parent", "n_points", "k", "shift_out", "concentrated")},
+                    "accuracy": (a.report or {}).get("accuracy")})
+    return out
+
+
+def evidence_page(session: Session, *, request: ForgetRequest, offset: int, limit: int) -> dict[str, Any]:
+    """Per-point evidence (separation, pool) of a request, paged, with the request-level evidence and audits."""
+    q = select(Disposition).where(Disposition.request_id == request.id)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = session.scalars(q.order_by(Disposition.point_id).offset(offset).limit(limit))
+    job_ids = list(session.scalars(select(JobRequest.job_id).where(JobRequest.request_id == request.id)))
+    ev = request.evidence or {"free_basis": "unmeasured", "why": "recorded before evidence was kept"}
+    return {"request_id": request.id, "free_basis": ev.get("free_basis", "unmeasured"), "evidence": ev,
+            "audits": _audits_of(session, job_ids=job_ids),
+            "items": [{"point_id": d.point_id, "disposition": d.disposition, "separation": d.separation,
+                       "pool_id": d.pool_id} for d in rows], "total": total}
 
 
 def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
@@ -375,10 +420,13 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
         "request_id": request.id, "status": request.status, "model": read.model, "requested_against": read.ref,
         "reason": request.reason, "requested_by_hash": request.requested_by_hash,
         "created_at": read.created_at, "completed_at": read.completed_at,
-        "points": [{"point_id": p.point_id, "disposition": p.disposition, "ref": p.ref} for p in read.points],
+        "points": [{"point_id": p.point_id, "disposition": p.disposition, "ref": p.ref,
+                    "separation": p.separation} for p in read.points],
         "counts": read.counts, "linked_requests": read.linked_requests,
+        "free_basis": read.free_basis, "evidence": request.evidence or {"free_basis": "unmeasured"},
         "audits": [{"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "passed": a.passed,
-                    "version": a.version, "after": a.report.get("after"), "before": a.report.get("before"),
+                    "verdict": a.verdict, "version": a.version, "evidence": a.report.get("evidence"),
+                    "accuracy": a.report.get("accuracy"), "informational": a.report.get("informational"),
                     "reasons": a.report.get("reasons")} for a in audits],
         "ledger": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
         "ledger_head": head["head"], "ledger_ok": head["ok"], "issued_at": utcnow(),

@@ -30,6 +30,8 @@ class ForgetRequest(Base):
     body_hash: Mapped[str | None] = mapped_column(String(64))
     unknown_subjects: Mapped[list[Any]] = mapped_column(default=list)
     response: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What the free answer rested on: basis (measured | provisional | unmeasured), pool, K, certified-set bounds.
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
 
@@ -49,4 +51,6 @@ class Disposition(Base):
     disposition: Mapped[str] = mapped_column(String(20))
     version: Mapped[int | None]  # the version that no longer depends on the point
     score: Mapped[float | None]
+    separation: Mapped[float | None]  # the point's IN/OUT LiRA AUC in the pool (None: not measured)
+    pool_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -15,7 +15,7 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(20))  # train | score | unlearn | calibrate
+    kind: Mapped[str] = mapped_column(String(20))  # train | score | reference | unlearn | calibrate
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     version: Mapped[int | None]  # input version
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
@@ -50,7 +50,8 @@ class Audit(Base):
     version: Mapped[int | None]  # set when the audited candidate was registered
     attempt: Mapped[int]
     algorithm: Mapped[str]
-    passed: Mapped[bool]
+    passed: Mapped[bool]  # promoted: verdict passed, or accepted by policy, or a retrain
+    verdict: Mapped[str | None] = mapped_column(String(20))  # passed | failed | inconclusive
     report: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

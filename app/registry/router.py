@@ -158,6 +158,20 @@ def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
+@router.post("/{name}/versions/{number}/reference", status_code=202, response_model=JobAccepted)
+def post_reference(name: str, number: int, caller: Modeller, session: SessionDep) -> JobAccepted:
+    """Train a new reference pool on this version's data (K shadow models): the evidence behind "free" and the
+    audit. Returns the queued (or already running) pool job."""
+    from app.evidence import service as evidence
+
+    model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
+    version = service.get_version(session, model=model, number=number)
+    job = evidence.request_pool(session, model=model, version=version)
+    session.commit()
+    kick()
+    return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
+
+
 @router.get("/{name}/versions/{number}/calibration")
 def get_calibration(name: str, number: int, caller: Reader, session: SessionDep) -> dict:
     """The calibration curve (JSON): accuracy on removed points per n, per method, and what was chosen."""

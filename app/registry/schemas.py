@@ -34,18 +34,41 @@ class Recipe(BaseModel):
 
 
 class AuditPolicy(BaseModel):
-    """Per-model pass/fail thresholds; unset ones are the server's LETHE_AUDIT_* settings."""
+    """Per-model audit settings; unset ones are the server's LETHE_AUDIT_* settings."""
 
     model_config = ConfigDict(extra="forbid")
     max_acc_drop: float | None = Field(None, ge=0, le=1, description="RA and TA may fall at most this much")
-    mia_auc_max: float | None = Field(None, ge=0.5, le=1, description="loss-MIA AUC above this fails ...")
-    mia_alpha: float | None = Field(None, gt=0, lt=1, description="... when significant at this level")
+    alpha: float | None = Field(None, gt=0, lt=0.5, description="the null range is the retrained pool models' "
+                                "two-sided (1 - alpha) prediction interval (default LETHE_AUDIT_ALPHA, 0.01)")
+    min_power: float | None = Field(None, gt=0, lt=1, description="below this power the audit is inconclusive")
+    on_inconclusive: Literal["escalate", "accept"] | None = Field(None, description=(
+        "an inconclusive audit either escalates (stronger settings, then retraining) or is accepted: the version "
+        "is promoted and its certificate says 'inconclusive' (default LETHE_AUDIT_ON_INCONCLUSIVE, escalate)"))
+    mia_auc_max: float | None = Field(None, ge=0.5, le=1, description="informational loss-MIA (forget vs test) "
+                                      "threshold: reported, never decides (forget and test points differ)")
+    mia_alpha: float | None = Field(None, gt=0, lt=1, description="informational, as mia_auc_max")
     retrain_reference: bool = Field(False, description=(
         "Also retrain a reference without the forget set in every unlearning job (one retraining's cost): the "
         "audit then reports each metric's gap to it and Avg Gap, and the loss-MIA must stay within "
         "reference_margin of the reference's AUC instead of the absolute mia_auc_max test."))
     reference_margin: float | None = Field(None, ge=0, le=0.5, description="loss-MIA AUC allowed above the "
                                            "retrain reference's (default 0.03)")
+
+
+class ReferencePolicy(BaseModel):
+    """The lineage's reference pool: the shadow models that measure "free" and the audit."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(None, ge=0, le=256, description="shadow models (even, >= 4; 0 disables the pool; "
+                          "default LETHE_REFERENCE_K, 16)")
+    shift_models: int = Field(4, ge=0, le=8, description="full-size models, each leaving out a disjoint 10%, "
+                              "that measure the shadow/deployed size mismatch")
+
+    @model_validator(mode="after")
+    def _even(self) -> ReferencePolicy:
+        if self.k not in (None, 0) and (self.k < 4 or self.k % 2):
+            raise ValueError("reference.k must be 0 or an even number >= 4")
+        return self
 
 
 class Policy(BaseModel):
@@ -56,6 +79,7 @@ class Policy(BaseModel):
     q_forget: float = Field(0.0, ge=0.0, lt=1.0)
     q_retain: float = Field(0.0, ge=0.0, lt=1.0)
     audit: AuditPolicy = Field(default_factory=AuditPolicy)
+    reference: ReferencePolicy = Field(default_factory=ReferencePolicy)
 
     @model_validator(mode="after")
     def _known(self) -> Policy:
@@ -111,6 +135,9 @@ class ModelRead(BaseModel):
     current: int | None
     ref: str | None
     free_spent: int
+    reference: dict[str, Any] | None = Field(None, description=(
+        "the lineage's reference pool: status, K, points measured and certified free, and whether it is still "
+        "valid (removals since it was fitted under LETHE_POOL_MAX_REMOVED); null when none was ever started"))
     versions: list[VersionRead] = []
     created_at: datetime
 

@@ -297,12 +297,15 @@ def version_read(session: Session, *, model: Model, version: Version, with_audit
 
 
 def model_read(session: Session, *, model: Model) -> ModelRead:
+    from app.evidence import service as evidence  # evidence queues its pools through jobs, as registry does
+
     ds = session.get(Dataset, model.dataset_id)
     versions = session.scalars(select(Version).where(Version.model_id == model.id).order_by(Version.number))
     return ModelRead(
         id=model.id, name=model.name, dataset=ds.name, architecture=model.architecture, recipe=model.recipe,
         policy=model.policy, current=model.current_version,
         ref=ref(model, model.current_version) if model.current_version else None, free_spent=model.free_spent,
+        reference=evidence.pool_read(session, model=model),
         versions=[version_read(session, model=model, version=v) for v in versions], created_at=model.created_at,
     )
 

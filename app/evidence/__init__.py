@@ -1,0 +1,1 @@
+"""Reference pools and the evidence behind "free" and the audit."""

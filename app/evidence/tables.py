@@ -1,0 +1,32 @@
+"""Reference pools: per lineage, the measuring instrument (K shadow models' φ per training point)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, new_id, utcnow
+
+
+class ReferencePool(Base):
+    """A lineage's reference pool: K shadow models' φ per training point, the instrument behind "free" and the
+    audit. Valid while the lineage's removals since it was fitted stay under LETHE_POOL_MAX_REMOVED."""
+
+    __tablename__ = "reference_pools"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int]  # the version whose training data (live rows) the pool measured
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued|running|completed|failed|superseded
+    k: Mapped[int]
+    uri: Mapped[str | None] = mapped_column(String(1000))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    n_points: Mapped[int | None]
+    n_certified: Mapped[int | None]
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]

@@ -1,0 +1,117 @@
+"""The reference pool of a lineage: K shadow models in a balanced IN/OUT design, the measuring instrument behind
+"free" and the audit (see evidence.py for the statistics).
+
+prepare (the design) → fit (train the shadows, keep φ only) → score (certify the free set) → save / load.
+Shadow weights are never kept: only φ per model and point (K floats a point) and φ on the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.engine import evidence
+from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.evidence import Pool
+from workers.engine.training import train_model
+
+
+@torch.no_grad()
+def logit_confidence(model: nn.Module, x: np.ndarray, y: np.ndarray, *, device: torch.device,
+                     batch_size: int = 1024) -> np.ndarray:
+    """φ = z_y − logsumexp(z_≠y) per example (float64 logits: saturated points differ in the last digits)."""
+    model = model.to(device).eval()
+    xt, yt = to_tensors(ArraySet(x, y), device)
+    out = []
+    for idx in batches(len(yt), batch_size, shuffle=False):
+        idx = idx.to(device)
+        z = model(xt[idx]).double()
+        zy = z.gather(1, yt[idx, None]).squeeze(1)
+        others = z.scatter(1, yt[idx, None], float("-inf"))
+        out.append((zy - torch.logsumexp(others, 1)).cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+             y_test: np.ndarray, *, rows: np.ndarray, k: int, seed: int, recipe: dict[str, Any],
+             device: torch.device, progress: Callable[[float], None] | None = None, shift_models: int = 4,
+             shift_fraction: float = 0.1, target: nn.Module | None = None) -> tuple[Pool, dict[str, Any]]:
+    """Train K shadow models on complementary halves of x[rows] (each its own seed: initialisation and batch
+    order), keep φ on every row and on the test split. Then measure the size mismatch — shadows see half the
+    data, the deployed model all of it — with `shift_models` full-size models each leaving out a disjoint
+    `shift_fraction` of the rows: the mean offset of their standardised φ on the left-out rows from the pool's
+    OUT means is `shift_out` (the audit subtracts it); the target's offset from the IN means is `shift_in`."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    mask = evidence.design(n, k, seed)
+    xs, ys = x[rows], y[rows]
+    phi = np.empty((k, n), dtype=np.float64)
+    phi_test = np.empty((k, len(y_test)), dtype=np.float64)
+    total = k + shift_models
+    for m in range(k):
+        model_seed = seed * 1000 + m + 1
+        net = build(model_seed)
+        train_model(net, ArraySet(xs[mask[m]], ys[mask[m]]), recipe={**recipe, "seed": model_seed}, device=device)
+        phi[m] = logit_confidence(net, xs, ys, device=device)
+        phi_test[m] = logit_confidence(net, x_test, y_test, device=device)
+        if progress:
+            progress((m + 1) / total)
+    phi_std = evidence.standardise(phi, phi_test)
+    stats = evidence.point_stats(phi_std, mask)
+    shift: dict[str, Any] = {"models": shift_models, "fraction": shift_fraction}
+    offsets, shift_cols = [], []
+    shift_points = (np.empty(0, dtype=np.int64), np.empty(0))
+    if shift_models:
+        rng = np.random.default_rng(seed + 7)
+        order = rng.permutation(n)
+        size = max(1, int(shift_fraction * n))
+        for s in range(shift_models):
+            out_cols = order[s * size:(s + 1) * size]
+            keep = np.ones(n, dtype=bool)
+            keep[out_cols] = False
+            model_seed = seed * 1000 + k + s + 1
+            net = build(model_seed)
+            train_model(net, ArraySet(xs[keep], ys[keep]), recipe={**recipe, "seed": model_seed}, device=device)
+            std = evidence.standardise(logit_confidence(net, xs[out_cols], ys[out_cols], device=device)[None],
+                                       logit_confidence(net, x_test, y_test, device=device)[None])[0]
+            offsets.append((std - stats.mu_out[out_cols]) / np.sqrt(stats.var_out[out_cols]))
+            shift_cols.append(out_cols)
+            if progress:
+                progress((k + s + 1) / total)
+        every = np.concatenate(offsets)
+        shift_points = (np.concatenate(shift_cols), every)
+        # In units of each point's OUT spread, the same units the audit statistic's z uses (before weighting).
+        shift |= {"shift_out": round(float(np.median(every)), 6),
+                  "shift_out_mean": round(float(every.mean()), 6),
+                  "shift_out_se": round(float(every.std(ddof=1) / np.sqrt(len(every))), 6) if len(every) > 1 else None,
+                  "n_points": int(len(every))}
+    if target is not None:
+        std = evidence.standardise(logit_confidence(target, xs, ys, device=device)[None],
+                                   logit_confidence(target, x_test, y_test, device=device)[None])[0]
+        rel = (std - stats.mu_in) / np.sqrt(stats.var_in)
+        shift |= {"shift_in": round(float(np.median(rel)), 6), "shift_in_mean": round(float(rel.mean()), 6)}
+    pool = Pool(rows=rows, in_mask=mask, phi=phi, phi_test=phi_test, phi_std=phi_std,
+                scores=np.empty((k, n)), certified_by=np.full(n, -1, dtype=np.int8),
+                separation=np.full(n, np.nan), shift_cols=shift_points[0].astype(np.int64),
+                shift_offsets=shift_points[1].astype(np.float64), meta={"k": k, "seed": seed, "n_points": n,
+                                                      "n_test": int(len(y_test))})
+    return pool, shift
+
+
+def score_pool(pool: Pool, *, limits: evidence.Limits = evidence.Limits(), seed: int = 0, boot: int = 200,
+               min_points: int = 250) -> dict[str, Any]:
+    """Certify the pool's free set in place (select on one half, certify on the other, both ways); returns the
+    certification report (curves per half, counts)."""
+    cert, scores = evidence.certify(pool.phi_std, pool.in_mask, limits=limits, seed=seed, boot=boot,
+                                    min_points=min_points)
+    pool.scores, pool.certified_by, pool.separation = scores, cert.certified_by, cert.separation
+    whole = evidence.certified_group(scores, pool.in_mask, cert.certified_by, np.flatnonzero(cert.certified),
+                                     limits=limits, seed=seed)
+    return {"limits": limits.as_dict(), "n_certified": int(cert.certified.sum()), "halves": cert.halves,
+            "certified_set": whole, "separation": {
+                "median": round(float(np.median(cert.separation)), 6) if len(cert.separation) else None,
+                "mean": round(float(np.mean(cert.separation)), 6) if len(cert.separation) else None}}
