@@ -47,6 +47,8 @@ from sqlalchemy import Float, and_, case, cast, exists, func, literal, or_, sele
 from sqlalchemy.orm import Session, aliased
 
 from app.db import session_scope, utcnow
+from app.evidence import service as evidence
+from app.evidence.tables import ReferencePool
 from app.forget.tables import Disposition, ForgetRequest
 from app.jobs.tables import Audit, Job, JobRequest
 from app.registry.schemas import ALGORITHMS, SCORERS
@@ -54,7 +56,8 @@ from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 
 # Fixed vocabularies (DESIGN.md "Statuses"); values outside them are folded into "other".
-JOB_KINDS = ("train", "score", "unlearn", "calibrate")
+JOB_KINDS = ("train", "score", "reference", "unlearn", "calibrate")
+VERDICTS = ("passed", "failed", "inconclusive")
 JOB_FINAL = ("completed", "failed", "cancelled")
 REQUEST_FINAL = ("completed", "failed", "cancelled")
 DISPOSITIONS = ("free", "pruned", "unlearned", "already_forgotten", "failed", "cancelled")
@@ -64,8 +67,9 @@ KIND_PHASES = {
     "score": ("scoring",),
     "calibrate": ("scoring", "retraining", "registering"),
     "unlearn": ("scoring", "pruning", "unlearning", "auditing", "registering"),
+    "reference": ("training", "certifying", "registering"),
 }
-PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "registering")
+PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering")
 MAX_ATTEMPTS = 4  # "unlearning", "unlearning#2" … "unlearning#4" are one observation (escalation ladder ≤ 3)
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 NO_ALGORITHM = "none"
@@ -153,10 +157,18 @@ class LetheCollector(Collector):
                                 "run, by source (pruning, free).", labels=["source"]),
             CounterMetricFamily("lethe_pruned_points", "Points pruned by completed unlearning jobs, by set "
                                 "(forget: need no unlearning; retain: left out of the repair).", labels=["set"]),
-            CounterMetricFamily("lethe_audits", "Audits of unlearned candidates, by algorithm and result.",
-                                labels=["algorithm", "result"]),
-            GaugeMetricFamily("lethe_mia_auc", "Loss-MIA AUC of the forgotten points on the current versions "
-                              "that carry an audit (min, mean, max over models).", labels=["stat"]),
+            CounterMetricFamily("lethe_audits", "Audits of unlearned candidates, by algorithm and verdict "
+                                "(passed | failed | inconclusive); retrains that fail are the audit's false "
+                                "alarms.", labels=["algorithm", "result"]),
+            GaugeMetricFamily("lethe_reference_pools", "Reference pools (the evidence instrument), by status; "
+                              "valid = completed and not stale.", labels=["status"]),
+            GaugeMetricFamily("lethe_certified_free_points", "Points in the certified free sets of the valid "
+                              "pools (measured unidentifiable as a group)."),
+            CounterMetricFamily("lethe_free_points", "Points answered free, by basis (measured by a pool, or "
+                                "provisional: a score rule, nothing measured).", labels=["basis"]),
+            GaugeMetricFamily("lethe_mia_auc", "Informational loss-MIA AUC (forget vs test) of the forgotten points "
+                              "on the current versions that carry an audit (min, mean, max over models); it "
+                              "decides nothing.", labels=["stat"]),
             GaugeMetricFamily("lethe_mia_auc_threshold", "The audit's MIA AUC bound (LETHE_AUDIT_MIA_AUC_MAX)."),
             GaugeMetricFamily("lethe_audited_models", "Models whose current version carries an audited MIA AUC."),
             CounterMetricFamily("lethe_scored_points", "Points whose self-influence was computed, by method.",
@@ -264,13 +276,34 @@ class LetheCollector(Collector):
     @staticmethod
     def _audits(s: Session, f: dict[str, Metric]) -> None:
         counts: dict[tuple[str, str], int] = {}
-        for algorithm, passed, n in s.execute(select(Audit.algorithm, Audit.passed, func.count())
-                                              .group_by(Audit.algorithm, Audit.passed)):
-            key = (_bounded(algorithm, ALGORITHMS), "pass" if passed else "fail")
+        for algorithm, verdict, passed, n in s.execute(
+                select(Audit.algorithm, Audit.verdict, Audit.passed, func.count())
+                .group_by(Audit.algorithm, Audit.verdict, Audit.passed)):
+            # audits recorded before verdicts existed were pass/fail only
+            result = verdict if verdict in VERDICTS else ("passed" if passed else "failed")
+            key = (_bounded(algorithm, ALGORITHMS), result)
             counts[key] = counts.get(key, 0) + int(n)
         for algorithm in ALGORITHMS + tuple(sorted({a for a, _ in counts if a not in ALGORITHMS})):
-            for result in ("pass", "fail"):
+            for result in VERDICTS:
                 f["lethe_audits"].add_metric([algorithm, result], counts.get((algorithm, result), 0))
+        by_status = dict(s.execute(select(ReferencePool.status, func.count()).group_by(ReferencePool.status)).all())
+        valid, certified = 0, 0
+        for model in s.scalars(select(Model).where(Model.id.in_(select(ReferencePool.model_id).where(
+                ReferencePool.status == "completed")))):
+            st = evidence.state(s, model=model)
+            if st.valid and st.pool is not None:
+                valid += 1
+                certified += st.pool.n_certified or 0
+        for status in ("queued", "running", "completed", "failed", "superseded"):
+            f["lethe_reference_pools"].add_metric([status], int(by_status.get(status, 0)))
+        f["lethe_reference_pools"].add_metric(["valid"], valid)
+        f["lethe_certified_free_points"].add_metric([], certified)
+        measured = s.scalar(select(func.count()).select_from(Disposition).where(
+            Disposition.disposition == "free", Disposition.pool_id.is_not(None))) or 0
+        total_free = s.scalar(select(func.count()).select_from(Disposition).where(
+            Disposition.disposition == "free")) or 0
+        f["lethe_free_points"].add_metric(["measured"], int(measured))
+        f["lethe_free_points"].add_metric(["provisional"], int(total_free - measured))
         auc = _float(Version.metrics, "audit", "mia", "auc")
         lo, mean, hi, n = s.execute(
             select(func.min(auc), func.avg(auc), func.max(auc), func.count(auc))

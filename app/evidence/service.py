@@ -69,12 +69,26 @@ def start_pool(session: Session, *, model: Model, version: Version, reason: str)
     return job
 
 
+def trained_here(session: Session, *, model: Model) -> bool:
+    """Whether Lethe trained a version of this lineage: only then does the recipe describe how its weights came
+    about, so that shadow models trained with it measure the deployed model's training procedure."""
+    return session.scalar(select(Version.id).where(Version.model_id == model.id, Version.source == "train")
+                          .limit(1)) is not None
+
+
+UPLOADED = ("its weights were uploaded, not trained by Lethe: shadow models trained with the model's recipe would "
+            "measure another training procedure, so the lineage stays unmeasured (train it with POST "
+            "/models/{name}/train to measure it)")
+
+
 def request_pool(session: Session, *, model: Model, version: Version) -> Job:
     """POST .../reference: a new pool on this version's data (the current one only: it is what is served)."""
     if version.status != "active":
         raise Gone(f"{model.name}@{version.number} was revoked")
     if pool_k(model) == 0:
         raise Conflict(f"model '{model.name}' has reference.k = 0 in its policy: no pool is kept")
+    if not trained_here(session, model=model):
+        raise Conflict(f"model '{model.name}': " + UPLOADED.replace("{name}", model.name))
     job = start_pool(session, model=model, version=version, reason="requested")
     assert job is not None
     return job
@@ -109,9 +123,15 @@ def state(session: Session, *, model: Model) -> PoolState:
     if pool is None:
         active = session.scalar(select(ReferencePool.id).where(ReferencePool.model_id == model.id,
                                                                ReferencePool.status.in_(ACTIVE)).limit(1))
-        return PoolState(None, False, "a reference pool is being trained" if active else
-                         ("no reference pool (policy reference.k = 0)" if pool_k(model) == 0 else
-                          "no reference pool yet"))
+        if active:
+            why = "a reference pool is being trained"
+        elif pool_k(model) == 0:
+            why = "no reference pool (policy reference.k = 0)"
+        elif not trained_here(session, model=model):
+            why = UPLOADED.replace("{name}", model.name)
+        else:
+            why = "no reference pool yet"
+        return PoolState(None, False, why)
     removed = removed_fraction(session, model=model, pool=pool)
     if removed > get_settings().pool_max_removed:
         return PoolState(pool, False, f"the pool is stale: {removed:.1%} of its points were removed since it was "
@@ -129,7 +149,7 @@ def pool_read(session: Session, *, model: Model) -> dict[str, Any] | None:
         failed = session.scalar(select(ReferencePool).where(ReferencePool.model_id == model.id)
                                 .order_by(ReferencePool.created_at.desc()).limit(1))
         if failed is None:
-            return None
+            return {"status": "none", "valid": False, "why": st.why}
         return {"pool_id": failed.id, "status": failed.status, "valid": False, "why": st.why, "k": failed.k}
     out: dict[str, Any] = {"valid": st.valid, "why": st.why}
     if st.pool is not None:

@@ -137,7 +137,7 @@ class ModelRead(BaseModel):
     free_spent: int
     reference: dict[str, Any] | None = Field(None, description=(
         "the lineage's reference pool: status, K, points measured and certified free, and whether it is still "
-        "valid (removals since it was fitted under LETHE_POOL_MAX_REMOVED); null when none was ever started"))
+        "valid (removals since it was fitted under LETHE_POOL_MAX_REMOVED), and why not when it is not"))
     versions: list[VersionRead] = []
     created_at: datetime
 

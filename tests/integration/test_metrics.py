@@ -100,10 +100,10 @@ def test_metrics_follow_a_forget_flow(client: TestClient, admin_headers: dict[st
 
     # audits and the current version's MIA AUC
     audit, m = job["result"]["audit"], job["result"]["metrics"]
-    for attempt in job["result"]["metrics"]["attempts"]:  # an attempt whose audit failed escalates
-        result = "pass" if attempt["passed"] else "fail"
+    for attempt in job["result"]["metrics"]["attempts"]:  # an attempt that was not promoted escalates
+        result = attempt["verdict"]  # passed | failed | inconclusive (no pool in these tests: inconclusive)
         n = sum(1 for a in job["result"]["metrics"]["attempts"]
-                if a["algorithm"] == attempt["algorithm"] and a["passed"] == attempt["passed"])
+                if a["algorithm"] == attempt["algorithm"] and a["verdict"] == attempt["verdict"])
         assert value(done, "lethe_audits_total", algorithm=attempt["algorithm"], result=result) == n
     assert sum(v for (name, _), v in done.items() if name == "lethe_audits_total") == len(m["attempts"])
     assert value(done, "lethe_audited_models") == 1
