@@ -129,8 +129,8 @@ def forget(model: str, points: Annotated[list[str], typer.Option("--points", "-p
         except LetheAPIError as exc:
             console.print(f"[red]{exc.status}[/red] {exc.detail}")
             raise typer.Exit(1) from exc
-        console.print(f"request {answer.request_id}: {len(answer.free)} free, {len(answer.pending)} pending, "
-                      f"{len(answer.already_forgotten)} already forgotten")
+        console.print(f"request {answer.request_id}: {len(answer.free)} free ({answer.free_basis}), "
+                      f"{len(answer.pending)} pending, {len(answer.already_forgotten)} already forgotten")
         if wait and answer.job_id:
             _follow(lethe, answer.job_id)
 
@@ -143,7 +143,9 @@ def _follow(lethe: Lethe, job_id: str) -> None:
             task, completed=j.progress, description=f"{j.status} {j.phase or ''}"))
     result = job.result or {}
     colour = "green" if job.status == "completed" else "red"
-    console.print(f"[{colour}]job {job.status}[/{colour}] {result.get('ref') or ''} {job.error or ''}")
+    verdict = (result.get("audit") or {}).get("verdict")
+    console.print(f"[{colour}]job {job.status}[/{colour}] {result.get('ref') or ''} {job.error or ''}"
+                  + (f" (audit {verdict}, {result.get('algorithm')})" if verdict else ""))
 
 
 @cli.command()

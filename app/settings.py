@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         "(stronger settings, then retraining, which is exact) or accept (promote, labelled inconclusive).")
     audit_min_power: float = Field(0.8, gt=0.0, lt=1.0, description="Below this power against 'not unlearned' "
                                    "an audit is inconclusive.")
+    prune_separation_max: float = Field(0.6, ge=0.5, le=1.0, description=(
+        "A job may prune a forget point (leave it out of the unlearning; its audit still covers it) only when the "
+        "pool measured its own separation at most this (a looser, per-point bound than 'free')."))
     prune_quantile: float = Field(0.25, ge=0.0, le=1.0, description="Before calibration: job-time prune bound.")
     audit_max_acc_drop: float = Field(0.02, ge=0.0, le=1.0)
     audit_mia_auc_max: float = Field(0.55, ge=0.5, le=1.0)

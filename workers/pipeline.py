@@ -546,6 +546,20 @@ def _prune(scores: np.ndarray, rows: list[int], q: float, bound: float | None) -
     return [r for r in rows if r not in gone], pruned
 
 
+def _prunable(c: dict[str, Any], forget_rows: list[int]) -> tuple[list[int], str]:
+    """The forget rows a job may prune, and on what basis: measured (pool separation ≤ LETHE_PRUNE_SEPARATION_MAX),
+    provisional (no pool, LETHE_FREE_PROVISIONAL: the influence prune bound), or none."""
+    settings = get_settings()
+    if c.get("pool") is None:
+        return (forget_rows, "provisional") if settings.free_provisional else ([], "none")
+    from workers.engine.evidence import load_pool
+
+    pool = load_pool(artifacts.path_of(c["pool"]["uri"]))
+    cols = pool.columns(np.asarray(forget_rows, dtype=np.int64))
+    sep = np.where(cols >= 0, np.asarray(pool.separation)[np.maximum(cols, 0)], np.nan)
+    return [r for r, v in zip(forget_rows, sep, strict=True) if v <= settings.prune_separation_max], "measured"
+
+
 def _unlearn(ctx: JobContext) -> str:
     eng = _engine()
     settings = get_settings()
@@ -610,11 +624,18 @@ def _unlearn(ctx: JobContext) -> str:
 
     with ctx.phase("pruning", 0.15, 0.2):
         q_f, q_r = float(c["policy"].get("q_forget", 0.0)), float(c["policy"].get("q_retain", 0.0))
-        forget_kept, forget_pruned = _prune(scores, forget_rows, q_f, bound)
+        # Forget points are pruned (left out of the unlearning, covered by the audit) only where measured: the
+        # lowest-influence q_forget among those whose pool separation is within the stated bound. Without a pool,
+        # only the opt-in provisional rule prunes them, by influence, and says so. Retain pruning is a cost
+        # device: influence alone.
+        eligible, basis = _prunable(c, forget_rows)
+        forget_kept, forget_pruned = _prune(scores, eligible, q_f, bound if basis == "provisional" else None)
+        forget_kept = [r for r in forget_rows if r not in set(forget_pruned)]
         retain_kept, retain_pruned = _prune(scores, retain_rows, q_r, None)
         pruned_summary = {
             "forget": _ids_summary(c["model_id"], forget_pruned), "retain": _ids_summary(c["model_id"], retain_pruned),
-            "bound": bound, "q_forget": q_f, "q_retain": q_r,
+            "bound": bound if basis == "provisional" else None, "q_forget": q_f, "q_retain": q_r,
+            "forget_basis": basis, "separation_max": settings.prune_separation_max if basis == "measured" else None,
         }
         with session_scope() as s:
             ledger.lock_chain(s, tenant_id=c["tenant_id"])

@@ -102,7 +102,7 @@ def test_memorised_points_are_never_free_and_the_audit_separates_retrain_from_do
     assert job["status"] == "completed", job["error"]
     assert job["result"]["metrics"]["train_accuracy"] >= 0.97  # it fits the flipped labels: it memorises
     pool = wait_pool(client, h, "mem")
-    assert pool["status"] == "completed" and pool["valid"] and pool["k"] == 16
+    assert pool["status"] == "completed" and pool["valid"] and pool["k"] == 16, pool
 
     request = flipped[:40]
     resp = client.post("/forget", headers=h, json={"model": "mem", "point_ids": request, "reason": "test",

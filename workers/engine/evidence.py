@@ -242,6 +242,9 @@ def group_test(scores: np.ndarray, labels: np.ndarray, *, limits: Limits = Limit
     rng = np.random.default_rng(seed)
     auc = _auc(scores.ravel(), labels.ravel())
     tpr = _tpr_at(scores.ravel(), labels.ravel(), limits.fpr)
+    if boot == 0:  # point estimates only (a caller that needs a bound only when an estimate is beyond a limit)
+        return {"n": int(n), "models": int(m), "auc": round(auc, 6), "tpr": round(tpr, 6), "auc_lo": None,
+                "auc_hi": None, "tpr_lo": None, "tpr_hi": None}
     sub = rng.choice(n, max_points, replace=False) if n > max_points else np.arange(n)
     aucs, tprs = np.empty(boot), np.empty(boot)
     for b in range(boot):
@@ -331,7 +334,8 @@ def certify(phi_std: np.ndarray, in_mask: np.ndarray, *, limits: Limits = Limits
 
 
 def certified_group(scores: np.ndarray, in_mask: np.ndarray, certified_by: np.ndarray, cols: np.ndarray, *,
-                    limits: Limits = Limits(), boot: int = 200, seed: int = 0) -> dict[str, Any]:
+                    limits: Limits = Limits(), boot: int = 200, seed: int = 0, max_points: int = 4000
+                    ) -> dict[str, Any]:
     """Group LiRA of a set of certified columns, each scored by the half that certified it."""
     k = scores.shape[0]
     half = halves(k)
@@ -343,7 +347,8 @@ def certified_group(scores: np.ndarray, in_mask: np.ndarray, certified_by: np.nd
             parts_l.append(np.asarray(in_mask[:, c])[half == h])
     if not parts_s:
         return group_test(np.empty((k // 2, 0)), np.empty((k // 2, 0), dtype=bool), limits=limits)
-    return group_test(np.concatenate(parts_s, 1), np.concatenate(parts_l, 1), limits=limits, boot=boot, seed=seed)
+    return group_test(np.concatenate(parts_s, 1), np.concatenate(parts_l, 1), limits=limits, boot=boot, seed=seed,
+                      max_points=max_points)
 
 
 # ----------------------------------------------------------------------------- the audit
