@@ -13,6 +13,8 @@ from app import artifacts
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import session_scope
+from app.evidence import service as evidence
+from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Recipe
@@ -104,17 +106,17 @@ def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
         echo(f"scoring {ref} (gradnorm self-influence) …")
         pipeline.run_inline(score_job)
     with session_scope() as s:
-        from app.evidence.tables import ReferencePool
-
         pool = s.scalar(select(ReferencePool).where(ReferencePool.model_id == model_id,
                                                     ReferencePool.status.in_(("queued", "running"))).limit(1))
         pool_job, k = (pool.job_id, pool.k) if pool else (None, 0)
+        if pool is None and evidence.latest(s, model_id=model_id) is None:  # a data dir from before pools
+            model = s.get(Model, model_id)
+            job = evidence.start_pool(s, model=model, version=registry.current_version(s, model=model), reason="demo")
+            pool_job, k = (job.id, evidence.pool_k(model)) if job else (None, 0)
     if pool_job:
         echo(f"measuring {ref}: reference pool of {k} shadow models (the evidence behind 'free' and audits) …")
         pipeline.run_inline(pool_job)
     with session_scope() as s:
-        from app.evidence import service as evidence
-
         state = evidence.pool_read(s, model=s.get(Model, model_id)) or {}
         if state.get("status") == "completed":
             echo(f"reference pool: {state['n_certified']} of {state['n_points']} points certified free "
