@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import health, metrics
 from app.datasets.router import router as datasets_router
@@ -38,9 +40,28 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+def _bearer(app: FastAPI) -> None:
+    """Declare the API-key bearer scheme, so /docs offers 'Authorize' and every operation shows it needs a key."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (`lethe_…`): `make run` prints the admin key, `lethe keys` makes more."}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
-                  description="Remove training data from deployed PyTorch models, with audits and a ledger.")
+    # Swagger UI and ReDoc from assets shipped in the package: deployments are often offline or behind a proxy
+    app = FastAPIOffline(title="Lethe", version="0.1.0", lifespan=lifespan,
+                         description="Remove training data from deployed PyTorch models, with audits and a ledger.")
     install_handlers(app)
     app.add_middleware(Idempotency)  # inside BodyLimit: replays and claims see only bodies within the limits
     app.add_middleware(BodyLimit)  # 413 for bodies over LETHE_MAX_BODY_MB / LETHE_MAX_UPLOAD_MB
@@ -48,4 +69,5 @@ def create_app() -> FastAPI:
                    keys_router, webhooks_router, opendsr_router, metrics.router):
         app.include_router(router)
     document(app)  # after the routes: the OpenAPI document lists Idempotency-Key on every POST
+    _bearer(app)
     return app

@@ -28,6 +28,7 @@ SCOPES = ("read", "forget", "models", "admin")
 PUBLIC = {
     ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
+    ("GET", "/static-offline-docs"),  # the docs pages' own Swagger UI / ReDoc assets (served offline)
     # OpenDSR: discovery, the processor's certificate and its status are public by the spec.
     ("GET", "/opendsr/v1/discovery"), ("GET", "/opendsr/v1/certificate.pem"), ("GET", "/opendsr/v1/status"),
 }
