@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +21,15 @@ class Settings(BaseSettings):
                                         "503, not a hang); pings of pooled connections get min(this, 5).")
     broker_url: str | None = Field(None, description="Celery broker; default kombu sqla+sqlite under data_dir.")
     artifact_dir: Path | None = Field(None, description="Artifact store root; default data_dir/artifacts.")
-    secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")
+    secret_key: str | None = Field(None, description="Server secret: the HMAC key of identity hashes, and the root "
+                                   "from which HKDF derives every other server key (the key that encrypts webhook "
+                                   "secrets). Default generated (0600) in data_dir; keep it stable.")
+    ledger_key_path: Path | None = Field(
+        None, description="PEM Ed25519 private key signing ledger checkpoints, deletion certificates and callback_url "
+        "deliveries; default data_dir/ledger/signing.key, generated (0600) when missing.")
+    webhook_rotation_grace_hours: float = Field(
+        24.0, ge=0.0, description="After POST /webhooks/{id}/rotate the old secret stays valid this long: deliveries "
+        "carry both signatures meanwhile.")
     bootstrap_key: str | None = Field(None, description="First admin API key, created at start if absent.")
     device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
     free_quantile: float = Field(0.10, ge=0.0, le=1.0, description="Score quantile below which points are free.")
@@ -93,17 +102,27 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
 
+    @property
+    def ledger_key(self) -> Path:
+        return (self.ledger_key_path or self.resolved_data_dir / "ledger" / "signing.key").expanduser().resolve()
+
+    @property
+    def webhook_grace(self) -> timedelta:
+        return timedelta(hours=self.webhook_rotation_grace_hours)
+
+    def ensure_data_dir(self) -> Path:
+        """The data dir, created readable by the service alone (it holds keys and the embedded database)."""
+        from app.keys import private_dir
+
+        return private_dir(self.resolved_data_dir)
+
     def hmac_key(self) -> bytes:
-        """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""
+        """The server secret (identity hashes' key, HKDF root); the embedded default keeps a generated one, 0600."""
         if self.secret_key:
             return self.secret_key.encode()
-        path = self.resolved_data_dir / "secret.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.replace(path)
-        return path.read_text().strip().encode()
+        from app.keys import private_file
+
+        return private_file(self.resolved_data_dir / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
 
 
 @lru_cache

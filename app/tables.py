@@ -5,7 +5,7 @@ from app.db import Base
 from app.forget.tables import Disposition, ForgetRequest
 from app.idempotency import IdempotencyKey
 from app.jobs.tables import Audit, Job, JobRequest, Outbox
-from app.ledger.tables import LedgerEntry
+from app.ledger.tables import Checkpoint, LedgerEntry
 from app.opendsr.tables import OpenDsrLink, OpenDsrRequest
 from app.registry.tables import InfluenceRun, Model, Version
 from app.tenants.tables import ApiKey, Tenant
@@ -14,5 +14,5 @@ from app.webhooks.tables import Delivery, Webhook
 __all__ = [
     "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
     "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
-    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey",
+    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey", "Checkpoint",
 ]

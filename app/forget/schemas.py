@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from app.ledger.schemas import CheckpointRead
+
 MAX_POINTS = 100_000
 
 
@@ -39,6 +41,8 @@ class ForgetResponse(BaseModel):
     job_id: str | None
     linked_requests: list[str] = []
     scores_from: str | None = Field(None, description="ref of the version whose scores decided 'free'")
+    checkpoint: CheckpointRead | None = Field(None, description="the tenant's ledger head after this request, "
+                                              "signed (Ed25519): keep it to check the ledger later")
 
 
 class PointDisposition(BaseModel):

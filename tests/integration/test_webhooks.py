@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from app.client import verify_callback
 from app.main import create_app
 from app.webhooks.service import deliver_due
 from tests.factories import create_model, drain, upload_dataset
@@ -59,7 +60,15 @@ def test_events_are_signed_and_delivered(client: TestClient, admin_headers: dict
     drain()
     assert deliver_due() >= 4
     events = [(hd, json.loads(b)) for hd, b in receiver.got]
-    assert all(verify(secret, hd, b) for hd, b in receiver.got)
+    # the subscription's deliveries carry its HMAC secret; the request's callback_url (no registered secret)
+    # carries the server's Ed25519 signature, checked with the published public key
+    public = client.get("/ledger/public-key").text
+    for hd, b in receiver.got:
+        if "ed25519=" in hd["Lethe-Signature"]:
+            assert verify_callback(b, hd["Lethe-Signature"], public)["id"] == json.loads(b)["id"]
+        else:
+            assert verify(secret, hd, b)
+    assert sum("ed25519=" in hd["Lethe-Signature"] for hd, _ in receiver.got) == 1  # the callback_url's one
     types = [e["type"] for _, e in events]
     assert types.count("version.promoted") == 2  # toy@1 trained, toy@2 unlearned
     assert types.count("request.completed") == 2  # the subscription and the request's callback_url
