@@ -42,8 +42,8 @@ def head(caller: Reader, session: SessionDep) -> LedgerHead:
 def checkpoints(caller: Reader, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 cursor: str | None = None) -> Page[CheckpointRead]:
     """Signed chain heads in chain order (the current head is signed first if it moved); cursor: last seq seen."""
-    items, total = signing.page_checkpoints(session, tenant_id=caller.tenant_id, after=decode_cursor(cursor),
-                                            limit=limit)
+    after = decode_cursor(cursor) if cursor else -1  # seq 0 is the empty chain's checkpoint
+    items, total = signing.page_checkpoints(session, tenant_id=caller.tenant_id, after=after, limit=limit)
     nxt = encode_cursor(items[-1]["seq"]) if len(items) == limit else None
     return Page(items=[CheckpointRead(**i) for i in items], total=total, next=nxt)
 

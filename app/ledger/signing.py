@@ -157,7 +157,7 @@ def latest(session: Session, *, tenant_id: str) -> dict[str, Any] | None:
     return checkpoint_read(cp) if cp else None
 
 
-def page_checkpoints(session: Session, *, tenant_id: str, after: int = 0, limit: int = 100) -> tuple[
+def page_checkpoints(session: Session, *, tenant_id: str, after: int = -1, limit: int = 100) -> tuple[
         list[dict[str, Any]], int]:
     """Checkpoints in chain order after a sequence number, the current head signed first if it moved."""
     current = current_checkpoint(session, tenant_id=tenant_id)
