@@ -14,6 +14,7 @@ from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.jobs.tables import Job
+from app.keys import private_dir
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Recipe
 from app.registry.tables import Model
@@ -33,7 +34,7 @@ def admin_key() -> str:
         if not path.exists():
             from app.auth import generate_key
 
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(generate_key())

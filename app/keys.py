@@ -56,8 +56,11 @@ def unseal(token: str, *, label: str, aad: str) -> str:
 
 
 def private_dir(path: Path) -> Path:
-    """Create a directory readable by the service alone (0700); existing directories are left as they are."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create a directory, and its missing parents, readable by the service alone (0700); existing directories
+    are left as they are."""
+    if not path.exists():
+        private_dir(path.parent)
+        path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 

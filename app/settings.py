@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import timedelta
 from functools import lru_cache
@@ -111,10 +112,15 @@ class Settings(BaseSettings):
         return timedelta(hours=self.webhook_rotation_grace_hours)
 
     def ensure_data_dir(self) -> Path:
-        """The data dir, created readable by the service alone (it holds keys and the embedded database)."""
+        """The data dir, readable by the service alone (0700: it holds keys and the embedded database); one an
+        older version created group/world-readable is tightened."""
         from app.keys import private_dir
 
-        return private_dir(self.resolved_data_dir)
+        path = private_dir(self.resolved_data_dir)
+        st = path.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            path.chmod(0o700)
+        return path
 
     def hmac_key(self) -> bytes:
         """The server secret (identity hashes' key, HKDF root); the embedded default keeps a generated one, 0600."""
@@ -122,7 +128,7 @@ class Settings(BaseSettings):
             return self.secret_key.encode()
         from app.keys import private_file
 
-        return private_file(self.resolved_data_dir / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
+        return private_file(self.ensure_data_dir() / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
 
 
 @lru_cache
