@@ -114,11 +114,13 @@ def _at(session: Session, *, tenant_id: str, seq: int) -> Checkpoint | None:
 
 def checkpoint(session: Session, *, tenant_id: str) -> dict[str, Any]:
     """Sign the tenant's chain head as this (writing) transaction will commit it; one checkpoint per head."""
+    appended = session.info.get(ledger.HELD, {}).get(tenant_id) is not None
     seq, head = _tip(session, tenant_id=tenant_id)
     done = session.info.setdefault(DONE, {})
     if tenant_id in done and done[tenant_id]["seq"] == seq:  # signed already in this transaction
         return done[tenant_id]
-    existing = _at(session, tenant_id=tenant_id, seq=seq)
+    # A head this transaction appended has no checkpoint yet (nobody else can see it): no need to look.
+    existing = None if appended else _at(session, tenant_id=tenant_id, seq=seq)
     if existing is not None:
         return checkpoint_read(existing)
     signed_at = utcnow().isoformat()
