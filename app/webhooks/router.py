@@ -25,6 +25,8 @@ class WebhookRead(BaseModel):
     events: list[str]
     created_at: datetime
     rotated_at: datetime | None = None
+    legacy_secret: bool = Field(False, description="registered before per-webhook secrets: it signs with the old "
+                                "tenant-derived secret, which is not safe; rotate it")
 
 
 class WebhookCreated(WebhookRead):

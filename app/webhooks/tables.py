@@ -26,6 +26,11 @@ class Webhook(Base):
     previous_expires_at: Mapped[datetime | None]
     rotated_at: Mapped[datetime | None]
 
+    @property
+    def legacy_secret(self) -> bool:
+        """Signs with the old tenant-derived secret: rotate it."""
+        return self.secret_enc is None
+
 
 class Delivery(Base):
     __tablename__ = "webhook_deliveries"

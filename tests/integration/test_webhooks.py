@@ -235,6 +235,7 @@ def test_webhooks_registered_before_keep_their_secret_until_rotated(client: Test
     eng.dispose()
     tenant = client.get("/ledger/head", headers=h).json()["tenant_id"]
     legacy = hmac.new(b"test-secret", f"webhook:{tenant}".encode(), hashlib.sha256).hexdigest()
+    assert client.get("/webhooks", headers=h).json()["items"][0]["legacy_secret"] is True
     _promote(client, h)
     [(header, body)] = _deliveries(receiver)
     assert _verifies(body, header, legacy)
@@ -242,6 +243,7 @@ def test_webhooks_registered_before_keep_their_secret_until_rotated(client: Test
     _promote(client, h)
     [(header, body)] = _deliveries(receiver)
     assert _verifies(body, header, new) and _verifies(body, header, legacy) and header.count("v1=") == 2
+    assert client.get("/webhooks", headers=h).json()["items"][0]["legacy_secret"] is False
 
 
 def test_receivers_refuse_stale_or_altered_deliveries(client: TestClient, admin_headers: dict[str, str],
