@@ -304,13 +304,16 @@ def ledger_verify(
         print(json.dumps(report, indent=2))
     else:
         console.print(f"chain of tenant {tenant_id}: {report['entries']} entries, checked against "
-                      f"{report['checkpoints_checked']} signed checkpoint(s) and {report['entries_checked']} "
-                      "kept entry hash(es)")
+                      f"{report['checkpoints_checked']} signed checkpoint(s), {report['entries_checked']} "
+                      f"kept entry hash(es) and {report['certificates_checked']} certificate(s)")
         if not report["chain"]["ok"]:
             console.print(f"[red]chain broken[/red] at seq {report['chain']['broken_at']}: "
                           f"{report['chain']['reason']}")
         for bad in report["bad_signatures"]:
             console.print(f"[red]bad signature[/red]: kept checkpoint seq {bad['seq']} is not signed by this key")
+        for request_id in report["bad_certificates"]:
+            console.print(f"[red]bad signature[/red]: the certificate of request {request_id} was altered or not "
+                          "signed by this key")
         if report["problem"]:
             p = report["problem"]
             console.print(f"[red]{p['kind'].upper()}[/red]: {p['detail']}")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from app.ledger.service import GENESIS, entry_hash
-from app.ledger.signing import verify_checkpoint
+from app.ledger.signing import verify_certificate, verify_checkpoint
 
 
-def collect(document: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def collect(document: Any, certificates: list[dict[str, Any]] | None = None) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]]]:
     """(checkpoints, entries) found anywhere in a kept JSON document: POST /forget answers, certificates,
-    GET /ledger/head, /ledger/checkpoints or /ledger pages, or lists of any of these."""
+    GET /ledger/head, /ledger/checkpoints or /ledger pages, or lists of any of these. Certificates found are
+    appended to `certificates` when given."""
     checkpoints: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
 
@@ -24,6 +26,8 @@ def collect(document: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             for item in node:
                 walk(item)
         elif isinstance(node, dict):
+            if str(node.get("certificate", "")).startswith("lethe.deletion/") and certificates is not None:
+                certificates.append(node)
             if {"seq", "head", "signed_at", "signature"} <= set(node) and isinstance(node["signature"], str):
                 checkpoints.append(node)
             elif {"seq", "hash"} <= set(node) and isinstance(node["hash"], str):
@@ -56,7 +60,8 @@ def check(*, entries: list[dict[str, Any]], tenant_id: str, kept: Any, public_ke
     kept too, else the report gives the range it lies in (between the last matching kept point and the first
     differing one).
     """
-    checkpoints, kept_entries = collect(kept)
+    certificates: list[dict[str, Any]] = []
+    checkpoints, kept_entries = collect(kept, certificates)
     mine = [c for c in checkpoints if c.get("tenant_id", tenant_id) == tenant_id]
     bad = [c for c in mine if not verify_checkpoint(c | {"tenant_id": tenant_id}, public_key_pem)]
     points = sorted({(int(c["seq"]), c["head"], "checkpoint") for c in mine if c not in bad}
@@ -68,8 +73,12 @@ def check(*, entries: list[dict[str, Any]], tenant_id: str, kept: Any, public_ke
         "ok": internal["ok"] and not bad, "tenant_id": tenant_id, "entries": len(entries), "last_seq": last,
         "checkpoints_checked": len(mine) - len(bad), "entries_checked": len(kept_entries),
         "bad_signatures": [{"seq": c["seq"], "signed_at": c["signed_at"]} for c in bad],
+        "certificates_checked": len(certificates),
+        "bad_certificates": [c.get("request_id") for c in certificates
+                             if not verify_certificate(c, public_key_pem)],
         "chain": internal, "problem": None,
     }
+    report["ok"] = report["ok"] and not report["bad_certificates"]
     matched = 0
     for seq, value, kind in points:
         if seq == 0:

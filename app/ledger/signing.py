@@ -167,10 +167,10 @@ def page_checkpoints(session: Session, *, tenant_id: str, after: int = -1, limit
     total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
     items = [checkpoint_read(r) for r in session.scalars(q.where(Checkpoint.seq > after)
                                                           .order_by(Checkpoint.seq).limit(limit))]
-    if not any(i["seq"] >= current["seq"] for i in items) and current["seq"] > after:
+    if _at(session, tenant_id=tenant_id, seq=current["seq"]) is None:
         # signed after this read's snapshot began (SQLite): it is the newest, so it ends the last page
         total += 1
-        if len(items) < limit:
+        if len(items) < limit and current["seq"] > after:
             items.append(current)
     return items, total
 

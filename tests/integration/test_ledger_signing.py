@@ -150,7 +150,12 @@ def test_cli_verify_against_kept_checkpoints_finds_a_rewrite(toy: TestClient, ad
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     h = admin_headers
     kept = [forget(toy, h, ["p0001"]), forget(toy, h, ["p0002"])]  # two answers a client kept
+    assert toy.post(f"/requests/{kept[0]['request_id']}/cancel", headers=h).status_code == 200
+    kept.append(toy.get(f"/requests/{kept[0]['request_id']}/certificate", headers=h).json())  # and a certificate
     (tmp_path / "kept.json").write_text(json.dumps(kept))
+    (tmp_path / "altered.json").write_text(json.dumps([kept[2] | {"status": "completed"}]))
+    altered = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "altered.json"))
+    assert altered.exit_code == 1 and "certificate of request" in altered.output, altered.output
     exported = toy.get("/ledger?limit=1000", headers=h).json()
     ok = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"))
     assert ok.exit_code == 0 and "ok" in ok.output, ok.output
@@ -160,7 +165,7 @@ def test_cli_verify_against_kept_checkpoints_finds_a_rewrite(toy: TestClient, ad
     # ... but not the client's copy: a fork, somewhere up to the first kept head
     bad = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json")
     report = json.loads(bad.output)
-    first = kept[0]["checkpoint"]["seq"]
+    first = min([kept[0]["checkpoint"]["seq"]] + [e["seq"] for e in kept[2]["ledger"]])  # lowest kept seq
     assert bad.exit_code == 1 and report["problem"]["kind"] == "fork"
     assert report["problem"]["between"] == [1, first] and report["problem"]["first_differing"] is None
     # with entry hashes kept too (certificates, a /ledger export), the first differing entry is exact
