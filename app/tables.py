@@ -12,7 +12,7 @@ from app.tenants.tables import ApiKey, Tenant
 from app.webhooks.tables import Delivery, Webhook
 
 __all__ = [
-    "ApiKey", "Audit", "Base", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
+    "ApiKey", "Audit", "Base", "Checkpoint", "Dataset", "Disposition", "ForgetRequest", "InfluenceRun", "Job",
     "JobRequest", "LedgerEntry", "Model", "Outbox", "Point", "Tenant", "Version",
-    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey", "Checkpoint",
+    "Delivery", "Webhook", "OpenDsrLink", "OpenDsrRequest", "IdempotencyKey",
 ]

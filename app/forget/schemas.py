@@ -38,11 +38,11 @@ class ForgetResponse(BaseModel):
     pending: list[str]
     already_forgotten: list[str]
     unknown_subjects: list[str] = []
+    checkpoint: CheckpointRead | None = Field(None, description="the tenant's ledger head after this request, "
+                                              "signed (Ed25519): keep it to check the ledger later")
     job_id: str | None
     linked_requests: list[str] = []
     scores_from: str | None = Field(None, description="ref of the version whose scores decided 'free'")
-    checkpoint: CheckpointRead | None = Field(None, description="the tenant's ledger head after this request, "
-                                              "signed (Ed25519): keep it to check the ledger later")
 
 
 class PointDisposition(BaseModel):
