@@ -22,15 +22,7 @@ class Settings(BaseSettings):
                                         "503, not a hang); pings of pooled connections get min(this, 5).")
     broker_url: str | None = Field(None, description="Celery broker; default kombu sqla+sqlite under data_dir.")
     artifact_dir: Path | None = Field(None, description="Artifact store root; default data_dir/artifacts.")
-    secret_key: str | None = Field(None, description="Server secret: the HMAC key of identity hashes, and the root "
-                                   "from which HKDF derives every other server key (the key that encrypts webhook "
-                                   "secrets). Default generated (0600) in data_dir; keep it stable.")
-    ledger_key_path: Path | None = Field(
-        None, description="PEM Ed25519 private key signing ledger checkpoints, deletion certificates and callback_url "
-        "deliveries; default data_dir/ledger/signing.key, generated (0600) when missing.")
-    webhook_rotation_grace_hours: float = Field(
-        24.0, ge=0.0, description="After POST /webhooks/{id}/rotate the old secret stays valid this long: deliveries "
-        "carry both signatures meanwhile.")
+    secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")
     bootstrap_key: str | None = Field(None, description="First admin API key, created at start if absent.")
     device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
     free_quantile: float = Field(0.10, ge=0.0, le=1.0, description="Score quantile below which points are free.")
@@ -55,6 +47,12 @@ class Settings(BaseSettings):
                                   "larger dataset (shards run in parallel on every worker, joined by a chord).")
     host: str = "127.0.0.1"
     port: int = 8000
+    ledger_key_path: Path | None = Field(
+        None, description="PEM Ed25519 private key signing ledger checkpoints, deletion certificates and callback_url "
+        "deliveries; default data_dir/ledger/signing.key, generated (0600) when missing.")
+    webhook_rotation_grace_hours: float = Field(
+        24.0, ge=0.0, description="After POST /webhooks/{id}/rotate the old secret stays valid this long: deliveries "
+        "carry both signatures meanwhile.")
     opendsr_key_path: Path | None = Field(
         None, description="PEM private key (RSA 2048+ or EC) signing OpenDSR responses and callbacks; default "
         "data_dir/opendsr/key.pem. When the file is missing a development key is generated there.")
@@ -103,6 +101,14 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
 
+    def hmac_key(self) -> bytes:
+        """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        from app.keys import private_file  # (also the HKDF root of every other server key: app.keys)
+
+        return private_file(self.ensure_data_dir() / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
+
     @property
     def ledger_key(self) -> Path:
         return (self.ledger_key_path or self.resolved_data_dir / "ledger" / "signing.key").expanduser().resolve()
@@ -121,14 +127,6 @@ class Settings(BaseSettings):
         if st.st_mode & 0o077 and st.st_uid == os.getuid():
             path.chmod(0o700)
         return path
-
-    def hmac_key(self) -> bytes:
-        """The server secret (identity hashes' key, HKDF root); the embedded default keeps a generated one, 0600."""
-        if self.secret_key:
-            return self.secret_key.encode()
-        from app.keys import private_file
-
-        return private_file(self.ensure_data_dir() / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
 
 
 @lru_cache

@@ -34,12 +34,12 @@ class ForgetResponse(BaseModel):
     model: str
     version: int
     ref: str
+    checkpoint: CheckpointRead | None = Field(None, description="the tenant's ledger head after this request, "
+                                              "signed (Ed25519): keep it to check the ledger later")
     free: list[str]
     pending: list[str]
     already_forgotten: list[str]
     unknown_subjects: list[str] = []
-    checkpoint: CheckpointRead | None = Field(None, description="the tenant's ledger head after this request, "
-                                              "signed (Ed25519): keep it to check the ledger later")
     job_id: str | None
     linked_requests: list[str] = []
     scores_from: str | None = Field(None, description="ref of the version whose scores decided 'free'")
