@@ -189,6 +189,18 @@ def test_cli_verify_reports_truncation(toy: TestClient, admin_headers: dict[str,
         out.output
     report = json.loads(_cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json").output)
     assert report["problem"]["first_differing"] == before["seq"] + 1
+    # offline, from an export and the auditor's copy of the public key: the server is never asked
+    (tmp_path / "ledger.json").write_text(toy.get("/ledger?limit=1000", headers=h).text)
+    (tmp_path / "key.pem").write_text(toy.get("/ledger/public-key").text)
+    from app import cli
+
+    monkeypatch.setattr(cli, "_client", lambda url, key: pytest.fail("offline mode asked the server"))
+    from typer.testing import CliRunner
+
+    offline = CliRunner().invoke(cli.cli, ["ledger", "verify", "--against", str(tmp_path / "kept.json"), "--entries",
+                                           str(tmp_path / "ledger.json"), "--public-key", str(tmp_path / "key.pem")],
+                                 env={"COLUMNS": "250"})
+    assert offline.exit_code == 1 and "TRUNCATION" in offline.output, offline.output
     # a checkpoint whose signature is not the server's is reported, whatever it claims
     forged = kept["checkpoint"] | {"seq": 1}
     (tmp_path / "forged.json").write_text(json.dumps([forged]))
