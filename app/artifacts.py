@@ -12,9 +12,9 @@ from app.settings import get_settings
 
 
 def root() -> Path:
-    path = get_settings().artifacts
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from app.keys import private_dir
+
+    return private_dir(get_settings().artifacts)  # missing parents (the data dir) are created 0700 too
 
 
 def path_of(uri: str) -> Path:

@@ -7,10 +7,19 @@
 
 Errors come back as LetheAPIError with the HTTP status and the server's detail. POST /forget sends an
 Idempotency-Key (a fresh one unless given), so a retried call after a network error never doubles a request.
+
+Receivers of webhooks check `Lethe-Signature` with `verify_webhook(body, header, secret)` (a registered
+webhook's secret) or `verify_callback(body, header, public_key_pem)` (a request's callback_url, signed with
+the server's Ed25519 key from GET /ledger/public-key); both refuse timestamps more than `tolerance` seconds
+(default 300) from the receiver's clock, so a captured delivery cannot be replayed later.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +34,57 @@ from app.ledger.schemas import LedgerVerify
 from app.registry.schemas import ModelRead
 
 FINAL = ("completed", "failed", "cancelled")
+
+
+TOLERANCE = 300  # seconds: the replay window receivers should allow (clock skew + delivery latency)
+
+
+class WebhookSignatureError(ValueError):
+    """A delivery whose Lethe-Signature is missing, stale (outside the tolerance) or does not match."""
+
+
+def _signed_parts(header: str, *, tolerance: float, now: float | None) -> tuple[int, list[tuple[str, str]]]:
+    try:
+        items = [tuple(p.strip().split("=", 1)) for p in header.split(",") if p.strip()]
+        timestamp = int(next(v for k, v in items if k == "t"))
+    except (ValueError, StopIteration) as exc:
+        raise WebhookSignatureError("malformed Lethe-Signature header") from exc
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        raise WebhookSignatureError(f"timestamp outside the {tolerance:g} s tolerance (a replay, or a wrong clock)")
+    return timestamp, items  # type: ignore[return-value]
+
+
+def verify_webhook(body: bytes, header: str, secret: str, *, tolerance: float = TOLERANCE,
+                   now: float | None = None) -> dict[str, Any]:
+    """Check a webhook delivery against the webhook's secret; returns the event. Any of the header's v1=
+    signatures may match (during a rotation's grace period a delivery carries the new and the old one)."""
+    timestamp, items = _signed_parts(header, tolerance=tolerance, now=now)
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    if not any(k == "v1" and hmac.compare_digest(expected, v) for k, v in items):
+        raise WebhookSignatureError("no v1 signature matches this secret")
+    return json.loads(body)
+
+
+def verify_callback(body: bytes, header: str, public_key_pem: str | bytes, *, tolerance: float = TOLERANCE,
+                    now: float | None = None) -> dict[str, Any]:
+    """Check a callback_url delivery against the server's Ed25519 public key; returns the event."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    timestamp, items = _signed_parts(header, tolerance=tolerance, now=now)
+    pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+    key = load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise WebhookSignatureError("the public key is not an Ed25519 key")
+    for k, v in items:
+        if k == "ed25519":
+            try:
+                key.verify(base64.b64decode(v), f"{timestamp}.".encode() + body)
+                return json.loads(body)
+            except (InvalidSignature, ValueError):
+                pass
+    raise WebhookSignatureError("no ed25519 signature matches this public key")
 
 
 class LetheAPIError(Exception):
@@ -127,6 +187,22 @@ class Lethe:
 
     def verify_ledger(self) -> LedgerVerify:
         return LedgerVerify.model_validate(self._call("GET", "/ledger/verify"))
+
+    def head(self) -> dict[str, Any]:
+        """The chain head and its signed checkpoint: keep it outside Lethe."""
+        return self._call("GET", "/ledger/head")
+
+    def ledger(self) -> Iterator[dict[str, Any]]:
+        """Every entry of the caller's chain, in order."""
+        yield from self._pages("/ledger", limit=1000)
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Every signed checkpoint of the caller's chain (the current head is signed first)."""
+        return list(self._pages("/ledger/checkpoints", limit=1000))
+
+    def public_key(self) -> str:
+        """The server's Ed25519 public key (PEM); better compared with a copy obtained out of band."""
+        return self._call("GET", "/ledger/public-key")
 
     def status(self) -> dict[str, Any]:
         """What `lethe status` shows: models and their current versions, the queue, and what deletions cost."""

@@ -216,7 +216,7 @@ def get_engine(readonly: bool = False) -> Engine:
     settings = get_settings()
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
-        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        settings.ensure_data_dir()
         return engine_for(url, readonly)
     return engine_for(url)  # Postgres: row locks do the serialising; one engine serves both
 

@@ -16,6 +16,7 @@ from app.db import session_scope
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
+from app.keys import private_dir
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Recipe
 from app.registry.tables import Model
@@ -35,7 +36,7 @@ def admin_key() -> str:
         if not path.exists():
             from app.auth import generate_key
 
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(generate_key())

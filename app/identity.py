@@ -9,4 +9,6 @@ from app.settings import get_settings
 
 
 def keyed_hash(value: str) -> str:
+    """HMAC-SHA256 under the server secret itself (kept as it was, so stored hashes stay valid). Anyone may get
+    a value of their choosing hashed into the ledger, so no other key is this one: see app.keys."""
     return hmac.new(get_settings().hmac_key(), value.encode(), hashlib.sha256).hexdigest()

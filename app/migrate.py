@@ -22,7 +22,7 @@ def upgrade(url: str | None = None) -> None:
     """Bring the database to the newest schema."""
     from app.settings import get_settings
 
-    get_settings().resolved_data_dir.mkdir(parents=True, exist_ok=True)  # home of the embedded SQLite file
+    get_settings().ensure_data_dir()  # home of the embedded SQLite file
     command.upgrade(alembic_config(url), "head")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -71,6 +73,12 @@ class Settings(BaseSettings):
                                   "larger dataset (shards run in parallel on every worker, joined by a chord).")
     host: str = "127.0.0.1"
     port: int = 8000
+    ledger_key_path: Path | None = Field(
+        None, description="PEM Ed25519 private key signing ledger checkpoints, deletion certificates and callback_url "
+        "deliveries; default data_dir/ledger/signing.key, generated (0600) when missing.")
+    webhook_rotation_grace_hours: float = Field(
+        24.0, ge=0.0, description="After POST /webhooks/{id}/rotate the old secret stays valid this long: deliveries "
+        "carry both signatures meanwhile.")
     opendsr_key_path: Path | None = Field(
         None, description="PEM private key (RSA 2048+ or EC) signing OpenDSR responses and callbacks; default "
         "data_dir/opendsr/key.pem. When the file is missing a development key is generated there.")
@@ -123,13 +131,28 @@ class Settings(BaseSettings):
         """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""
         if self.secret_key:
             return self.secret_key.encode()
-        path = self.resolved_data_dir / "secret.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.replace(path)
-        return path.read_text().strip().encode()
+        from app.keys import private_file  # (also the HKDF root of every other server key: app.keys)
+
+        return private_file(self.ensure_data_dir() / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
+
+    @property
+    def ledger_key(self) -> Path:
+        return (self.ledger_key_path or self.resolved_data_dir / "ledger" / "signing.key").expanduser().resolve()
+
+    @property
+    def webhook_grace(self) -> timedelta:
+        return timedelta(hours=self.webhook_rotation_grace_hours)
+
+    def ensure_data_dir(self) -> Path:
+        """The data dir, readable by the service alone (0700: it holds keys and the embedded database); one an
+        older version created group/world-readable is tightened."""
+        from app.keys import private_dir
+
+        path = private_dir(self.resolved_data_dir)
+        st = path.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            path.chmod(0o700)
+        return path
 
 
 @lru_cache

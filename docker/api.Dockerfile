@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LETHE_ARTIFACT_DIR=/var/lib/lethe/artifacts
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/lethe lethe \
- && mkdir -p /var/lib/lethe/artifacts \
+ && mkdir -p /var/lib/lethe/artifacts /var/lib/lethe/keys \
+ && chmod 0700 /var/lib/lethe/keys \
  && chown -R lethe:lethe /var/lib/lethe
 
 WORKDIR /srv/lethe

@@ -34,7 +34,8 @@ RUN if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
     fi \
  && python3 -m venv /opt/venv \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/lethe lethe \
- && mkdir -p /var/lib/lethe/artifacts \
+ && mkdir -p /var/lib/lethe/artifacts /var/lib/lethe/keys \
+ && chmod 0700 /var/lib/lethe/keys \
  && chown -R lethe:lethe /var/lib/lethe
 
 # torch first, in its own layer: it is most of the image and changes least.

@@ -16,7 +16,7 @@ VISIBILITY_TIMEOUT = 6 * 3600
 def make_celery(settings: Settings) -> Celery:
     url = settings.celery_broker_url
     if url.startswith("sqla+sqlite"):
-        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        settings.ensure_data_dir()
     # The result backend serves only chords (sharded scoring); every other task ignores its result.
     app = Celery("lethe", broker=url, backend=settings.celery_result_backend, include=["workers.tasks"])
     app.conf.update(

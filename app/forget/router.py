@@ -11,6 +11,7 @@ from app.db import SessionDep, session_scope
 from app.forget import service
 from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
 from app.jobs.outbox import kick
+from app.ledger import signing
 from app.opendsr import hooks as opendsr
 from app.paging import Page, PageParams, next_cursor, page_params
 
@@ -26,11 +27,15 @@ def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, backgroun
         # Replays are answered from a snapshot, without queueing behind writers.
         with session_scope(readonly=True) as read:
             prior = service.replay(read, tenant_id=caller.tenant_id, body=body, idempotency_key=idempotency_key)
+            if prior is not None:
+                checkpoint = signing.current_checkpoint(read, tenant_id=caller.tenant_id)
         if prior is not None:
-            return _answer(*prior, background)
+            return _answer(prior[0] | {"checkpoint": checkpoint}, prior[1], background)
     try:
         response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
                                           idempotency_key=idempotency_key)
+        # The answer carries the chain head it commits, signed: a copy of the ledger's state outside Lethe.
+        response = response | {"checkpoint": signing.checkpoint(session, tenant_id=caller.tenant_id)}
         session.commit()
     except IntegrityError:
         # A concurrent duplicate with the same Idempotency-Key committed first: replay its answer (or 409).
@@ -40,6 +45,7 @@ def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, backgroun
         response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
                                           idempotency_key=idempotency_key)
         session.rollback()
+        response = response | {"checkpoint": signing.latest(session, tenant_id=caller.tenant_id)}
     return _answer(response, status, background)
 
 

@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from app.ledger.schemas import CheckpointRead
+
 MAX_POINTS = 100_000
 
 
@@ -32,6 +34,8 @@ class ForgetResponse(BaseModel):
     model: str
     version: int
     ref: str
+    checkpoint: CheckpointRead | None = Field(None, description="the tenant's ledger head after this request, "
+                                              "signed (Ed25519): keep it to check the ledger later")
     free: list[str]
     pending: list[str]
     already_forgotten: list[str]

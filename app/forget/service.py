@@ -404,9 +404,8 @@ def evidence_page(session: Session, *, request: ForgetRequest, offset: int, limi
 
 def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
     """A signed deletion certificate: points, dispositions, versions, audits and the ledger hashes behind them."""
-    import hmac
-
     from app.jobs.tables import Audit
+    from app.ledger import signing
 
     if request.status not in ("completed", "failed", "cancelled"):
         raise Conflict(f"request is {request.status}: a certificate is issued once it has ended")
@@ -431,7 +430,4 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
         "ledger": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
         "ledger_head": head["head"], "ledger_ok": head["ok"], "issued_at": utcnow(),
     })
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    signature = hmac.new(get_settings().hmac_key(), payload, hashlib.sha256).hexdigest()
-    return {**body, "signature": {"alg": "HMAC-SHA256", "value": signature,
-                                  "signed": "canonical JSON of every other field (sorted keys, no spaces)"}}
+    return signing.sign_certificate(session, tenant_id=request.tenant_id, body=body)  # Ed25519, with a checkpoint

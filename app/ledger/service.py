@@ -32,6 +32,9 @@ def entry_hash(*, tenant_id: str, seq: int, event: str, subject_type: str, subje
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+CLOSING = frozenset({"request.completed", "request.failed", "request.cancelled",
+                     "job.completed", "job.failed", "job.cancelled"})
+DUE = "ledger_checkpoint_due"  # session.info: tenants on whose chain this transaction closed a request or job
 HELD = "ledger_chains"  # session.info: {tenant_id: (seq, hash) of the chain's tip, or None} locked this transaction
 
 
@@ -74,6 +77,8 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
     )
     session.add(entry)  # inserted with the transaction's next flush, in order (ledger rows are only ever added)
     held[tenant_id] = (seq, entry.hash)
+    if event in CLOSING:
+        session.info.setdefault(DUE, set()).add(tenant_id)
     return entry
 
 
@@ -82,6 +87,24 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
 def _release_chains(session: Session, *_: Any) -> None:
     """A new transaction locks and reads the chain afresh (a rolled-back savepoint may have held appends)."""
     session.info.pop(HELD, None)
+    session.info.pop("ledger_checkpoint_done", None)
+
+
+@event.listens_for(Session, "before_commit")
+def _checkpoint_closings(session: Session) -> None:
+    """A transaction that closes a request or job ends with a signed checkpoint of its head, committed with it:
+    clients and auditors get a signed head after every such step, at one INSERT per transaction."""
+    due = session.info.pop(DUE, None)
+    if due:
+        from app.ledger import signing  # signing builds on this module
+
+        for tenant_id in sorted(due):
+            signing.checkpoint(session, tenant_id=tenant_id)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_due(session: Session) -> None:
+    session.info.pop(DUE, None)
 
 
 def verify(session: Session, *, tenant_id: str) -> dict[str, Any]:

@@ -23,3 +23,17 @@ class LedgerEntry(Base):
     at: Mapped[str] = mapped_column(String(40))  # ISO timestamp as hashed, so verify is exact
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Checkpoint(Base):
+    """A chain head signed with the server's Ed25519 key: (tenant, seq, head, signed_at) under `signature`."""
+
+    __tablename__ = "ledger_checkpoints"
+    __table_args__ = (UniqueConstraint("tenant_id", "seq"),)  # one per head: asking again signs nothing new
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    seq: Mapped[int]
+    head: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[str] = mapped_column(String(40))  # ISO timestamp as signed
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(100))  # base64 of the 64-byte Ed25519 signature

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from app.db import utcnow
+from app.keys import private_dir
 from app.settings import get_settings
 
 log = logging.getLogger("lethe.opendsr")
@@ -109,8 +110,8 @@ def _load(key_path: str, cert_path: str, _key_mtime: int, _cert_mtime: int) -> S
 
 def _generate(key_path: Path, cert_path: Path, common_name: str) -> None:
     """A development RSA key (0600) and a self-signed certificate, written once even when processes race."""
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(key_path.parent)
+    private_dir(cert_path.parent)
     lock_path = key_path.with_name(key_path.name + ".lock")
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

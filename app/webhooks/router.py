@@ -24,10 +24,18 @@ class WebhookRead(BaseModel):
     url: str
     events: list[str]
     created_at: datetime
+    rotated_at: datetime | None = None
+    legacy_secret: bool = Field(False, description="registered before per-webhook secrets: it signs with the old "
+                                "tenant-derived secret, which is not safe; rotate it")
 
 
 class WebhookCreated(WebhookRead):
-    secret: str = Field(description="Verify `Lethe-Signature` with this; shown only when creating a webhook.")
+    secret: str = Field(description="Verify `Lethe-Signature` with this; shown only once, here.")
+
+
+class WebhookRotated(WebhookCreated):
+    previous_valid_until: datetime | None = Field(
+        description="until then deliveries carry a second v1= signature made with the previous secret")
 
 
 class DeliveryRead(BaseModel):
@@ -45,10 +53,9 @@ class DeliveryRead(BaseModel):
 
 @router.post("", status_code=201, response_model=WebhookCreated)
 def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> WebhookCreated:
-    hook = service.create(session, tenant_id=caller.tenant_id, url=body.url, events=body.events)
+    hook, secret = service.create(session, tenant_id=caller.tenant_id, url=body.url, events=body.events)
     session.commit()
-    return WebhookCreated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(),
-                          secret=service.tenant_secret(caller.tenant_id))
+    return WebhookCreated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(), secret=secret)
 
 
 @router.get("", response_model=Page[WebhookRead])
@@ -68,3 +75,12 @@ def delete_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> Webho
     hook = service.delete(session, tenant_id=caller.tenant_id, webhook_id=webhook_id)
     session.commit()
     return WebhookRead.model_validate(hook, from_attributes=True)
+
+
+@router.post("/{webhook_id}/rotate", response_model=WebhookRotated)
+def rotate_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> WebhookRotated:
+    """A new signing secret, shown once; the old one keeps signing for LETHE_WEBHOOK_ROTATION_GRACE_HOURS."""
+    hook, secret = service.rotate(session, tenant_id=caller.tenant_id, webhook_id=webhook_id)
+    session.commit()
+    return WebhookRotated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(), secret=secret,
+                          previous_valid_until=hook.previous_expires_at)

@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import secrets
 import socket
 import time
 from datetime import timedelta
@@ -17,8 +18,10 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app import keys
 from app.db import new_id, session_scope, utcnow
-from app.errors import NotFound, Unprocessable
+from app.errors import LetheError, NotFound, Unprocessable
+from app.ledger import signing
 from app.settings import get_settings
 from app.webhooks.tables import Delivery, Webhook
 
@@ -27,15 +30,56 @@ EVENTS = ("request.completed", "request.failed", "version.promoted")
 MAX_ATTEMPTS = 8
 
 
-def tenant_secret(tenant_id: str) -> str:
-    """The tenant's signing secret, derived from the server key: nothing secret is stored in the database."""
+def legacy_secret(tenant_id: str) -> str:
+    """The secret of webhooks registered before secrets were stored (HMAC of the identity key): derivable by
+    anyone who can get a keyed hash of "webhook:<tenant>" written to the ledger, hence replaced on rotation."""
     return hmac.new(get_settings().hmac_key(), f"webhook:{tenant_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def signature(secret: str, body: bytes, timestamp: int) -> str:
-    """`Lethe-Signature` header value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def _new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def _seal(secret: str, hook_id: str) -> str:
+    return keys.seal(secret, label=keys.WEBHOOK_SECRETS, aad=hook_id)
+
+
+def _current_secret(hook: Webhook) -> str:
+    if hook.secret_enc is None:
+        return legacy_secret(hook.tenant_id)
+    return keys.unseal(hook.secret_enc, label=keys.WEBHOOK_SECRETS, aad=hook.id)
+
+
+def signing_secrets(hook: Webhook) -> list[str]:
+    """The secrets a delivery is signed with now: the current one, and the previous one during its grace period."""
+    out = [_current_secret(hook)]
+    if hook.previous_secret_enc and hook.previous_expires_at and hook.previous_expires_at > utcnow():
+        out.append(keys.unseal(hook.previous_secret_enc, label=keys.WEBHOOK_SECRETS, aad=hook.id))
+    return out
+
+
+def signature(secret: str | list[str], body: bytes, timestamp: int) -> str:
+    """`Lethe-Signature` header value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">, one v1 per secret."""
+    macs = [hmac.new(s.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+            for s in ([secret] if isinstance(secret, str) else secret)]
+    return f"t={timestamp}," + ",".join(f"v1={m}" for m in macs)
+
+
+def callback_signature(body: bytes, timestamp: int) -> str:
+    """A callback_url has no registered secret: t=<unix seconds>,kid=<key id>,ed25519=<base64 signature of
+    "t.body"> with the server's Ed25519 key (GET /ledger/public-key)."""
+    return f"t={timestamp},kid={signing.key_id()},ed25519={signing.sign(f'{timestamp}.'.encode() + body)}"
+
+
+def delivery_signature(*, webhook_id: str | None, body: bytes, timestamp: int) -> str:
+    """The `Lethe-Signature` of one delivery: its webhook's secrets, or the server key for a callback_url."""
+    if webhook_id is None:
+        return callback_signature(body, timestamp)
+    with session_scope(readonly=True) as session:
+        hook = session.get(Webhook, webhook_id)
+        if hook is None:
+            raise NotFound(f"no webhook {webhook_id}")
+        return signature(signing_secrets(hook), body, timestamp)
 
 
 def check_url(url: str) -> str:
@@ -56,15 +100,28 @@ def check_url(url: str) -> str:
     return url
 
 
-def create(session: Session, *, tenant_id: str, url: str, events: list[str]) -> Webhook:
-    """Register an endpoint for some event types."""
+def create(session: Session, *, tenant_id: str, url: str, events: list[str]) -> tuple[Webhook, str]:
+    """Register an endpoint for some event types; returns it with its new random secret (shown once)."""
     bad = sorted(set(events) - set(EVENTS))
     if bad or not events:
         raise Unprocessable(f"events must be a non-empty subset of {list(EVENTS)}; unknown: {bad}")
-    hook = Webhook(tenant_id=tenant_id, url=check_url(url), events=sorted(set(events)))
+    secret = _new_secret()
+    hook = Webhook(id=new_id(), tenant_id=tenant_id, url=check_url(url), events=sorted(set(events)))
+    hook.secret_enc = _seal(secret, hook.id)
     session.add(hook)
     session.flush()
-    return hook
+    return hook, secret
+
+
+def rotate(session: Session, *, tenant_id: str, webhook_id: str) -> tuple[Webhook, str]:
+    """Give a webhook a new secret (returned, shown once); the old one signs too until the grace period ends."""
+    hook = _get(session, tenant_id=tenant_id, webhook_id=webhook_id)
+    secret, now = _new_secret(), utcnow()
+    hook.previous_secret_enc = _seal(_current_secret(hook), hook.id)
+    hook.previous_expires_at = now + get_settings().webhook_grace
+    hook.secret_enc, hook.rotated_at = _seal(secret, hook.id), now
+    session.flush()
+    return hook, secret
 
 
 def list_hooks(session: Session, *, tenant_id: str) -> list[Webhook]:
@@ -72,10 +129,16 @@ def list_hooks(session: Session, *, tenant_id: str) -> list[Webhook]:
                                 .order_by(Webhook.created_at)))
 
 
-def delete(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
+def _get(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
     hook = session.get(Webhook, webhook_id)
     if hook is None or hook.tenant_id != tenant_id or hook.deleted_at is not None:
         raise NotFound(f"no webhook {webhook_id}")
+    return hook
+
+
+def delete(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
+    """Stop delivering to a webhook."""
+    hook = _get(session, tenant_id=tenant_id, webhook_id=webhook_id)
     hook.deleted_at = utcnow()
     return hook
 
@@ -96,11 +159,11 @@ def deliver_due(*, limit: int = 50, timeout: float = 5.0) -> int:
     """POST due deliveries; failures back off exponentially until MAX_ATTEMPTS. Returns deliveries made."""
     now = utcnow()
     with session_scope() as session:
-        due = [(d.id, d.tenant_id, d.url, d.payload) for d in session.scalars(
+        due = [(d.id, d.webhook_id, d.url, d.payload) for d in session.scalars(
             select(Delivery).where(Delivery.delivered_at.is_(None), Delivery.attempts < MAX_ATTEMPTS,
                                    Delivery.next_at <= now).order_by(Delivery.id).limit(limit))]
     done = 0
-    for delivery_id, tenant_id, url, payload in due:
+    for delivery_id, webhook_id, url, payload in due:
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         status, error = None, None
         opendsr = str(payload.get("type", "")).startswith("opendsr.")
@@ -109,12 +172,13 @@ def deliver_due(*, limit: int = 50, timeout: float = 5.0) -> int:
         try:
             check_url(url)  # again at send time: DNS may have changed since registration
             headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
-                       "Lethe-Signature": signature(tenant_secret(tenant_id), body, int(time.time())),
+                       "Lethe-Signature": delivery_signature(webhook_id=webhook_id, body=body,
+                                                             timestamp=int(time.time())),
                        "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
             if opendsr:
                 body, headers = callbacks.render(payload, delivery_id)
             status = httpx.post(url, content=body, headers=headers, timeout=timeout).status_code
-        except (httpx.HTTPError, Unprocessable) as exc:
+        except (httpx.HTTPError, LetheError) as exc:
             error = str(getattr(exc, "detail", None) or exc)[:500]
         with session_scope() as session:
             d = session.get(Delivery, delivery_id)

@@ -19,6 +19,17 @@ class Webhook(Base):
     events: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
+    # Random per-webhook secrets, AES-GCM-sealed under an HKDF-derived key (app.keys). None: registered before
+    # secrets were stored; such a hook signs with the old tenant-derived secret until rotated.
+    secret_enc: Mapped[str | None] = mapped_column(Text)
+    previous_secret_enc: Mapped[str | None] = mapped_column(Text)  # still signed with until previous_expires_at
+    previous_expires_at: Mapped[datetime | None]
+    rotated_at: Mapped[datetime | None]
+
+    @property
+    def legacy_secret(self) -> bool:
+        """Signs with the old tenant-derived secret: rotate it."""
+        return self.secret_enc is None
 
 
 class Delivery(Base):

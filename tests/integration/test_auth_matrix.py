@@ -31,6 +31,8 @@ PUBLIC = {
     ("GET", "/static-offline-docs"),  # the docs pages' own Swagger UI / ReDoc assets (served offline)
     # OpenDSR: discovery, the processor's certificate and its status are public by the spec.
     ("GET", "/opendsr/v1/discovery"), ("GET", "/opendsr/v1/certificate.pem"), ("GET", "/opendsr/v1/status"),
+    # The ledger's Ed25519 public key: auditors and callback receivers verify with it.
+    ("GET", "/ledger/public-key"),
 }
 # A's sufficient-scope GETs must be 200, except these (nothing computed or ended yet in this fixture: 404/409).
 GET_NOT_YET = {"/models/{name}/versions/{number}/calibration", "/models/{name}/versions/{number}/calibration.png",

@@ -75,13 +75,18 @@ def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_hea
     assert cert["status"] == "completed" and len(cert["points"]) == 43 and cert["ledger_ok"]
     assert cert["audits"][-1]["passed"] and cert["audits"][-1]["version"] == 2
     assert {"request.received", "points.free", "request.completed"} <= {e["event"] for e in cert["ledger"]}
-    import hashlib
-    import hmac
+    import base64
     import json
 
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    # Ed25519 under the published public key: an auditor checks it with no Lethe secret
     signed = json.dumps({k: v for k, v in cert.items() if k != "signature"}, sort_keys=True,
                         separators=(",", ":")).encode()
-    assert hmac.new(b"test-secret", signed, hashlib.sha256).hexdigest() == cert["signature"]["value"]
+    assert cert["signature"]["alg"] == "Ed25519"
+    public = load_pem_public_key(client.get("/ledger/public-key").content)
+    public.verify(base64.b64decode(cert["signature"]["value"]), signed)  # raises if forged
+    assert cert["checkpoint"]["seq"] >= max(e["seq"] for e in cert["ledger"])
 
     again = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest[:1] + highest[:2],
                                                     "reason": "again", "requested_by": "dpo"})
