@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     audit_min_points: int = Field(20, ge=2)
     job_lease_seconds: float = Field(120.0, gt=0, description="A silent worker's job is re-run after this.")
     webhooks_allow_private: bool = Field(False, description="Allow loopback/private callback targets (tests, labs).")
+    webhook_deadline: float = Field(10.0, gt=0, description="Seconds one webhook delivery may take in all "
+                                    "(connect, send, the receiver's status line and headers); a slower receiver "
+                                    "counts as failed and is retried with backoff.")
+    webhook_workers: int = Field(8, ge=1, description="Sender threads delivering webhooks beside the relay.")
+    webhook_tenant_concurrency: int = Field(2, ge=1, description="Deliveries of one tenant in flight at once: a "
+                                            "slow receiver never takes the senders of other tenants.")
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
     erasure_interval: float = Field(10.0, ge=0.0, description=(
         "Seconds between erasure sweeps: points a forget request answered for free are erased in batches, one "

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from app.db import session_scope, utcnow
 from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
 from app.settings import get_settings
+from app.webhooks.pool import DeliveryPool
 
 log = logging.getLogger("lethe.outbox")
 FULL_SWEEP = 30  # every 30th erasure sweep looks at every dataset
@@ -62,12 +63,11 @@ def safe_relay() -> None:
         log.warning("outbox relay failed: %s", exc)
 
 
-def safe_deliver() -> None:
-    """Deliver due webhook events; never raises."""
-    from app.webhooks.service import deliver_due
-
+def safe_deliver(pool: DeliveryPool) -> None:
+    """Hand due webhook events to the delivery pool (returns at once: receivers never hold the relay); never
+    raises."""
     try:
-        deliver_due()
+        pool.pump()
     except Exception as exc:  # noqa: BLE001
         log.warning("webhook delivery pass failed: %s", exc)
 
@@ -103,6 +103,7 @@ class Relay(threading.Thread):
         self.interval = interval
         self.stopped = threading.Event()
         self.wake = threading.Event()
+        self.deliveries: DeliveryPool | None = None
 
     def start(self) -> None:
         global _running
@@ -110,6 +111,7 @@ class Relay(threading.Thread):
         super().start()
 
     def run(self) -> None:
+        self.deliveries = DeliveryPool()
         passes = 0
         swept = time.monotonic()
         since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
@@ -122,7 +124,7 @@ class Relay(threading.Thread):
             if self.stopped.is_set():
                 break
             safe_relay()
-            safe_deliver()
+            safe_deliver(self.deliveries)
             if erasure and time.monotonic() - swept >= erasure:
                 swept, began = time.monotonic(), utcnow() - timedelta(seconds=5)  # margin: flush vs commit
                 sweeps += 1
@@ -140,3 +142,5 @@ class Relay(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.wake.set()
+        if self.deliveries is not None:
+            self.deliveries.shutdown()
