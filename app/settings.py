@@ -20,6 +20,9 @@ class Settings(BaseSettings):
                                         "503, not a hang); pings of pooled connections get min(this, 5).")
     broker_url: str | None = Field(None, description="Celery broker; default kombu sqla+sqlite under data_dir.")
     artifact_dir: Path | None = Field(None, description="Artifact store root; default data_dir/artifacts.")
+    import_dir: Path | None = Field(None, description="Root of datasets registered by reference: a tenant names "
+                                    "files under import_dir/<tenant id>/ only, and Lethe registers a copy (the "
+                                    "original is never modified or deleted); default artifact_dir/imports.")
     secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")
     bootstrap_key: str | None = Field(None, description="First admin API key, created at start if absent.")
     device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
@@ -98,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
+
+    @property
+    def imports(self) -> Path:
+        return (self.import_dir or self.artifacts / "imports").expanduser().resolve()
 
     def hmac_key(self) -> bytes:
         """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""

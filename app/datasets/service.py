@@ -6,6 +6,7 @@ import hashlib
 import io
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +17,11 @@ from sqlalchemy.orm import Session
 
 from app import artifacts
 from app.datasets.tables import Dataset, Point
-from app.db import utcnow
+from app.db import new_id, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.identity import keyed_hash
 from app.ledger import service as ledger
+from app.settings import get_settings
 from app.uploads import check_npz
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -45,7 +47,8 @@ def inspect_npz(path: Path) -> NpzSummary:
                 raise Unprocessable(f"npz lacks required arrays: {sorted(missing)} (need x, y, ids)")
             arrays = {k: npz[k] for k in ("x", "y", "ids", "subjects", "x_test", "y_test") if k in names}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise Unprocessable(f"not a readable npz without pickled objects: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else artifacts.redact(str(exc))
+        raise Unprocessable(f"not a readable npz without pickled objects: {reason}") from exc
     x, y, ids = arrays["x"], arrays["y"], arrays["ids"]
     if x.ndim < 2 or x.dtype.kind not in "fiub":
         raise Unprocessable("x must be a numeric array of shape (n, ...)")
@@ -78,8 +81,40 @@ def inspect_npz(path: Path) -> NpzSummary:
                       input_shape=list(x.shape[1:]))
 
 
-def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: str) -> Dataset:
-    """Record a dataset whose .npz already lies in the artifact store at `uri`."""
+def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
+    """Copy an .npz from the tenant's import directory into the store; (the copy's uri, its sha256).
+
+    Only files under LETHE_IMPORT_DIR/<tenant id>/ (symlinks resolved) are accepted, so a tenant never names
+    another tenant's file; errors never name a server path. The original is only read.
+    """
+    root = (get_settings().imports / tenant_id).resolve()
+    try:
+        path = (root / uri).resolve()
+        found = path.is_file() and root in path.parents
+    except (ValueError, OSError):  # NUL bytes, names too long, ...
+        found = False
+    if not found:
+        raise Unprocessable(f"uri {uri!r} is not a file in this tenant's import directory "
+                            "(LETHE_IMPORT_DIR/<tenant id>/)")
+    check_npz(path)  # a bomb is refused before anything is copied
+    copy = f"datasets/{new_id()}.npz"
+
+    def chunks() -> Iterator[bytes]:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+    try:
+        _, sha, _ = artifacts.write_chunks(copy, chunks())
+    except OSError as exc:
+        artifacts.delete(copy + ".tmp")
+        raise Unprocessable(f"uri {uri!r} cannot be read: {exc.strerror or 'I/O error'}") from exc
+    return copy, sha
+
+
+def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: str,
+             by_reference: bool = False) -> Dataset:
+    """Record a dataset whose .npz Lethe wrote to the artifact store at `uri` (an upload or an import's copy)."""
     if not NAME_RE.match(name):
         raise Unprocessable("name must be 1-200 characters of letters, digits, '_', '.', '-'")
     if session.scalar(select(Dataset.id).where(Dataset.tenant_id == tenant_id, Dataset.name == name)):
@@ -87,7 +122,7 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
     summary = inspect_npz(artifacts.path_of(uri))
     ds = Dataset(tenant_id=tenant_id, name=name, uri=uri, sha256=sha256, n_points=len(summary.ids),
                  n_test=summary.n_test, n_classes=summary.n_classes, input_shape=summary.input_shape,
-                 has_subjects=summary.subjects is not None)
+                 has_subjects=summary.subjects is not None, by_reference=by_reference)
     session.add(ds)
     session.flush()
     subjects = summary.subjects or [None] * len(summary.ids)
@@ -97,7 +132,7 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
     ])
     ledger.append(session, tenant_id=tenant_id, event="dataset.registered", subject_type="dataset",
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
-                                          "n_test": ds.n_test})
+                                          "n_test": ds.n_test, "by_reference": by_reference})
     return ds
 
 
@@ -189,8 +224,17 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                   data={"n": len(ids), "point_ids": ids if len(ids) <= 1000 else None,
                         "point_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
                         "old_sha256": old_sha, "new_sha256": new_sha})
-    session.info.setdefault("delete_after_commit", []).append(old_uri)
+    if old_uri.startswith("datasets/"):  # never a file Lethe did not write (references registered before copies)
+        session.info.setdefault("delete_after_commit", []).append(old_uri)
     return ids
+
+
+def by_reference(session: Session, *, model_id: str) -> bool:
+    """Whether the dataset of a model was registered by reference (its original is outside Lethe's reach)."""
+    from app.registry.tables import Model
+
+    return bool(session.scalar(select(Dataset.by_reference).join(Model, Model.dataset_id == Dataset.id)
+                               .where(Model.id == model_id)))
 
 
 def sweep_erasures(*, since: datetime | None = None) -> list[str]:

@@ -377,6 +377,7 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
         "created_at": read.created_at, "completed_at": read.completed_at,
         "points": [{"point_id": p.point_id, "disposition": p.disposition, "ref": p.ref} for p in read.points],
         "counts": read.counts, "linked_requests": read.linked_requests,
+        "original_outside_lethe": datasets.by_reference(session, model_id=request.model_id),  # registered by ref
         "audits": [{"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "passed": a.passed,
                     "version": a.version, "after": a.report.get("after"), "before": a.report.get("before"),
                     "reasons": a.report.get("reasons")} for a in audits],
