@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     opendsr_key_bits: int = Field(2048, ge=2048, description="RSA size of a generated development key.")
     max_body_mb: int = Field(32, ge=1, description="Largest non-upload request body (JSON); 413 beyond.")
     max_npz_expanded_mb: int = Field(8192, ge=1, description="Largest uncompressed size of a dataset npz; 422 beyond.")
-    max_npz_ratio: float = Field(200.0, ge=1.0, description="Largest expansion of an npz over 64 MiB (zip bombs).")
+    max_npz_ratio: float = Field(50.0, ge=1.0, description="Largest expansion of an npz over 16 MiB (zip bombs; "
+                                 "real features compress a few times at most). The API reads only the npy "
+                                 "headers of x and x_test; workers load them.")
     rate_limit_per_second: float = Field(
         200.0, ge=0.0, description="Requests per second per API key (token bucket; 0 disables). Kept in memory "
         "by each API process: N uvicorn workers allow N times this.")
