@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(
         200.0, ge=0.0, description="Requests per second per API key (token bucket; 0 disables). Kept in memory "
         "by each API process: N uvicorn workers allow N times this.")
+    auth_failure_burst: int = Field(20, ge=1, description="Wrong API keys one client address may present at "
+                                    "once; past it every authenticated route answers 429 until the budget refills.")
+    auth_failures_per_minute: float = Field(10.0, gt=0, description="Refill of that budget, per minute (in each API "
+                                            "process's memory).")
+    max_layer_width: int = Field(8192, ge=1, description="Widest layer (hidden units, conv channels) a model may "
+                                 "declare; 422 beyond.")
+    max_layers: int = Field(32, ge=1, description="Most hidden layers / conv blocks a model may declare.")
+    max_model_params: int = Field(100_000_000, ge=1, description="Most parameters a declared architecture may "
+                                  "have on its dataset's input shape and classes.")
+    max_epochs: int = Field(1000, ge=1, description="Most training epochs a recipe may ask for.")
     rate_limit_burst: int = Field(2000, ge=1, description="Token bucket size per API key: requests allowed at once.")
 
     @property

@@ -35,7 +35,8 @@ class ForgetResponse(BaseModel):
     free: list[str]
     pending: list[str]
     already_forgotten: list[str]
-    unknown_subjects: list[str] = []
+    unknown_subjects: list[str] = Field(default_factory=list, description=(
+        "Keyed hashes of the subject ids the dataset does not hold (subject ids are never stored in clear)."))
     job_id: str | None
     linked_requests: list[str] = []
     scores_from: str | None = Field(None, description="ref of the version whose scores decided 'free'")

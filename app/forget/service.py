@@ -58,7 +58,7 @@ def _points_by_subject(session: Session, *, dataset_id: str, subject_ids: list[s
         for p in session.scalars(select(Point).where(Point.dataset_id == dataset_id, Point.subject_hash.in_(chunk))):
             points.append(p)
             seen.add(p.subject_hash or "")
-    return points, [s for h, s in hashes.items() if h not in seen]
+    return points, [h for h in hashes if h not in seen]  # keyed hashes: a subject id is never stored in clear
 
 
 def _live_dispositions(session: Session, *, model_id: str, point_pks: list[int]) -> dict[int, Disposition]:

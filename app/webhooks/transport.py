@@ -25,8 +25,20 @@ class Target:
     host: str  # the name the receiver expects (Host header, TLS server name)
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are an IPv4 address
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # local-use translation: never a public target
+
+
 def public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Only globally routable unicast: refuses private, loopback, link-local, CGNAT (100.64/10), reserved, ..."""
+    """Only globally routable unicast: refuses private, loopback, link-local, CGNAT (100.64/10), reserved, ...,
+    and IPv6 forms that carry a non-public IPv4 address (mapped, NAT64, 6to4, Teredo)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in LOCAL_NAT64:
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None) or (
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+        if embedded is not None and not public(embedded):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
