@@ -173,6 +173,7 @@ def register_version(session: Session, *, model: Model, source: str, sha256: str
                      n_train: int | None = None, metrics: dict[str, Any] | None = None,
                      promote: bool = True) -> tuple[Version, Job]:
     """Record a new version (optionally current) and queue scoring with the policy's scorer."""
+    ledger.lock_chain(session, tenant_id=model.tenant_id)  # one registration per tenant at a time: distinct numbers
     number = next_number(session, model=model)
     version = Version(model_id=model.id, number=number, parent_id=parent.id if parent else None,
                       request_id=request_id, job_id=job_id, source=source, sha256=sha256, uri=uri,
