@@ -104,6 +104,8 @@ class Relay(threading.Thread):
         self.stopped = threading.Event()
         self.wake = threading.Event()
         self.deliveries: DeliveryPool | None = None
+        self.sweeper: threading.Thread | None = None  # an erasure sweep (O(dataset)) never holds job publishing
+        self.since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
 
     def start(self) -> None:
         global _running
@@ -114,7 +116,6 @@ class Relay(threading.Thread):
         self.deliveries = DeliveryPool()
         passes = 0
         swept = time.monotonic()
-        since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
         sweeps = 0
         while not self.stopped.is_set():
             erasure = get_settings().erasure_interval
@@ -125,19 +126,26 @@ class Relay(threading.Thread):
                 break
             safe_relay()
             safe_deliver(self.deliveries)
-            if erasure and time.monotonic() - swept >= erasure:
+            sweeping = self.sweeper is not None and self.sweeper.is_alive()
+            if erasure and time.monotonic() - swept >= erasure and not sweeping:
                 swept, began = time.monotonic(), utcnow() - timedelta(seconds=5)  # margin: flush vs commit
                 sweeps += 1
                 # Recent final dispositions point at the datasets to look at; a periodic full sweep catches
                 # points cleared otherwise (a lineage's last version revoked, say).
-                if safe_sweep(None if sweeps % FULL_SWEEP == 0 else since):
-                    since = began
+                since = None if sweeps % FULL_SWEEP == 0 else self.since
+                self.sweeper = threading.Thread(target=self._sweep, args=(since, began), name="lethe-erasure",
+                                                daemon=True)
+                self.sweeper.start()
             passes += 1
             if passes % 10 == 0:
                 try:
                     requeue_lapsed()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("lapsed-job check failed: %s", exc)
+
+    def _sweep(self, since: datetime | None, began: datetime) -> None:
+        if safe_sweep(since):
+            self.since = began
 
     def stop(self) -> None:
         self.stopped.set()

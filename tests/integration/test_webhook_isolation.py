@@ -77,3 +77,37 @@ def test_a_trickling_receiver_delays_no_other_tenant(client: TestClient, admin_h
         relay.join(10)
         slow.close()
         fast.close()
+
+
+def test_a_long_erasure_sweep_does_not_hold_job_publishing(client: TestClient, admin_headers: dict[str, str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from app.datasets import service as datasets
+    from app.jobs.outbox import Relay
+    from app.settings import get_settings
+
+    h = admin_headers
+    upload_dataset(client, h)
+    create_model(client, h)
+    sweeping, release = threading.Event(), threading.Event()
+
+    def slow_sweep(*, since: object = None) -> list[str]:  # an O(dataset) rewrite of a large dataset
+        sweeping.set()
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(datasets, "sweep_erasures", slow_sweep)
+    monkeypatch.setenv("LETHE_ERASURE_INTERVAL", "0.2")
+    get_settings.cache_clear()
+    relay = Relay(0.1)
+    relay.start()
+    try:
+        wait_until(sweeping.is_set, 10, "the relay's erasure sweep to start")
+        job = client.post("/models/toy/train", headers=h)
+        assert job.status_code == 202
+        wait_until(lambda: published(job.json()["job_id"]), 3, "the job published while a sweep runs")
+    finally:
+        release.set()
+        relay.stop()
+        relay.join(10)
