@@ -56,3 +56,12 @@ def delete(uri: str) -> bool:
         path.unlink()
         return True
     return False
+
+
+def redact(text: str) -> str:
+    """Server paths out of a message shown to API callers: the store and data directories become placeholders."""
+    settings = get_settings()
+    for path, label in ((settings.imports, "<imports>"), (settings.artifacts, "<artifacts>"),
+                        (settings.resolved_data_dir, "<data>")):
+        text = text.replace(str(path), label)
+    return text

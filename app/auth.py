@@ -17,7 +17,8 @@ from app.errors import Forbidden, RateLimited, Unauthorized
 from app.settings import get_settings
 from app.tenants.tables import ApiKey
 
-SCOPES = ("read", "forget", "models", "admin")
+SCOPES = ("read", "forget", "models", "admin", "operator")
+OPERATOR = "operator"  # the deployment's: creates tenants and keys of other tenants; not part of a tenant's admin
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Caller:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+        return scope in self.scopes or ("admin" in self.scopes and scope != OPERATOR)
 
 
 def hash_key(key: str) -> str:
@@ -45,6 +46,14 @@ class TokenBuckets:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, monotonic time)
+
+    def wait(self, key_id: str, *, rate: float, burst: int) -> float:
+        """Seconds until `key_id` has a token again (0.0 when it has one), without taking it."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - last) * rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
 
     def take(self, key_id: str, *, rate: float, burst: int) -> float:
         """Take one token; 0.0 when granted, else the seconds until one is available."""
@@ -96,12 +105,22 @@ def live_caller(token: str) -> Caller | None:
 
 
 def authenticate(request: Request) -> Caller:
-    """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked."""
+    """Resolve the bearer key to its tenant and scopes; 401 when missing, unknown or revoked; 429 once the
+    client's address has presented LETHE_AUTH_FAILURE_BURST wrong keys faster than the refill rate."""
     token = bearer_token(request.headers.get("authorization", ""))
     if token is None:
         raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
+    settings = get_settings()
+    address = request.client.host if request.client else "-"
+    rate, burst = settings.auth_failures_per_minute / 60, settings.auth_failure_burst
+    failures: TokenBuckets = request.app.state.auth_failures  # per client address: wrong keys presented
+    wait = failures.wait(address, rate=rate, burst=burst)
+    if wait > 0:  # refused before the key is even looked up: guessing gets no answer
+        raise RateLimited(f"too many failed authentications from this address; retry in {wait:.0f} s",
+                          retry_after=wait)
     caller = live_caller(token)
     if caller is None:
+        failures.take(address, rate=rate, burst=burst)
         raise Unauthorized("unknown or revoked API key")
     rate_limit(caller)
     return caller

@@ -200,7 +200,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @keys.command("create")
 def keys_create(tenant: Annotated[str, typer.Option(help="tenant name; created if new")] = "default",
-                scopes: Annotated[str, typer.Option(help="comma-separated: read,forget,models,admin")] = "read",
+                scopes: Annotated[str, typer.Option(help="read,forget,models,admin,operator")] = "read",
                 name: Annotated[str | None, typer.Option(help="a label for the key")] = None) -> None:
     """Create a key; the key itself is printed once, alone on the last line."""
     from sqlalchemy.exc import SQLAlchemyError

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import health, metrics
+from app.auth import TokenBuckets
 from app.datasets.router import router as datasets_router
 from app.db import session_scope
 from app.errors import install_handlers
@@ -63,6 +64,7 @@ def create_app() -> FastAPI:
     app = FastAPIOffline(title="Lethe", version="0.1.0", lifespan=lifespan,
                          description="Remove training data from deployed PyTorch models, with audits and a ledger.")
     install_handlers(app)
+    app.state.auth_failures = TokenBuckets()  # wrong keys per client address, in this process's memory
     app.add_middleware(Idempotency)  # inside BodyLimit: replays and claims see only bodies within the limits
     app.add_middleware(BodyLimit)  # 413 for bodies over LETHE_MAX_BODY_MB / LETHE_MAX_UPLOAD_MB
     for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
                                         "503, not a hang); pings of pooled connections get min(this, 5).")
     broker_url: str | None = Field(None, description="Celery broker; default kombu sqla+sqlite under data_dir.")
     artifact_dir: Path | None = Field(None, description="Artifact store root; default data_dir/artifacts.")
+    import_dir: Path | None = Field(None, description="Root of datasets registered by reference: a tenant names "
+                                    "files under import_dir/<tenant id>/ only, and Lethe registers a copy (the "
+                                    "original is never modified or deleted); default artifact_dir/imports.")
     secret_key: str | None = Field(None, description="HMAC key for identities; default generated in data_dir.")
     bootstrap_key: str | None = Field(None, description="First admin API key, created at start if absent.")
     device: str = Field("auto", description="Torch device of workers: auto | cpu | cuda[:n].")
@@ -60,6 +63,12 @@ class Settings(BaseSettings):
     audit_min_points: int = Field(20, ge=2)
     job_lease_seconds: float = Field(120.0, gt=0, description="A silent worker's job is re-run after this.")
     webhooks_allow_private: bool = Field(False, description="Allow loopback/private callback targets (tests, labs).")
+    webhook_deadline: float = Field(10.0, gt=0, description="Seconds one webhook delivery may take in all "
+                                    "(connect, send, the receiver's status line and headers); a slower receiver "
+                                    "counts as failed and is retried with backoff.")
+    webhook_workers: int = Field(8, ge=1, description="Sender threads delivering webhooks beside the relay.")
+    webhook_tenant_concurrency: int = Field(2, ge=1, description="Deliveries of one tenant in flight at once: a "
+                                            "slow receiver never takes the senders of other tenants.")
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
     erasure_interval: float = Field(10.0, ge=0.0, description=(
         "Seconds between erasure sweeps: points a forget request answered for free are erased in batches, one "
@@ -95,10 +104,22 @@ class Settings(BaseSettings):
     opendsr_key_bits: int = Field(2048, ge=2048, description="RSA size of a generated development key.")
     max_body_mb: int = Field(32, ge=1, description="Largest non-upload request body (JSON); 413 beyond.")
     max_npz_expanded_mb: int = Field(8192, ge=1, description="Largest uncompressed size of a dataset npz; 422 beyond.")
-    max_npz_ratio: float = Field(200.0, ge=1.0, description="Largest expansion of an npz over 64 MiB (zip bombs).")
+    max_npz_ratio: float = Field(50.0, ge=1.0, description="Largest expansion of an npz over 16 MiB (zip bombs; "
+                                 "real features compress a few times at most). The API reads only the npy "
+                                 "headers of x and x_test; workers load them.")
     rate_limit_per_second: float = Field(
         200.0, ge=0.0, description="Requests per second per API key (token bucket; 0 disables). Kept in memory "
         "by each API process: N uvicorn workers allow N times this.")
+    auth_failure_burst: int = Field(20, ge=1, description="Wrong API keys one client address may present at "
+                                    "once; past it every authenticated route answers 429 until the budget refills.")
+    auth_failures_per_minute: float = Field(10.0, gt=0, description="Refill of that budget, per minute (in each API "
+                                            "process's memory).")
+    max_layer_width: int = Field(8192, ge=1, description="Widest layer (hidden units, conv channels) a model may "
+                                 "declare; 422 beyond.")
+    max_layers: int = Field(32, ge=1, description="Most hidden layers / conv blocks a model may declare.")
+    max_model_params: int = Field(100_000_000, ge=1, description="Most parameters a declared architecture may "
+                                  "have on its dataset's input shape and classes.")
+    max_epochs: int = Field(1000, ge=1, description="Most training epochs a recipe may ask for.")
     rate_limit_burst: int = Field(2000, ge=1, description="Token bucket size per API key: requests allowed at once.")
 
     @property
@@ -126,6 +147,10 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
+
+    @property
+    def imports(self) -> Path:
+        return (self.import_dir or self.artifacts / "imports").expanduser().resolve()
 
     def hmac_key(self) -> bytes:
         """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""

@@ -149,9 +149,14 @@ def _npy_header(fh: Any, name: str) -> tuple[tuple[int, ...], Any, int]:
     return shape, dtype, 8 + struct.calcsize(size_fmt) + hlen
 
 
-def check_npz(path: Path) -> None:
+NPZ_RATIO_FLOOR = 16 * MiB  # smaller archives may expand as much as they like
+
+
+def check_npz(path: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Refuse npz bombs before numpy allocates: every member's declared shape must match the bytes it holds,
-    the whole must expand to at most LETHE_MAX_NPZ_EXPANDED_MB, at most LETHE_MAX_NPZ_RATIO times its size."""
+    the whole must expand to at most LETHE_MAX_NPZ_EXPANDED_MB, at most LETHE_MAX_NPZ_RATIO times its size.
+    Returns each array's (shape, dtype) by name, read from the .npy headers alone (nothing is decompressed past
+    a header)."""
     settings = get_settings()
     limit = settings.max_npz_expanded_mb * MiB
     try:
@@ -167,15 +172,17 @@ def check_npz(path: Path) -> None:
         if expanded > limit:
             raise Unprocessable(f"npz expands to {expanded / MiB:.0f} MiB, over the "
                                 f"{settings.max_npz_expanded_mb} MiB limit (LETHE_MAX_NPZ_EXPANDED_MB)")
-        if expanded > 64 * MiB and expanded / packed > settings.max_npz_ratio:
+        if expanded > NPZ_RATIO_FLOOR and expanded / packed > settings.max_npz_ratio:
             raise Unprocessable(f"npz expands {expanded / packed:.0f}x (a zip bomb?); at most "
                                 f"{settings.max_npz_ratio:.0f}x (LETHE_MAX_NPZ_RATIO)")
+        headers: dict[str, tuple[tuple[int, ...], Any]] = {}
         for info in members:
             try:
                 with zf.open(info) as fh:
                     shape, dtype, header_len = _npy_header(fh, info.filename)
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
                 raise Unprocessable(f"npz member '{info.filename}' cannot be read: {exc}") from exc
+            headers[info.filename.removesuffix(".npy")] = (shape, dtype)
             if dtype.hasobject:
                 continue  # np.load(allow_pickle=False) refuses it with its own message
             declared = math.prod(shape) * dtype.itemsize
@@ -183,6 +190,7 @@ def check_npz(path: Path) -> None:
                 raise Unprocessable(
                     f"npz member '{info.filename}' declares shape {list(shape)} of {dtype} ({declared} bytes) "
                     f"but holds {max(0, info.file_size - header_len)} bytes")
+    return headers
 
 
 # --- safetensors ----------------------------------------------------------------------------------------------

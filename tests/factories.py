@@ -81,3 +81,11 @@ def drain(max_rounds: int = 20) -> list[str]:
             pipeline.run_inline(job_id)
             ran.append(job_id)
     raise AssertionError("jobs keep coming: drain() gave up")
+
+
+def tenant_headers(client: TestClient, headers: dict[str, str], tenant: str,
+                   scopes: tuple[str, ...] = ("admin",)) -> dict[str, str]:
+    """Headers of a new key of another tenant, created by `headers` (a key allowed to create tenants)."""
+    resp = client.post("/keys", headers=headers, json={"scopes": list(scopes), "tenant": tenant})
+    assert resp.status_code == 201, resp.text
+    return {"Authorization": f"Bearer {resp.json()['key']}"}

@@ -81,3 +81,45 @@ class Receiver:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+class Trickler:
+    """A webhook receiver that reads the request, then answers one byte of a never-ending header every `every`
+    seconds: each read of the sender succeeds, so only an overall deadline ends the delivery."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self.connections = 0
+        self.stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                line = b"HTTP/1.1 200 OK\r\nX-Slow: "
+                i = 0
+                while not self.stopped.wait(self.every):
+                    conn.sendall(line[i % len(line):i % len(line) + 1])
+                    i += 1
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()

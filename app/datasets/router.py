@@ -17,9 +17,6 @@ from app.paging import Page, PageParams, next_cursor, page_params
 from app.uploads import store_upload
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-# Directories of the artifact store that Lethe writes itself: other tenants' data, tombstoned points' files,
-# weights. Registering by reference names a file an operator placed elsewhere in the store.
-MANAGED_DIRS = ("datasets", "models", "scores", "calibration", "opendsr")
 
 
 def _read(session: SessionDep, ds: Dataset) -> DatasetRead:
@@ -34,25 +31,21 @@ def _read(session: SessionDep, ds: Dataset) -> DatasetRead:
                      "name": {"type": "string"}, "file": {"type": "string", "format": "binary"}}}},
                  "application/json": {"schema": DatasetByReference.model_json_schema()}}}})
 async def create_dataset(request: Request, caller: Modeller, session: SessionDep) -> DatasetRead:
-    """Upload an .npz (multipart `file` + `name`) or register one already in the artifact store (JSON)."""
+    """Upload an .npz (multipart `file` + `name`) or register a copy of one in the tenant's import directory
+    (JSON `{name, uri}`)."""
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = DatasetByReference.model_validate(await request.json())
         except (ValidationError, ValueError) as exc:
             raise Unprocessable(f"expected {{name, uri}}: {exc}") from exc
+        uri, sha = service.import_copy(tenant_id=caller.tenant_id, uri=body.uri)
         try:
-            path = artifacts.path_of(body.uri).resolve()
-            is_file = path.is_file()
-        except (ValueError, OSError):  # NUL bytes, names too long, ...
-            is_file = False
-        if not is_file or artifacts.root() not in path.parents:
-            raise Unprocessable(f"uri {body.uri!r} is not a file in the artifact store")
-        if path.relative_to(artifacts.root()).parts[0] in MANAGED_DIRS:
-            raise Unprocessable(f"uri {body.uri!r} is a file Lethe manages ({', '.join(MANAGED_DIRS)}/); "
-                                "place the dataset elsewhere in the artifact store")
-        ds = service.register(session, tenant_id=caller.tenant_id, name=body.name, uri=body.uri,
-                              sha256=artifacts.sha256_file(path))
-        session.commit()
+            ds = service.register(session, tenant_id=caller.tenant_id, name=body.name, uri=uri, sha256=sha,
+                                  by_reference=True)
+            session.commit()
+        except BaseException:
+            artifacts.delete(uri)
+            raise
         return _read(session, ds)
     form = await request.form()
     name, upload = form.get("name"), form.get("file")

@@ -7,7 +7,9 @@ from pydantic import BaseModel, Field
 
 class DatasetByReference(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    uri: str = Field(min_length=1, description="Path of an .npz already in the artifact store.")
+    uri: str = Field(min_length=1, max_length=1000, description=(
+        "Path of an .npz relative to the tenant's import directory (LETHE_IMPORT_DIR/<tenant id>/); Lethe "
+        "registers a copy and never modifies or deletes the original."))
 
 
 class DatasetRead(BaseModel):
@@ -18,6 +20,9 @@ class DatasetRead(BaseModel):
     n_classes: int
     input_shape: list[int]
     has_subjects: bool
+    by_reference: bool = Field(False, description=(
+        "Registered by reference: Lethe erases points from its own copy; the original file stays outside what "
+        "Lethe can erase."))
     sha256: str
     created_at: datetime
     n_tombstoned: int = 0

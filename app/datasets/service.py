@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import math
+import os
 import re
+import shutil
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,13 +19,29 @@ from sqlalchemy.orm import Session
 
 from app import artifacts
 from app.datasets.tables import Dataset, Point
-from app.db import utcnow
+from app.db import new_id, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.identity import keyed_hash
 from app.ledger import service as ledger
-from app.uploads import check_npz
+from app.settings import get_settings
+from app.uploads import MAX_NPY_HEADER, check_npz
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class _Header:
+    """An array as its .npy header describes it: what validation needs of x, without its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
 
 
 @dataclass(frozen=True)
@@ -34,18 +53,34 @@ class NpzSummary:
     input_shape: list[int]
 
 
+MAX_ID_CHARS = 200  # points.point_id
+INDEX_ARRAYS = ("y", "ids", "subjects", "y_test")  # read in full by the API: one entry per point
+FEATURE_ARRAYS = ("x", "x_test")  # only their .npy headers are read here; workers load them
+
+
 def inspect_npz(path: Path) -> NpzSummary:
-    """Validate an uploaded .npz without unpickling anything; 422 naming what is wrong."""
-    check_npz(path)  # headers against sizes first: nothing is allocated from a lying header
+    """Validate an .npz without unpickling anything and without loading its features; 422 naming what is wrong.
+
+    x and x_test are judged from their .npy headers (shape, dtype); only the per-point arrays (labels, ids,
+    subjects) are read, once their headers show they fit what a point row holds.
+    """
+    headers = check_npz(path)  # headers against sizes first: nothing is allocated from a lying header
+    missing = {"x", "y", "ids"} - set(headers)
+    if missing:
+        raise Unprocessable(f"npz lacks required arrays: {sorted(missing)} (need x, y, ids)")
+    for name in ("ids", "subjects"):
+        if name in headers and headers[name][1].kind == "U" and headers[name][1].itemsize > 4 * MAX_ID_CHARS:
+            raise Unprocessable(f"{name} must be strings of at most {MAX_ID_CHARS} characters")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
-            missing = {"x", "y", "ids"} - names
-            if missing:
-                raise Unprocessable(f"npz lacks required arrays: {sorted(missing)} (need x, y, ids)")
-            arrays = {k: npz[k] for k in ("x", "y", "ids", "subjects", "x_test", "y_test") if k in names}
+        with np.load(path, allow_pickle=False) as npz:  # lazy: each member is read only when indexed
+            arrays = {k: npz[k] for k in INDEX_ARRAYS if k in headers}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise Unprocessable(f"not a readable npz without pickled objects: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else artifacts.redact(str(exc))
+        raise Unprocessable(f"not a readable npz without pickled objects: {reason}") from exc
+    for name in FEATURE_ARRAYS:
+        if name in headers and headers[name][1].hasobject:
+            raise Unprocessable(f"{name} holds pickled objects, which are never loaded")
+    arrays.update({k: _Header(*headers[k]) for k in FEATURE_ARRAYS if k in headers})
     x, y, ids = arrays["x"], arrays["y"], arrays["ids"]
     if x.ndim < 2 or x.dtype.kind not in "fiub":
         raise Unprocessable("x must be a numeric array of shape (n, ...)")
@@ -78,8 +113,40 @@ def inspect_npz(path: Path) -> NpzSummary:
                       input_shape=list(x.shape[1:]))
 
 
-def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: str) -> Dataset:
-    """Record a dataset whose .npz already lies in the artifact store at `uri`."""
+def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
+    """Copy an .npz from the tenant's import directory into the store; (the copy's uri, its sha256).
+
+    Only files under LETHE_IMPORT_DIR/<tenant id>/ (symlinks resolved) are accepted, so a tenant never names
+    another tenant's file; errors never name a server path. The original is only read.
+    """
+    root = (get_settings().imports / tenant_id).resolve()
+    try:
+        path = (root / uri).resolve()
+        found = path.is_file() and root in path.parents
+    except (ValueError, OSError):  # NUL bytes, names too long, ...
+        found = False
+    if not found:
+        raise Unprocessable(f"uri {uri!r} is not a file in this tenant's import directory "
+                            "(LETHE_IMPORT_DIR/<tenant id>/)")
+    check_npz(path)  # a bomb is refused before anything is copied
+    copy = f"datasets/{new_id()}.npz"
+
+    def chunks() -> Iterator[bytes]:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+    try:
+        _, sha, _ = artifacts.write_chunks(copy, chunks())
+    except OSError as exc:
+        artifacts.delete(copy + ".tmp")
+        raise Unprocessable(f"uri {uri!r} cannot be read: {exc.strerror or 'I/O error'}") from exc
+    return copy, sha
+
+
+def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: str,
+             by_reference: bool = False) -> Dataset:
+    """Record a dataset whose .npz Lethe wrote to the artifact store at `uri` (an upload or an import's copy)."""
     if not NAME_RE.match(name):
         raise Unprocessable("name must be 1-200 characters of letters, digits, '_', '.', '-'")
     if session.scalar(select(Dataset.id).where(Dataset.tenant_id == tenant_id, Dataset.name == name)):
@@ -87,7 +154,7 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
     summary = inspect_npz(artifacts.path_of(uri))
     ds = Dataset(tenant_id=tenant_id, name=name, uri=uri, sha256=sha256, n_points=len(summary.ids),
                  n_test=summary.n_test, n_classes=summary.n_classes, input_shape=summary.input_shape,
-                 has_subjects=summary.subjects is not None)
+                 has_subjects=summary.subjects is not None, by_reference=by_reference)
     session.add(ds)
     session.flush()
     subjects = summary.subjects or [None] * len(summary.ids)
@@ -97,7 +164,7 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
     ])
     ledger.append(session, tenant_id=tenant_id, event="dataset.registered", subject_type="dataset",
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
-                                          "n_test": ds.n_test})
+                                          "n_test": ds.n_test, "by_reference": by_reference})
     return ds
 
 
@@ -168,21 +235,12 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     if not erase:
         return []
     old_uri, old_sha = ds.uri, ds.sha256
-    arrays = dict(np.load(artifacts.path_of(old_uri), allow_pickle=False))
-    rows = np.array([p.row for p in erase])
     from app.evidence import service as evidence  # the pools' per-point statistics go with the points
 
-    evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(r) for r in rows])
-    arrays["x"] = arrays["x"].copy()
-    arrays["x"][rows] = 0
-    if "subjects" in arrays:
-        arrays["subjects"] = arrays["subjects"].copy()
-        arrays["subjects"][rows] = ""
+    evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(p.row) for p in erase])
     n_erased = session.scalar(select(func.count(Point.erased_at)).where(Point.dataset_id == dataset_id)) or 0
     new_uri = f"datasets/{ds.id}-e{n_erased + len(erase)}.npz"
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    _, new_sha, _ = artifacts.write_chunks(new_uri, [buf.getvalue()])
+    new_sha = _erased_copy(artifacts.path_of(old_uri), new_uri, rows={p.row for p in erase})
     ds.uri, ds.sha256 = new_uri, new_sha
     now = utcnow()
     for p in erase:
@@ -192,8 +250,59 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                   data={"n": len(ids), "point_ids": ids if len(ids) <= 1000 else None,
                         "point_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
                         "old_sha256": old_sha, "new_sha256": new_sha})
-    session.info.setdefault("delete_after_commit", []).append(old_uri)
+    if old_uri.startswith("datasets/"):  # never a file Lethe did not write (references registered before copies)
+        session.info.setdefault("delete_after_commit", []).append(old_uri)
     return ids
+
+
+def by_reference(session: Session, *, model_id: str) -> bool:
+    """Whether the dataset of a model was registered by reference (its original is outside Lethe's reach)."""
+    from app.registry.tables import Model
+
+    return bool(session.scalar(select(Dataset.by_reference).join(Model, Model.dataset_id == Dataset.id)
+                               .where(Model.id == model_id)))
+
+
+ERASED_ARRAYS = ("x", "subjects")  # the rows of these are zeroed (a blank subject is all zero bytes)
+
+
+def _erased_copy(src: Path, uri: str, *, rows: set[int]) -> str:
+    """Write a copy of the npz at `src` to `uri` with `rows` of x and subjects zeroed; its sha256.
+
+    Streamed member by member and a few MiB of rows at a time: the API process never holds the dataset.
+    """
+    dest = artifacts.path_of(uri)
+    tmp = dest.with_name(dest.name + ".tmp")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", allowZip64=True) as zout:
+        for info in zin.infolist():
+            out = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+            out.compress_type = info.compress_type
+            with zin.open(info) as fin, zout.open(out, "w", force_zip64=True) as fout:
+                if info.filename.removesuffix(".npy") not in ERASED_ARRAYS:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                    continue
+                version = np.lib.format.read_magic(fin)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0  # 3.0 differs only in a UTF-8 header: same reader for ASCII
+                shape, fortran, dtype = read_header(fin, max_header_size=MAX_NPY_HEADER)
+                header_len = fin.tell()
+                fin.seek(0)
+                fout.write(fin.read(header_len))  # the header as it was
+                if fortran:  # rows are not contiguous on disk: load this one member (rare: np.save writes C order)
+                    arr = np.frombuffer(fin.read(), dtype).reshape(shape, order="F").copy()
+                    arr[sorted(rows)] = 0
+                    fout.write(arr.tobytes(order="F"))
+                    continue
+                row_bytes = math.prod(shape[1:]) * dtype.itemsize
+                step = max(1, (4 << 20) // max(1, row_bytes))
+                for start in range(0, shape[0] if shape else 0, step):
+                    chunk = bytearray(fin.read(row_bytes * min(step, shape[0] - start)))
+                    for r in range(start, start + step):
+                        if r in rows:
+                            chunk[(r - start) * row_bytes:(r - start + 1) * row_bytes] = bytes(row_bytes)
+                    fout.write(chunk)
+    os.replace(tmp, dest)
+    return artifacts.sha256_file(dest)
 
 
 def sweep_erasures(*, since: datetime | None = None) -> list[str]:

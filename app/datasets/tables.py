@@ -24,6 +24,8 @@ class Dataset(Base):
     n_classes: Mapped[int]
     input_shape: Mapped[list[Any]]
     has_subjects: Mapped[bool] = mapped_column(default=False)
+    # Registered by reference: `uri` is Lethe's copy; the original stays outside what Lethe can erase.
+    by_reference: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

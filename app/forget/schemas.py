@@ -39,7 +39,8 @@ class ForgetResponse(BaseModel):
     free: list[str]
     pending: list[str]
     already_forgotten: list[str]
-    unknown_subjects: list[str] = []
+    unknown_subjects: list[str] = Field(default_factory=list, description=(
+        "Keyed hashes of the subject ids the dataset does not hold (subject ids are never stored in clear)."))
     job_id: str | None
     linked_requests: list[str] = []
     free_basis: str = Field("unmeasured", description=(

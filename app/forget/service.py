@@ -59,7 +59,7 @@ def _points_by_subject(session: Session, *, dataset_id: str, subject_ids: list[s
         for p in session.scalars(select(Point).where(Point.dataset_id == dataset_id, Point.subject_hash.in_(chunk))):
             points.append(p)
             seen.add(p.subject_hash or "")
-    return points, [s for h, s in hashes.items() if h not in seen]
+    return points, [h for h in hashes if h not in seen]  # keyed hashes: a subject id is never stored in clear
 
 
 def _live_dispositions(session: Session, *, model_id: str, point_pks: list[int]) -> dict[int, Disposition]:
@@ -423,6 +423,7 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
                     "separation": p.separation} for p in read.points],
         "counts": read.counts, "linked_requests": read.linked_requests,
         "free_basis": read.free_basis, "evidence": request.evidence or {"free_basis": "unmeasured"},
+        "original_outside_lethe": datasets.by_reference(session, model_id=request.model_id),  # registered by ref
         "audits": [{"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "passed": a.passed,
                     "verdict": a.verdict, "version": a.version, "evidence": a.report.get("evidence"),
                     "accuracy": a.report.get("accuracy"), "informational": a.report.get("informational"),

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from app.db import session_scope, utcnow
 from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
 from app.settings import get_settings
+from app.webhooks.pool import DeliveryPool
 
 log = logging.getLogger("lethe.outbox")
 FULL_SWEEP = 30  # every 30th erasure sweep looks at every dataset
@@ -62,12 +63,11 @@ def safe_relay() -> None:
         log.warning("outbox relay failed: %s", exc)
 
 
-def safe_deliver() -> None:
-    """Deliver due webhook events; never raises."""
-    from app.webhooks.service import deliver_due
-
+def safe_deliver(pool: DeliveryPool) -> None:
+    """Hand due webhook events to the delivery pool (returns at once: receivers never hold the relay); never
+    raises."""
     try:
-        deliver_due()
+        pool.pump()
     except Exception as exc:  # noqa: BLE001
         log.warning("webhook delivery pass failed: %s", exc)
 
@@ -103,6 +103,9 @@ class Relay(threading.Thread):
         self.interval = interval
         self.stopped = threading.Event()
         self.wake = threading.Event()
+        self.deliveries: DeliveryPool | None = None
+        self.sweeper: threading.Thread | None = None  # an erasure sweep (O(dataset)) never holds job publishing
+        self.since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
 
     def start(self) -> None:
         global _running
@@ -110,9 +113,9 @@ class Relay(threading.Thread):
         super().start()
 
     def run(self) -> None:
+        self.deliveries = DeliveryPool()
         passes = 0
         swept = time.monotonic()
-        since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
         sweeps = 0
         while not self.stopped.is_set():
             erasure = get_settings().erasure_interval
@@ -122,14 +125,17 @@ class Relay(threading.Thread):
             if self.stopped.is_set():
                 break
             safe_relay()
-            safe_deliver()
-            if erasure and time.monotonic() - swept >= erasure:
+            safe_deliver(self.deliveries)
+            sweeping = self.sweeper is not None and self.sweeper.is_alive()
+            if erasure and time.monotonic() - swept >= erasure and not sweeping:
                 swept, began = time.monotonic(), utcnow() - timedelta(seconds=5)  # margin: flush vs commit
                 sweeps += 1
                 # Recent final dispositions point at the datasets to look at; a periodic full sweep catches
                 # points cleared otherwise (a lineage's last version revoked, say).
-                if safe_sweep(None if sweeps % FULL_SWEEP == 0 else since):
-                    since = began
+                since = None if sweeps % FULL_SWEEP == 0 else self.since
+                self.sweeper = threading.Thread(target=self._sweep, args=(since, began), name="lethe-erasure",
+                                                daemon=True)
+                self.sweeper.start()
             passes += 1
             if passes % 10 == 0:
                 try:
@@ -137,6 +143,12 @@ class Relay(threading.Thread):
                 except Exception as exc:  # noqa: BLE001
                     log.warning("lapsed-job check failed: %s", exc)
 
+    def _sweep(self, since: datetime | None, began: datetime) -> None:
+        if safe_sweep(since):
+            self.since = began
+
     def stop(self) -> None:
         self.stopped.set()
         self.wake.set()
+        if self.deliveries is not None:
+            self.deliveries.shutdown()

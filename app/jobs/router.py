@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
+from app import artifacts
 from app.auth import Reader
 from app.db import SessionDep
 from app.jobs import service
@@ -21,8 +22,8 @@ def job_read(session: Session, job: Job) -> JobRead:
     return JobRead(id=job.id, kind=job.kind, model=model.name, version=job.version,
                    requests=service.request_ids(session, job_id=job.id), status=job.status, phase=job.phase,
                    progress=job.progress, params=job.params, timings=job.timings or {}, result=job.result,
-                   error=job.error, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
-                   finished_at=job.finished_at)
+                   error=artifacts.redact(job.error) if job.error else None, attempts=job.attempts,
+                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
 
 
 @router.get("", response_model=Page[JobRead])

@@ -72,7 +72,7 @@ def certificate_url(request: Request) -> str:
 def signed(body: dict[str, Any], status: int, request: Request, background: BackgroundTasks | None = None) -> Response:
     """A JSON response whose exact bytes are signed in X-OpenDSR-Signature (and the legacy header names)."""
     content = callbacks.dumps(body)
-    headers = callbacks.signed_headers(content, domain_hint=request.url.hostname)
+    headers = callbacks.signed_headers(content)  # never named after the Host header
     return Response(content, status_code=status, media_type="application/json", headers=headers,
                     background=background)
 
@@ -87,7 +87,7 @@ def discovery(request: Request) -> dict[str, Any]:
             responses={200: {"content": {"application/x-pem-file": {}}}})
 def certificate(request: Request) -> Response:
     """The X.509 certificate (PEM) whose key signs responses and callbacks (public)."""
-    return Response(callbacks.current_signer(request.url.hostname).cert_pem, media_type="application/x-pem-file")
+    return Response(callbacks.current_signer().cert_pem, media_type="application/x-pem-file")
 
 
 @router.get("/status")

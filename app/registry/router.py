@@ -8,7 +8,7 @@ from starlette.datastructures import UploadFile
 
 from app import artifacts
 from app.auth import Modeller, Reader
-from app.db import SessionDep
+from app.db import SessionDep, new_id
 from app.errors import Unprocessable
 from app.jobs.outbox import kick
 from app.paging import Page, PageParams, next_cursor, page_params
@@ -63,18 +63,18 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
     upload = form.get("weights")
     if not isinstance(upload, UploadFile):
         raise Unprocessable("multipart form needs a 'weights' file (safetensors)")
-    staging = f"models/{model.id}/upload-{id(upload)}.safetensors"
-    sha, _ = store_upload(upload, uri=staging)
+    # A path no other upload can choose: a file named after its version number could be overwritten by a
+    # concurrent upload (another API process) that picked the same number before either registered it.
+    uri = f"models/{model.id}/{new_id()}.safetensors"
+    sha, _ = store_upload(upload, uri=uri)
     try:
-        service.check_safetensors(artifacts.path_of(staging))
-        number = service.next_number(session, model=model)
-        uri = service.weights_uri(model, number)
-        artifacts.path_of(staging).replace(artifacts.path_of(uri))
+        service.check_safetensors(artifacts.path_of(uri))
         version, job = service.register_version(session, model=model, source="upload", sha256=sha, uri=uri,
                                                 promote=promote)
         session.commit()
-    finally:
-        artifacts.delete(staging)
+    except BaseException:
+        artifacts.delete(uri)
+        raise
     kick()
     return VersionCreated(version=version.number, ref=service.ref(model, version.number), sha256=sha,
                           current=model.current_version, score_job_id=job.id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.auth import Admin
+from app.auth import OPERATOR, Admin
 from app.db import SessionDep
 from app.paging import Page
 from app.tenants import service
@@ -13,8 +13,10 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 @router.post("", status_code=201, response_model=KeyCreated)
 def create_key(body: KeyCreate, caller: Admin, session: SessionDep) -> KeyCreated:
-    tenant_id = service.tenant_for_new_key(session, caller_tenant_id=caller.tenant_id, name=body.tenant)
-    row, key = service.create_key(session, tenant_id=tenant_id, scopes=body.scopes, name=body.name)
+    tenant_id = service.tenant_for_new_key(session, caller_tenant_id=caller.tenant_id, name=body.tenant,
+                                           operator=caller.allows(OPERATOR))
+    row, key = service.create_key(session, tenant_id=tenant_id, scopes=body.scopes, name=body.name,
+                                  grantor_scopes=caller.scopes)
     session.commit()
     return KeyCreated(**KeyRead.model_validate(row, from_attributes=True).model_dump(), key=key)
 

@@ -6,9 +6,11 @@ from pydantic import BaseModel, Field
 
 
 class KeyCreate(BaseModel):
-    scopes: list[str] = Field(min_length=1, max_length=4, description="read | forget | models | admin")
+    scopes: list[str] = Field(min_length=1, max_length=5, description="read | forget | models | admin | operator "
+                              "(operator: only an operator key grants it)")
     tenant: str | None = Field(None, min_length=1, max_length=200, description=(
-        "A new tenant's name (created with this key); default the caller's tenant. Another existing tenant is 404."))
+        "Default the caller's tenant. Any other tenant (created when new) needs the operator scope; without it the "
+        "answer is 403 whether that tenant exists or not."))
     name: str | None = Field(None, max_length=200)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth import SCOPES, generate_key, hash_key
+from app.auth import OPERATOR, SCOPES, generate_key, hash_key
 from app.db import utcnow
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.tenants.tables import ApiKey, Tenant
 
 DEFAULT_TENANT = "default"
@@ -23,25 +23,26 @@ def get_or_create_tenant(session: Session, *, name: str) -> Tenant:
     return tenant
 
 
-def tenant_for_new_key(session: Session, *, caller_tenant_id: str, name: str | None) -> str:
-    """The tenant a key created through the API belongs to: the caller's own, or a new tenant it names.
-
-    Naming another tenant that exists is 404 (its keys are the operator's: `lethe keys create --tenant`).
-    """
-    if not name:
+def tenant_for_new_key(session: Session, *, caller_tenant_id: str, name: str | None, operator: bool) -> str:
+    """The tenant a key created through the API belongs to: the caller's own; any other (created when new) only
+    for an `operator` key. Everyone else gets one answer whether that tenant exists or not."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name)) if name else None
+    if not name or (tenant is not None and tenant.id == caller_tenant_id):
         return caller_tenant_id
-    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
-    if tenant is not None and tenant.id != caller_tenant_id:
-        raise NotFound(f"no tenant '{name}' of yours")
+    if not operator:
+        raise Forbidden(f"keys of tenant '{name}': creating tenants and keys of other tenants needs the "
+                        f"'{OPERATOR}' scope")
     return (tenant or get_or_create_tenant(session, name=name)).id
 
 
 def create_key(session: Session, *, tenant_id: str, scopes: list[str], name: str | None = None,
-               plaintext: str | None = None) -> tuple[ApiKey, str]:
+               plaintext: str | None = None, grantor_scopes: frozenset[str] | None = None) -> tuple[ApiKey, str]:
     """Store a new key's hash; return the row and the key, which is never shown again."""
     bad = sorted(set(scopes) - set(SCOPES))
     if bad or not scopes:
         raise Unprocessable(f"scopes must be a non-empty subset of {list(SCOPES)}; unknown: {bad}")
+    if OPERATOR in scopes and grantor_scopes is not None and OPERATOR not in grantor_scopes:
+        raise Forbidden(f"only an '{OPERATOR}' key grants the '{OPERATOR}' scope")
     key = plaintext or generate_key()
     row = ApiKey(tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:12], name=name,
                  scopes=sorted(set(scopes)))
@@ -51,12 +52,14 @@ def create_key(session: Session, *, tenant_id: str, scopes: list[str], name: str
 
 
 def ensure_bootstrap_key(session: Session, *, key: str) -> ApiKey:
-    """Make `key` an admin key of the default tenant (idempotent)."""
+    """Make `key` an admin and operator key of the default tenant (idempotent): the deployment's own key."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
     if row is not None:
+        if OPERATOR not in row.scopes:  # bootstrap keys made before the operator scope existed
+            row.scopes = sorted({*row.scopes, OPERATOR})
         return row
     tenant = get_or_create_tenant(session, name=DEFAULT_TENANT)
-    row, _ = create_key(session, tenant_id=tenant.id, scopes=["admin"], name="bootstrap", plaintext=key)
+    row, _ = create_key(session, tenant_id=tenant.id, scopes=["admin", OPERATOR], name="bootstrap", plaintext=key)
     return row
 
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
-import socket
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app import keys
@@ -23,6 +19,7 @@ from app.db import new_id, session_scope, utcnow
 from app.errors import LetheError, NotFound, Unprocessable
 from app.ledger import signing
 from app.settings import get_settings
+from app.webhooks import transport
 from app.webhooks.tables import Delivery, Webhook
 
 log = logging.getLogger("lethe.webhooks")
@@ -83,20 +80,8 @@ def delivery_signature(*, webhook_id: str | None, body: bytes, timestamp: int) -
 
 
 def check_url(url: str) -> str:
-    """http(s) only; loopback, private, link-local and reserved targets refused unless allowed by a setting."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Unprocessable(f"callback URL must be http(s) with a host: {url!r}")
-    if get_settings().webhooks_allow_private:
-        return url
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise Unprocessable(f"callback host {parts.hostname!r} does not resolve") from exc
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
-            raise Unprocessable(f"callback URL {url!r} points at a non-public address ({ip})")
+    """http(s) only; every address the host resolves to must be public unless a setting allows private ones."""
+    transport.resolve(url)
     return url
 
 
@@ -155,43 +140,67 @@ def emit(session: Session, *, tenant_id: str, event_type: str, data: dict[str, A
                              event_type=event_type, payload=json.loads(json.dumps(event, default=str))))
 
 
-def deliver_due(*, limit: int = 50, timeout: float = 5.0) -> int:
-    """POST due deliveries; failures back off exponentially until MAX_ATTEMPTS. Returns deliveries made."""
+def due(*, limit: int = 50, skip_tenants: frozenset[str] = frozenset()) -> list[tuple[int, str]]:
+    """(delivery id, tenant id) of due deliveries, oldest first, other than those of `skip_tenants`."""
+    q = select(Delivery.id, Delivery.tenant_id).where(
+        Delivery.delivered_at.is_(None), Delivery.attempts < MAX_ATTEMPTS, Delivery.next_at <= utcnow())
+    if skip_tenants:
+        q = q.where(Delivery.tenant_id.not_in(skip_tenants))
+    with session_scope(readonly=True) as session:
+        return [(i, t) for i, t in session.execute(q.order_by(Delivery.id).limit(limit))]
+
+
+def claim(*, delivery_id: int) -> bool:
+    """Take a due delivery for one attempt (its next_at moves past the attempt's deadline); False if taken."""
     now = utcnow()
+    lease = now + timedelta(seconds=get_settings().webhook_deadline + 30)
     with session_scope() as session:
-        due = [(d.id, d.webhook_id, d.url, d.payload) for d in session.scalars(
-            select(Delivery).where(Delivery.delivered_at.is_(None), Delivery.attempts < MAX_ATTEMPTS,
-                                   Delivery.next_at <= now).order_by(Delivery.id).limit(limit))]
-    done = 0
-    for delivery_id, webhook_id, url, payload in due:
-        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        status, error = None, None
-        opendsr = str(payload.get("type", "")).startswith("opendsr.")
-        if opendsr:  # OpenDSR status callbacks: the spec's body, signed with the processor's certificate
-            from app.opendsr import callbacks
-        try:
-            check_url(url)  # again at send time: DNS may have changed since registration
-            headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
-                       "Lethe-Signature": delivery_signature(webhook_id=webhook_id, body=body,
-                                                             timestamp=int(time.time())),
-                       "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
-            if opendsr:
-                body, headers = callbacks.render(payload, delivery_id)
-            status = httpx.post(url, content=body, headers=headers, timeout=timeout).status_code
-        except (httpx.HTTPError, LetheError) as exc:
-            error = str(getattr(exc, "detail", None) or exc)[:500]
-        with session_scope() as session:
-            d = session.get(Delivery, delivery_id)
-            d.attempts += 1
-            d.last_status, d.last_error = status, error
-            if status is not None and 200 <= status < 300:
-                d.delivered_at = utcnow()
-                done += 1
-            else:
-                d.next_at = utcnow() + timedelta(seconds=min(2 ** d.attempts, 3600))
-            if opendsr:
-                callbacks.record(session, delivery=d)  # each OpenDSR delivery attempt in the ledger
-    return done
+        claimed = session.execute(
+            update(Delivery).where(Delivery.id == delivery_id, Delivery.delivered_at.is_(None),
+                                   Delivery.next_at <= now).values(next_at=lease)
+            .execution_options(synchronize_session=False)).rowcount
+    return claimed == 1
+
+
+def deliver_one(*, delivery_id: int) -> bool:
+    """POST one claimed delivery within LETHE_WEBHOOK_DEADLINE and record the attempt; True if delivered."""
+    with session_scope(readonly=True) as session:
+        d = session.get(Delivery, delivery_id)
+        webhook_id, url, payload = d.webhook_id, d.url, d.payload
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    status, error = None, None
+    opendsr = str(payload.get("type", "")).startswith("opendsr.")
+    if opendsr:  # OpenDSR status callbacks: the spec's body, signed with the processor's certificate
+        from app.opendsr import callbacks
+    try:
+        headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
+                   "Lethe-Signature": delivery_signature(webhook_id=webhook_id, body=body,
+                                                         timestamp=int(time.time())),
+                   "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
+        if opendsr:
+            body, headers = callbacks.render(payload, delivery_id)
+        # checked again at send time (DNS may have changed since registration), and sent to the checked address
+        status = transport.post(url, content=body, headers=headers, deadline=get_settings().webhook_deadline)
+    except (transport.DeliveryFailed, LetheError) as exc:
+        error = str(getattr(exc, "detail", None) or exc)[:500]
+    with session_scope() as session:
+        d = session.get(Delivery, delivery_id)
+        d.attempts += 1
+        d.last_status, d.last_error = status, error
+        delivered = status is not None and 200 <= status < 300
+        if delivered:
+            d.delivered_at = utcnow()
+        else:
+            d.next_at = utcnow() + timedelta(seconds=min(2 ** d.attempts, 3600))
+        if opendsr:
+            callbacks.record(session, delivery=d)  # each OpenDSR delivery attempt in the ledger
+    return delivered
+
+
+def deliver_due(*, limit: int = 50) -> int:
+    """POST due deliveries one after another (the relay's pool sends them in parallel instead); failures back off
+    exponentially until MAX_ATTEMPTS. Returns deliveries made."""
+    return sum(deliver_one(delivery_id=i) for i, _ in due(limit=limit) if claim(delivery_id=i))
 
 
 def deliveries(session: Session, *, tenant_id: str, limit: int = 100) -> tuple[list[Delivery], int]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.identity import keyed_hash
 from app.main import create_app
 from tests.factories import create_model, npz_bytes, upload_dataset, upload_version
 
@@ -115,7 +116,7 @@ def test_forget_without_scores_queues_everything_idempotently(toy: TestClient, a
     body = first.json()
     assert body["free"] == [] and body["status"] == "accepted" and body["ref"] == "toy@1"
     assert body["pending"] == ["p0001", "p0002", "p0040", "p0041", "p0042", "p0043"]
-    assert body["unknown_subjects"] == ["who-is-this"]
+    assert body["unknown_subjects"] == [keyed_hash("who-is-this")]  # never stored nor echoed in clear
     assert first.headers["location"] == f"/jobs/{body['job_id']}"
     replay = toy.post("/forget", headers=h, json=forget_body(subject_ids=["s010", "who-is-this"]))
     assert replay.status_code == 202 and replay.json() == body

@@ -161,7 +161,7 @@ def _request(w: World, method: str, path: str, headers: dict[str, str]) -> Any:
 
 # Routes without path parameters whose body names A's objects: B's expected answers.
 B_BODY_EXPECT = {("POST", "/datasets"): {422}, ("POST", "/models"): {404}, ("POST", "/forget"): {404},
-                 ("POST", "/keys"): {404}}
+                 ("POST", "/keys"): {403}}
 
 
 def test_every_route_every_scope_every_tenant(world: World) -> None:
@@ -231,9 +231,11 @@ def test_keys_are_stored_hashed_and_foreign_tenants_unreachable(world: World) ->
         for r in rows:
             assert key not in (r.key_hash, r.prefix, r.name or "")
     assert row.prefix == key[:12] and len(row.key_hash) == 64
-    # B cannot mint a key into A's tenant; a new tenant it names is its own.
+    # B cannot mint a key into A's tenant, nor create a tenant: one answer for both (tenants cannot be enumerated)
     r = world.client.post("/keys", headers=world.b, json={"scopes": ["admin"], "tenant": "default"})
-    assert r.status_code == 404 and r.json()["error"] == "NotFound"
+    unknown = world.client.post("/keys", headers=world.b, json={"scopes": ["admin"], "tenant": "nobody-yet"})
+    assert r.status_code == unknown.status_code == 403 and r.json() == {
+        **unknown.json(), "detail": unknown.json()["detail"].replace("nobody-yet", "default")}
 
 
 def test_cli_keys_create_list_revoke(lethe_env: dict[str, str], admin_headers: dict[str, str]) -> None:

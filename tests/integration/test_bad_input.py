@@ -162,10 +162,11 @@ def test_zip_bomb_and_expanded_size_limits(client: TestClient, admin_headers: di
     r = post_npz(client, h, big)
     assert r.status_code == 422 and "LETHE_MAX_NPZ_EXPANDED_MB" in r.json()["detail"]
     # and to datasets registered by reference, which never pass through a body limit
-    path = artifacts.root() / "imports" / "bomb.npz"
+    tenant_id = client.get("/keys", headers=h).json()["items"][0]["tenant_id"]
+    path = get_settings().imports / tenant_id / "bomb.npz"
     path.parent.mkdir(parents=True)
     path.write_bytes(bomb)
-    r = client.post("/datasets", headers=h, json={"name": "ref-bomb", "uri": "imports/bomb.npz"})
+    r = client.post("/datasets", headers=h, json={"name": "ref-bomb", "uri": "bomb.npz"})
     assert r.status_code == 422
     nothing_recorded(client, h)
 

@@ -254,3 +254,18 @@ def test_every_panel_queries_only_metrics_lethe_exports() -> None:
     # the dashboard shows every family (histograms through their buckets)
     families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
     assert families >= {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in exported} - {"lethe_scrape_seconds"}
+
+
+def test_no_password_ships_with_a_default(compose: dict[str, Any]) -> None:
+    """Postgres's and Grafana's passwords come from .env; compose refuses to start without them (`:?`)."""
+    text = COMPOSE.read_text()
+    for var in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        uses = [m for m in INTERPOLATION.finditer(text) if m.group(1) == var]
+        assert uses, f"{var} is not used"
+        assert all(m.group(2) == ":?" and m.group(3) for m in uses), f"{var} must be required with a message"
+    secrets = {k: v for svc in compose["services"].values() for k, v in env_of(svc).items()
+               if re.search(r"PASSWORD|SECRET", k) or "@postgres" in v}
+    assert secrets
+    for key, value in secrets.items():
+        assert all(m.group(2) == ":?" for m in INTERPOLATION.finditer(value)) and "$" in value, (key, value)
+    assert "admin/admin" not in text and '"admin"' not in text
