@@ -644,7 +644,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="center right")
+        ax.legend(fontsize=7, loc="center" if ax is ax_fa else "center right")
     names = list(next(iter(results["settings"].values()))["scorers"]["scorers"])
     bars = [(f"{n} all", r["scorers"]["scorers"]) for n, r in results["settings"].items()]
     mem = results["settings"].get("memorisation")
@@ -655,7 +655,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for j, (label, rows) in enumerate(bars):
         ax_rho.bar(np.arange(len(names)) + (j - (len(bars) - 1) / 2) * width,
                    [rows[n]["spearman"] or 0.0 for n in names], width, label=label)
-    labels = {"less": "less\n(no checkpoints)", "less_ckpt": "less\n(3 Adam checkpoints)",
+    labels = {"less": "less\n(no ckpts)", "less_ckpt": "less\n(3 Adam ckpts)",
               "hessian_phi": "hessian/(1−p_y)²"}
     ax_rho.set_xticks(np.arange(len(names)), [labels.get(n, n) for n in names])
     ax_rho.axhline(0, color="k", lw=0.8)
