@@ -17,7 +17,7 @@ from tests.integration.test_evidence import _npz, blobs
 @pytest.fixture
 def client(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     for k, v in {"LETHE_REFERENCE_K": "16", "LETHE_FREE_PROVISIONAL": "false", "LETHE_ERASURE_INTERVAL": "0",
-                 "LETHE_POOL_MAX_REMOVED": "0.1", "LETHE_AUDIT_ON_INCONCLUSIVE": "accept"}.items():
+                 "LETHE_POOL_MAX_REMOVED": "0.04", "LETHE_AUDIT_ON_INCONCLUSIVE": "accept"}.items():
         monkeypatch.setenv(k, v)
     from app.main import create_app
     from tests.conftest import _reset_caches
@@ -40,7 +40,7 @@ def test_a_pool_measures_goes_stale_and_is_replaced(client: TestClient, admin_he
     from workers.engine.evidence import load_pool
 
     h = admin_headers
-    x, y, xt, yt = blobs(400, seed=2)
+    x, y, xt, yt = blobs(1000, seed=2)
     upload_dataset(client, h, name="b", data=_npz(x, y, xt, yt))
     create_model(client, h, name="b", dataset="b", architecture={"kind": "linear"},
                  recipe={"lr": 1e-2, "epochs": 10, "batch_size": 64, "checkpoints": 0},
@@ -73,12 +73,12 @@ def test_a_pool_measures_goes_stale_and_is_replaced(client: TestClient, admin_he
     cols = arrays.columns(np.array([int(p[1:]) for p in ask]))
     assert np.isnan(np.asarray(arrays.phi)[:, cols]).all() and (np.asarray(arrays.certified_by)[cols] == -1).all()
 
-    # 40 more points: 45 of 400 removed > 10%, so the pool goes stale for the next request
-    rest = [f"p{i:04d}" for i in range(400) if f"p{i:04d}" not in set(ask)][:40]
+    # 40 more points: 45 of 1000 removed > 4%, so the pool goes stale for the next request
+    rest = [f"p{i:04d}" for i in range(1000) if f"p{i:04d}" not in set(ask)][:40]
     assert client.post("/forget", headers=h, json={"model": "b", "point_ids": rest, "reason": "r",
                                                    "requested_by": "dpo"}).status_code in (200, 202)
     drain()
-    later = [f"p{i:04d}" for i in range(399, 300, -1) if f"p{i:04d}" in set(certified) - set(ask) - set(rest)][:2]
+    later = [f"p{i:04d}" for i in range(999, 900, -1) if f"p{i:04d}" in set(certified) - set(ask) - set(rest)][:2]
     stale = client.post("/forget", headers=h, json={"model": "b", "point_ids": later[:1], "reason": "r",
                                                     "requested_by": "dpo"}).json()
     assert stale["free"] == [] and stale["free_basis"] == "unmeasured", stale

@@ -353,6 +353,11 @@ def certified_group(scores: np.ndarray, in_mask: np.ndarray, certified_by: np.nd
 
 # ----------------------------------------------------------------------------- the audit
 
+# Σ d² below this (e.g. fewer than four points one OUT-spread apart) carries no measurable separation: the ratio
+# Σ d·z / Σ d² would be noise over noise (measured on 5-point requests of near-chance points: null ranges of ±2000).
+MIN_WEIGHT = 4.0
+
+
 @dataclass(frozen=True)
 class AuditRule:
     alpha: float = 0.01  # the null's two-sided (1 − alpha) prediction range
@@ -371,11 +376,13 @@ def _aggregate(phi_std: np.ndarray, s: Stats, shift: float | np.ndarray = 0.0) -
 
 def statistic(phi_std: np.ndarray, s: Stats, *, shift: float | np.ndarray = 0.0) -> float | None:
     """The weighted mean of a model's OUT-standardised φ over a request, in units where a model retrained without
-    the points scores 0 and one still trained on them scores 1 (an equal-variance likelihood ratio; weights grow
-    with each point's separation, so near-chance points add little noise). shift: the measured size-mismatch
-    offset of a full-data model's z on OUT points (per point or one number), subtracted."""
+    the points scores about 0 and one still trained on them about 1 (an equal-variance likelihood ratio; weights
+    grow with each point's separation, so near-chance points add little noise). On near-chance points a retrain
+    scores nearer 0.5, because the weights and z share the estimation error of the OUT means; the null is
+    computed the same way from the pool's own models, so verdicts compare like with like. shift: the measured
+    size-mismatch offset of a full-data model's z on OUT points (per point or one number), subtracted."""
     num, den = _aggregate(phi_std, s, shift)
-    return num / den if den > 0 else None
+    return num / den if den >= MIN_WEIGHT else None
 
 
 def size_shift(mu_out: np.ndarray, shift_mu_out: np.ndarray, shift_offsets: np.ndarray, *,
@@ -408,7 +415,7 @@ def per_model_aggregates(phi_std: np.ndarray, in_mask: np.ndarray, *, prior: flo
         for mask, sink in ((~is_in, null), (is_in, alt)):
             sub = Stats(*(np.asarray(a)[mask] for a in (s.mu_in, s.var_in, s.mu_out, s.var_out, s.n_in, s.n_out)))
             num, den = _aggregate(v[mask], sub)
-            sink.append(num / den if den > 0 else np.nan)
+            sink.append(num / den if den >= MIN_WEIGHT / 4 else np.nan)
     return np.asarray(null), np.asarray(alt)
 
 

@@ -53,7 +53,7 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
     phi_test = np.empty((k, len(y_test)), dtype=np.float64)
     total = k + shift_models
     for m in range(k):
-        model_seed = seed * 1000 + m + 1
+        model_seed = seed * 1000 + 100 + m  # apart from a job's seed + 1 retrain
         net = build(model_seed)
         train_model(net, ArraySet(xs[mask[m]], ys[mask[m]]), recipe={**recipe, "seed": model_seed}, device=device)
         phi[m] = logit_confidence(net, xs, ys, device=device)
@@ -73,7 +73,7 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
             out_cols = order[s * size:(s + 1) * size]
             keep = np.ones(n, dtype=bool)
             keep[out_cols] = False
-            model_seed = seed * 1000 + k + s + 1
+            model_seed = seed * 1000 + 100 + k + s
             net = build(model_seed)
             train_model(net, ArraySet(xs[keep], ys[keep]), recipe={**recipe, "seed": model_seed}, device=device)
             std = evidence.standardise(logit_confidence(net, xs[out_cols], ys[out_cols], device=device)[None],

@@ -36,7 +36,8 @@ def test_smallest_run_writes_every_part(tmp_path: Path) -> None:
         assert main["n"] == 3 and main["retrain"]["failed"]["n"] == 3
         assert set(mem["sweep"][kind]) == {"5", "10"} and mem["sweep"][kind]["5"]["n"] == 2
         assert mem["false_alarms_pipeline_seeds"][kind]["n"] == 1
-        assert mem["size_shift"]["by_kind"][kind]["retrain_statistic_uncorrected"]["n"] == 3
+        # a statistic is None (inconclusive) when the request carries too little separation (evidence.MIN_WEIGHT)
+        assert 1 <= mem["size_shift"]["by_kind"][kind]["retrain_statistic_uncorrected"]["n"] <= 3
     assert all(r["retrain"]["verdict"] in evidence.VERDICTS and r["do_nothing"]["verdict"] in evidence.VERDICTS
                for r in mem["replicates"])
     assert "shift_out" in mem["size_shift"]["measured"]
