@@ -203,6 +203,7 @@ def _fail(job_id: str, error: str, trace: str) -> str:
         except Superseded:
             log.warning("job %s: not failed by this worker, another attempt owns it", job_id)
             return "superseded"
+        error = artifacts.redact(error)  # the ledger is read by API callers: no server paths in it
         job.status, job.error, job.finished_at = "failed", error, utcnow()
         if job.kind == "unlearn":  # its audited candidate, never registered, holds the data it failed to remove
             s.info.setdefault("delete_after_commit", []).append(_candidate_uri(job.model_id, job.id))

@@ -190,3 +190,25 @@ def test_failed_authentication_is_limited_per_client_address(lethe_env: dict[str
         assert other.get("/datasets", headers=admin_headers).status_code == 200
         assert [other.get("/datasets").status_code for _ in range(10)] == [401] * 10
         assert other.get("/datasets", headers=admin_headers).status_code == 200
+
+
+# --- server paths -----------------------------------------------------------------------------------------------
+
+def test_a_failed_job_names_no_server_path_in_the_ledger(client: TestClient, admin_headers: dict[str, str]) -> None:
+    from app import artifacts
+    from app.datasets.tables import Dataset
+    from app.db import session_scope
+    from tests.factories import drain
+
+    h = admin_headers
+    ds = upload_dataset(client, h)
+    create_model(client, h)
+    with session_scope() as s:
+        artifacts.path_of(s.get(Dataset, ds["id"]).uri).unlink()  # the worker's read fails, naming the file
+    job = client.post("/models/toy/train", headers=h).json()
+    drain()
+    failed = client.get(f"/jobs/{job['job_id']}", headers=h).json()
+    assert failed["status"] == "failed"
+    entries = client.get("/ledger", headers=h, params={"event": "job.failed"}).json()["items"]
+    assert entries and all(str(get_settings().resolved_data_dir) not in json.dumps(e) for e in entries), entries
+    assert "<artifacts>" in entries[0]["data"]["error"] or "<data>" in entries[0]["data"]["error"]
