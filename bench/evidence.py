@@ -93,7 +93,7 @@ class Setting:
 
 
 def memorisation(epochs: int = 100) -> Setting:
-    """tests/integration/test_evidence.py memorisation_data, as arrays: 400 digits, 100 flipped, 350 held out."""
+    """The memorising fixture (also the tests'): 400 digits, 100 of them with a wrong label, 350 held out."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -109,9 +109,9 @@ def memorisation(epochs: int = 100) -> Setting:
                    recipe, np.sort(flipped), ("random", "flipped"))
 
 
-def blobs(n: int = 1000, epochs: int = 10) -> Setting:
-    """tests/integration/test_evidence.py blobs: 4 well-separated Gaussian classes in 8 dimensions, linear model."""
-    rng = np.random.default_rng(0)
+def blobs(n: int = 1000, epochs: int = 10, seed: int = 0) -> Setting:
+    """The non-memorising fixture (also the tests'): 4 well-separated Gaussian classes in 8 dimensions, linear."""
+    rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1, (4, 8)) * 2.0
 
     def draw(m: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from bench import evidence as fixtures  # the same fixtures the evidence benchmark measures
 from tests.factories import upload_dataset
 from tests.integration.test_worker import stack, wait_for  # noqa: F401 - the real-worker fixture
 
@@ -50,30 +51,13 @@ def _npz(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -
 
 def memorisation_data() -> tuple[bytes, list[str]]:
     """400 digits, 100 of them with a wrong label; 350 held out. Returns the npz and the flipped point ids."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(x))
-    train, test = order[:400], order[400:750]
-    ytr = y[train].copy()
-    flipped = rng.choice(400, 100, replace=False)
-    ytr[flipped] = (ytr[flipped] + rng.integers(1, 10, 100)) % 10
-    return _npz(x[train], ytr, x[test], y[test]), [f"p{i:04d}" for i in sorted(flipped)]
+    s = fixtures.memorisation()
+    return _npz(s.x, s.y, s.x_test, s.y_test), [f"p{i:04d}" for i in s.flipped]
 
 
 def blobs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 1, (4, 8)) * 2.0
-
-    def draw(m: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 4, m)
-        return (centers[y] + rng.normal(0, 1, (m, 8))).astype(np.float32), y.astype(np.int64)
-
-    x, y = draw(n)
-    xt, yt = draw(400)
-    return x, y, xt, yt
+    s = fixtures.blobs(n, seed=seed)
+    return s.x, s.y, s.x_test, s.y_test
 
 
 def wait_pool(client: TestClient, h: dict[str, str], model: str, timeout: float = 300) -> dict[str, Any]:
