@@ -241,7 +241,8 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                       "model": model.name, "ref": registry.ref(model, version.number), "reason": body.reason,
                       "requested_by": request.requested_by_hash, "n_points": len(points),
                       "n_unknown_subjects": len(unknown_subjects), "linked_from": linked_from,
-                      "algorithm": algorithm})
+                      "algorithm": algorithm, "free_basis": measured.basis, "pool_id": measured.pool_id,
+                      "evidence_sha256": evidence.digest(measured.evidence, [])})
     if free:
         points_evidence = [{"point_id": p.point_id, "separation": measured.separation.get(p.id)} for p in free]
         ledger.append(session, tenant_id=model.tenant_id, event="points.free", subject_type="request",
