@@ -184,6 +184,16 @@ def gaps(after: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def accuracy_reasons(after: dict[str, Any], before: dict[str, Any], *, max_acc_drop: float = 0.02) -> list[str]:
+    """Why the new model's retain (RA) or test (TA) accuracy is outside policy: more than max_acc_drop below the
+    parent's. Empty when both hold."""
+    reasons = []
+    for key, name in (("ra", "retain"), ("ta", "test")):
+        if after.get(key) is not None and before.get(key) is not None and after[key] < before[key] - max_acc_drop:
+            reasons.append(f"{name} accuracy fell {before[key] - after[key]:.3f} (> {max_acc_drop})")
+    return reasons
+
+
 def audit_passes(after: dict[str, Any], before: dict[str, Any], *, max_acc_drop: float = 0.02,
                  mia_auc_max: float = 0.55, mia_alpha: float = 0.05, reference_auc: float | None = None,
                  reference_margin: float = 0.03, retrained: bool = False) -> tuple[bool, list[str]]:
@@ -191,11 +201,11 @@ def audit_passes(after: dict[str, Any], before: dict[str, Any], *, max_acc_drop:
     significantly above mia_auc_max, or within reference_margin of a retrain reference's AUC when one
     exists. A retrained model is its own reference (it never saw the forget set), so only accuracy
     decides for it: a forget set of easy points looks 'member-like' even to a model that never saw it.
-    An insufficient MIA (too few points) also leaves the decision to the accuracy tests."""
-    reasons = []
-    for key, name in (("ra", "retain"), ("ta", "test")):
-        if after.get(key) is not None and before.get(key) is not None and after[key] < before[key] - max_acc_drop:
-            reasons.append(f"{name} accuracy fell {before[key] - after[key]:.3f} (> {max_acc_drop})")
+    An insufficient MIA (too few points) also leaves the decision to the accuracy tests.
+
+    Lethe's pipeline decides with the reference pool (workers.engine.evidence) and applies only
+    accuracy_reasons from here; this rule stays for library users and reproduction."""
+    reasons = accuracy_reasons(after, before, max_acc_drop=max_acc_drop)
     mia = after.get("mia") or {}
     if retrained or mia.get("status") != "ok":
         return not reasons, reasons
