@@ -630,8 +630,9 @@ def _unlearn(ctx: JobContext) -> str:
         # only the opt-in provisional rule prunes them, by influence, and says so. Retain pruning is a cost
         # device: influence alone.
         eligible, basis = _prunable(c, forget_rows)
-        forget_kept, forget_pruned = _prune(scores, eligible, q_f, bound if basis == "provisional" else None)
-        forget_kept = [r for r in forget_rows if r not in set(forget_pruned)]
+        _, forget_pruned = _prune(scores, eligible, q_f, bound if basis == "provisional" else None)
+        gone = set(forget_pruned)
+        forget_kept = [r for r in forget_rows if r not in gone]
         retain_kept, retain_pruned = _prune(scores, retain_rows, q_r, None)
         pruned_summary = {
             "forget": _ids_summary(c["model_id"], forget_pruned), "retain": _ids_summary(c["model_id"], retain_pruned),

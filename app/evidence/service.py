@@ -105,10 +105,14 @@ def _pools(session: Session, *, model_id: str) -> list[ReferencePool]:
                                 .order_by(ReferencePool.created_at.desc())))
 
 
+def _newest_completed(pools: list[ReferencePool]) -> ReferencePool | None:
+    done = [p for p in pools if p.status == "completed"]
+    return max(done, key=lambda p: p.completed_at) if done else None
+
+
 def latest(session: Session, *, model_id: str) -> ReferencePool | None:
     """The lineage's newest completed pool."""
-    done = [p for p in _pools(session, model_id=model_id) if p.status == "completed"]
-    return max(done, key=lambda p: p.completed_at) if done else None
+    return _newest_completed(_pools(session, model_id=model_id))
 
 
 def removed_fraction(session: Session, *, model: Model, pool: ReferencePool) -> float:
@@ -132,8 +136,7 @@ class PoolState:
 def state(session: Session, *, model: Model) -> PoolState:
     """The lineage's pool and whether it may measure new answers."""
     pools = _pools(session, model_id=model.id)
-    done = [p for p in pools if p.status == "completed"]
-    pool = max(done, key=lambda p: p.completed_at) if done else None
+    pool = _newest_completed(pools)
     active = next((p for p in pools if p.status in ACTIVE), None)
     newest = pools[0] if pools else None
     if pool is None:
@@ -210,16 +213,16 @@ def triage(session: Session, *, model: Model, candidates: dict[int, int]) -> Tri
     col_of = {k: int(c) for k, c in zip(keys, cols, strict=True) if c >= 0}
     sep = {k: float(arrays.separation[c]) for k, c in col_of.items() if np.isfinite(arrays.separation[c])}
     eligible = [k for k, c in col_of.items() if arrays.certified_by[c] >= 0]
-    earlier = [int(r) for r in session.scalars(
-        select(Point.row).join(Disposition, Disposition.point_pk == Point.id).where(
-            Disposition.model_id == model.id, Disposition.disposition == "free", Disposition.pool_id == pool.id))]
     lim = limits()
     measured_at = pool.completed_at.isoformat() if pool.completed_at else None
     evidence = {"free_basis": "measured", "pool_id": pool.id, "k": pool.k, "measured_at": measured_at,
                 "limits": lim.as_dict(), "certified_set": (pool.report or {}).get("certified_set"),
                 "n_certified": pool.n_certified, "removed_fraction": round(st.removed or 0.0, 6)}
     free: set[int] = set()
-    if eligible:
+    if eligible:  # the lineage's earlier free points under this pool, tested with these as one set
+        earlier = [int(r) for r in session.scalars(
+            select(Point.row).join(Disposition, Disposition.point_pk == Point.id).where(
+                Disposition.model_id == model.id, Disposition.disposition == "free", Disposition.pool_id == pool.id))]
         cum_cols = np.unique(np.r_[arrays.columns(np.array(earlier, dtype=np.int64)),
                                    [col_of[k] for k in eligible]].astype(np.int64))
         cum_cols = cum_cols[cum_cols >= 0]
