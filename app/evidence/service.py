@@ -173,7 +173,8 @@ def pool_read(session: Session, *, model: Model) -> dict[str, Any] | None:
         out |= {"pool_id": p.id, "status": p.status, "k": p.k, "version": p.version, "n_points": p.n_points,
                 "n_certified": p.n_certified, "removed_fraction": round(st.removed or 0.0, 6),
                 "completed_at": p.completed_at, "certified_set": (p.report or {}).get("certified_set"),
-                "size_shift": (p.report or {}).get("shift")}
+                # the measured certification curves: group bounds of the least-separated prefixes, per half
+                "certification": (p.report or {}).get("halves"), "size_shift": (p.report or {}).get("shift")}
     else:
         out |= {"pool_id": st.active.id, "status": st.active.status, "k": st.active.k}
     if st.active is not None:

@@ -52,6 +52,8 @@ def test_a_pool_measures_goes_stale_and_is_replaced(client: TestClient, admin_he
     drain()
     pool = client.get("/models/b", headers=h).json()["reference"]
     assert pool["status"] == "completed" and pool["valid"] and pool["k"] == 16, pool
+    assert {h["certify_half"] for h in pool["certification"]} == {0, 1}  # both halves' measured curves shown
+    assert all(c["auc_hi"] is not None for h in pool["certification"] for c in h["curve"])
     certified = _certified(pool["pool_id"])
     assert len(certified) >= 50, pool
 
