@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from app.db import session_scope
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
-from app.keys import private_dir
+from app.keys import private_file
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Recipe
 from app.registry.tables import Model
@@ -32,15 +31,9 @@ def admin_key() -> str:
     if settings.bootstrap_key:
         key = settings.bootstrap_key
     else:
-        path = settings.resolved_data_dir / "admin.key"
-        if not path.exists():
-            from app.auth import generate_key
+        from app.auth import generate_key
 
-            private_dir(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(generate_key())
-        key = path.read_text().strip()
+        key = private_file(settings.resolved_data_dir / "admin.key", lambda: generate_key().encode()).decode().strip()
     with session_scope() as s:
         tenants.ensure_bootstrap_key(s, key=key)
     return key
