@@ -16,10 +16,13 @@ workers/pipeline.py `_evidence_audit` does (`evidence.audit` on the pool's colum
 parent_phi_std, the pool's measured size shift). The do-nothing candidate is the parent itself.
 
 1. False alarms: share of retrains the audit calls "failed" (two-sided 95% Clopper-Pearson interval; PASS when
-   its upper end ≤ 5%), inconclusive share; the do-nothing failure rate (the power realised).
-2. Request-size sweep: per size, the mean power and the verdict shares of retrains and of doing nothing. Requests
-   above 10% of the data or 25% of a class are "concentrated" for the pipeline (inconclusive without a retrain
-   reference); the statistic's own verdict is shown for them as well (audited as not concentrated).
+   its upper end ≤ 5%), inconclusive share; the do-nothing failure rate (the power realised). Requests the
+   pipeline calls concentrated (evidence.concentration: above 10% of the data, 25% of a class, or depleting the
+   points the pool sees as like them by 10 points of percentage more than the data) are judged, as the pipeline
+   does under policy.audit.retrain_reference, against a model retrained without the whole request (another
+   seed); the target counts that verdict. The per-point null's own verdict is reported beside it.
+2. Request-size sweep: per size, the mean power and the verdict shares of retrains and of doing nothing (the
+   per-point null's own verdicts), the share called concentrated and the mean depletion.
 3. Size mismatch: fit_pool's measured shift, and the retrains' mean statistic with and without the correction.
 4. Scorers vs separation: Spearman of gradnorm, hessian, less and hessian/(1-p_y)^2 (the self-influence on φ)
    with each point's pool separation; lowest decile's mean separation vs random deciles.
@@ -55,6 +58,7 @@ from workers.engine.training import train_model
 CPU = torch.device("cpu")
 RETRAIN_SEED = 100_000  # replicate i retrains with seed RETRAIN_SEED + i: never a pool, shift or parent seed
 SHADOW_SEED = 5_000  # the independent check's shadow models (as tests/integration/test_evidence.py)
+REFERENCE_SEED = 200_000  # replicate i's retrain reference (concentrated requests): never a retrain's seed
 FALSE_ALARM_MAX = 0.05
 VERDICTS = ("passed", "failed", "inconclusive")
 KINDS = ("random", "flipped")
@@ -186,19 +190,19 @@ def fit(setting: Setting, *, k: int, shift_models: int, checkpoints: int = 3) ->
                   recorder.checkpoints if recorder else [], acc)
 
 
-def concentrated(setting: Setting, cols: np.ndarray) -> bool:
-    """workers/pipeline.py's rule: more than 10% of the pool's points or 25% of one class."""
-    classes = np.bincount(setting.y, minlength=setting.n_classes)
-    share = float((np.bincount(setting.y[cols], minlength=setting.n_classes) / np.maximum(classes, 1)).max())
-    return len(cols) > 0.1 * setting.n or share > 0.25
+def concentration(f: Fitted, cols: np.ndarray) -> dict[str, Any]:
+    """workers/pipeline.py's rule (evidence.request_concentration): more than 10% of the pool's points, 25% of one
+    class, or a depletion of the points like the request's beyond 10 points of percentage."""
+    return ev.request_concentration(f.pool, f.setting.y, np.sort(cols), rule=AUDIT_RULE)
 
 
 def audit(f: Fitted, cols: np.ndarray, candidate: np.ndarray, *, corrected: bool = True,
-          concentrated: bool = False) -> dict[str, Any]:
+          concentrated: bool = False, reference: np.ndarray | None = None) -> dict[str, Any]:
     """evidence.audit on the request's pool columns, the parent as parent_phi_std (the pipeline's call)."""
     cols = np.sort(cols)
     return ev.audit(f.pool.phi_std[:, cols], f.pool.in_mask[:, cols], candidate[cols],
                     shift=f.shift_arg if corrected else None, parent_phi_std=f.parent_phi[cols],
+                    reference_phi_std=None if reference is None else reference[cols],
                     concentrated=concentrated, rule=AUDIT_RULE)
 
 
@@ -229,15 +233,25 @@ def replicate(f: Fitted, kind: str, size: int, seed: int, *, pipeline_seeds: boo
            else train(f.setting, keep, RETRAIN_SEED + seed))
     seconds = time.perf_counter() - began
     phi = std_phi(net, f.setting)
-    conc = concentrated(f.setting, cols)
+    conc = concentration(f, cols)
     retrain = _brief(audit(f, cols, phi))
-    return {"seed": seed, "kind": kind, "size": size, "n_points": int(len(cols)), "concentrated": conc,
-            "retrain_seconds": seconds, "retrain": retrain,
-            # the pipeline's verdict: a concentrated request is inconclusive without a retrain reference
-            "retrain_pipeline_verdict": "inconclusive" if conc else retrain["verdict"],
-            "retrain_uncorrected": _brief(audit(f, cols, phi, corrected=False)),
-            "do_nothing": _brief(audit(f, cols, f.parent_phi)),
-            "do_nothing_uncorrected": _brief(audit(f, cols, f.parent_phi, corrected=False))}
+    out = {"seed": seed, "kind": kind, "size": size, "n_points": int(len(cols)),
+           "concentrated": conc["concentrated"], "concentration": conc, "retrain_seconds": seconds,
+           "retrain": retrain,
+           "retrain_uncorrected": _brief(audit(f, cols, phi, corrected=False)),
+           "do_nothing": _brief(audit(f, cols, f.parent_phi)),
+           "do_nothing_uncorrected": _brief(audit(f, cols, f.parent_phi, corrected=False)),
+           # the pipeline's verdict without a retrain reference: a concentrated request is inconclusive
+           "retrain_pipeline_verdict": "inconclusive" if conc["concentrated"] else retrain["verdict"]}
+    if conc["concentrated"]:
+        # policy.audit.retrain_reference: the range is centred on a model retrained without the whole request
+        # (another seed), as the pipeline's reference phase does; the retrain and doing nothing judged against it
+        ref = std_phi(train(f.setting, keep, REFERENCE_SEED + seed), f.setting)
+        out["retrain_with_reference"] = _brief(audit(f, cols, phi, concentrated=True, reference=ref))
+        out["do_nothing_with_reference"] = _brief(audit(f, cols, f.parent_phi, concentrated=True, reference=ref))
+    else:
+        out["retrain_with_reference"], out["do_nothing_with_reference"] = out["retrain"], out["do_nothing"]
+    return out
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -268,8 +282,11 @@ def _mean_sd(values: list[float | None]) -> dict[str, Any]:
 
 def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     """Verdict shares of the retrains (corrected, uncorrected, the pipeline's) and of doing nothing."""
-    out: dict[str, Any] = {"n": len(reps), "concentrated": bool(reps and reps[0]["concentrated"])}
-    for key in ("retrain", "retrain_uncorrected", "do_nothing", "do_nothing_uncorrected"):
+    out: dict[str, Any] = {"n": len(reps), "concentrated": float(np.mean([r["concentrated"] for r in reps]))
+                           if reps else 0.0,
+                           "depletion": _mean_sd([r["concentration"]["depletion"] for r in reps])}
+    for key in ("retrain", "retrain_uncorrected", "do_nothing", "do_nothing_uncorrected", "retrain_with_reference",
+                "do_nothing_with_reference"):
         verdicts = [r[key]["verdict"] for r in reps]
         out[key] = {v: rate(verdicts, v) for v in VERDICTS}
         out[key]["statistic"] = _mean_sd([r[key]["statistic"] for r in reps])
@@ -450,12 +467,20 @@ def targets(results: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
 
     for name, res in results["settings"].items():
         for kind, s in res["false_alarms"].items():
-            fa = s["retrain"]["failed"]
+            # the pipeline's verdict: concentrated requests judged against a retrain reference (policy), the rest
+            # by the per-point null
+            fa = s["retrain_with_reference"]["failed"]
             enough = fa["n"] >= 100
-            add(f"false alarms on retrains, CP95 upper ≤ 5% ({cfg.main_size} {kind} points, ≥ 100 seeds)", name,
+            conc = f"; {s['concentrated']:.0%} concentrated, judged against a retrain reference" \
+                if s["concentrated"] else ""
+            add(f"false alarms on retrains, CP95 upper ≤ 5% ({cfg.main_size} {kind} points, ≥ 100 seeds{conc})", name,
                 fa["ci95"][1], (fa["ci95"][1] <= FALSE_ALARM_MAX) if enough else None,
                 f"{fa['count']}/{fa['n']} = {fa['rate']:.3f} [{fa['ci95'][0]:.3f}, {fa['ci95'][1]:.3f}]"
                 + ("" if enough else " (fewer than 100 seeds)"))
+            if s["concentrated"]:
+                dn = s["do_nothing_with_reference"]["failed"]
+                add(f"do nothing fails against the retrain reference ({cfg.main_size} {kind} points)", name,
+                    dn["rate"], dn["rate"] == 1.0, f"{dn['count']}/{dn['n']} failed")
         reps = res["replicates"]
         dn_passed = sum(r["do_nothing"]["verdict"] == "passed" for r in reps)
         add("doing nothing never passes (every size and kind)", name, dn_passed, dn_passed == 0,
@@ -534,23 +559,30 @@ def print_tables(results: dict[str, Any]) -> None:
               f"{res['pool']['n_certified']} certified, {res['seconds']['total'] / 60:.1f} min")
         print("\n1. false alarms: audit verdicts of retrains without the request (new seed) and of doing nothing")
         print("   (job): retrained with the fixed seeds of a Lethe retrain job, only the request varies")
+        print("   conc.: share of requests the pipeline calls concentrated; pipeline: the verdict with a retrain "
+              "reference for those (policy.audit.retrain_reference), the per-point null's own verdict for the rest")
         print(f"{'request':15s} {'retrain failed (CP95)':29s} {'inconcl.':>8s} {'passed':>7s} "
-              f"{'do-nothing failed':>19s} {'d-n inconcl.':>12s} {'power':>6s}")
+              f"{'do-nothing failed':>19s} {'d-n inconcl.':>12s} {'power':>6s} {'conc.':>5s} "
+              f"{'pipeline: retrain failed (CP95)':>33s} {'do-nothing failed':>18s}")
         rows = [*res["false_alarms"].items(),
                 *((f"{kind} (job)", s) for kind, s in res["false_alarms_pipeline_seeds"].items())]
         for kind, s in rows:
             r, d = s["retrain"], s["do_nothing"]
+            rr, dr = s["retrain_with_reference"], s["do_nothing_with_reference"]
             print(f"{kind:15s} {_pct(r['failed']):29s} {r['inconclusive']['rate']:8.3f} {r['passed']['rate']:7.3f} "
-                  f"{d['failed']['rate']:19.3f} {d['inconclusive']['rate']:12.3f} {_num(s['power']['mean']):>6s}")
-        print("\n2. request sizes (pipeline: concentrated requests are inconclusive; shares below are the "
-              "statistic's own)")
-        print(f"{'kind':8s} {'size':>4s} {'n':>4s} {'conc':>4s} {'power':>6s} {'P≥.8':>5s} {'retrain F/I/P':>17s} "
+                  f"{d['failed']['rate']:19.3f} {d['inconclusive']['rate']:12.3f} {_num(s['power']['mean']):>6s} "
+                  f"{s['concentrated']:5.2f} {_pct(rr['failed']):>33s} {dr['failed']['rate']:18.3f}")
+        print("\n2. request sizes (pipeline: concentrated requests are inconclusive without a retrain reference; "
+              "shares below are the per-point null's own; depl.: the mean depletion of similar points)")
+        print(f"{'kind':8s} {'size':>4s} {'n':>4s} {'conc':>4s} {'depl.':>6s} {'power':>6s} {'P≥.8':>5s} "
+              f"{'retrain F/I/P':>17s} "
               f"{'do-nothing F/I/P':>17s} {'retrain failed CP95':>22s} {'F sides R/O':>11s} {'retrain stat':>12s} "
               f"{'null c ± hw':>13s}")
         for kind, sizes in res["sweep"].items():
             for size, s in sizes.items():
                 r, d = s["retrain"], s["do_nothing"]
-                print(f"{kind:8s} {size:>4s} {s['n']:4d} {'yes' if s['concentrated'] else 'no':>4s} "
+                print(f"{kind:8s} {size:>4s} {s['n']:4d} {s['concentrated']:4.2f} "
+                      f"{_num(s['depletion']['mean'], '+.3f'):>6s} "
                       f"{_num(s['power']['mean']):>6s} {s['power_ge_0.8']:5.2f} "
                       f"{r['failed']['rate']:5.2f}/{r['inconclusive']['rate']:4.2f}/{r['passed']['rate']:4.2f} "
                       f"{d['failed']['rate']:6.2f}/{d['inconclusive']['rate']:4.2f}/{d['passed']['rate']:4.2f} "
@@ -615,7 +647,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     series = [(name, kind, sizes) for name, res in results["settings"].items() for kind, sizes in res["sweep"].items()]
     for j, (name, kind, sizes) in enumerate(series):
         xs = np.array([int(s) for s in sizes]) * 1.04 ** (j - (len(series) - 1) / 2)  # side by side on a log axis
-        conc = np.array([s["concentrated"] for s in sizes.values()])
+        conc = np.array([s["concentrated"] > 0.5 for s in sizes.values()])
         fa = [s["retrain"]["failed"] for s in sizes.values()]
         y = np.array([r["rate"] for r in fa])
         err = np.array([[r["rate"] - r["ci95"][0] for r in fa], [r["ci95"][1] - r["rate"] for r in fa]])
@@ -630,7 +662,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax_pow.plot(xs, [s["do_nothing"]["failed"]["rate"] for s in sizes.values()], "x--", color=line.get_color(),
                     label=f"{name} {kind}: do nothing failed")
     ax_fa.axhline(FALSE_ALARM_MAX, color="grey", ls="--", lw=1, label="5% bound")
-    ax_fa.scatter([], [], s=110, facecolors="none", edgecolors="k", label="concentrated (pipeline: inconclusive)")
+    ax_fa.scatter([], [], s=110, facecolors="none", edgecolors="k",
+                  label="mostly concentrated (pipeline: retrain reference or inconclusive)")
     ax_pow.axhline(results["audit_rule"]["min_power"], color="grey", ls=":", lw=1, label="min power")
     for ax, title, ylabel in ((ax_fa, "retrains without the request: verdict 'failed' (false alarms, CP 95%)",
                                "share of retrains"),

@@ -792,13 +792,8 @@ def _evidence_audit(c: dict[str, Any], arrays: dict[str, np.ndarray], audit_rows
     eng = _engine()
     phi = {name: eng.standardised_phi(m, x[rows], y[rows], arrays["x_test"], arrays["y_test"])
            for name, m in (("new", net), ("parent", parent), ("reference", reference)) if m is not None}
-    # Concentrated: a large share of the measured data or of one class (the per-point null needs the rest of
-    # the data to stay as it was in the pool's models).
-    pool_classes = np.bincount(y[np.asarray(pool.rows)], minlength=int(y.max()) + 1)
-    req_classes = np.bincount(y[rows], minlength=len(pool_classes))
-    share = float((req_classes / np.maximum(pool_classes, 1)).max())
-    concentrated = len(cols) > 0.1 * len(pool.rows) or share > 0.25
     rule = ev.AuditRule(alpha=float(c["audit_rule"]["alpha"]), min_power=float(c["audit_rule"]["min_power"]))
+    conc = ev.request_concentration(pool, y[np.asarray(pool.rows)], cols, rule=rule)
     shift = None
     if len(pool.shift_cols):  # the measured size mismatch: OUT means of the shift points and their offsets
         at = np.asarray(pool.shift_cols)
@@ -806,8 +801,8 @@ def _evidence_audit(c: dict[str, Any], arrays: dict[str, np.ndarray], audit_rows
                  np.asarray(pool.shift_offsets))
     out = ev.audit(np.asarray(pool.phi_std[:, cols]), np.asarray(pool.in_mask[:, cols]), phi["new"],
                    shift=shift, parent_phi_std=phi.get("parent"),
-                   reference_phi_std=phi.get("reference"), concentrated=concentrated, rule=rule)
-    return base | out | {"largest_class_share": round(share, 6)}
+                   reference_phi_std=phi.get("reference"), concentrated=conc["concentrated"], rule=rule)
+    return base | out | {"concentration": conc, "largest_class_share": conc["class_share"]}
 
 
 def _judge(report: dict[str, Any], evidence_report: dict[str, Any], *, algorithm: str,

@@ -385,7 +385,8 @@ def _audits_of(session: Session, *, job_ids: list[str]) -> list[dict[str, Any]]:
         out.append({"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "version": a.version,
                     "verdict": a.verdict, "promoted": a.passed, "accepted_inconclusive": ev.get("accepted", False),
                     **{k: ev.get(k) for k in ("basis", "pool_id", "statistic", "null", "power", "side", "why",
-                                              "parent", "n_points", "k", "size_shift", "concentrated")},
+                                              "parent", "n_points", "k", "size_shift", "concentrated",
+                                              "concentration")},
                     "accuracy": (a.report or {}).get("accuracy")})
     return out
 

@@ -85,6 +85,26 @@ def test_size_shift_is_measured_per_kind_of_point() -> None:
     assert (se > 0).all() and (se < 0.05).all()
 
 
+def test_concentration_tells_a_targeted_request_from_a_random_one() -> None:
+    # 1000 points: 900 typical (OUT means near 0), 100 atypical ones (mislabelled-like, OUT means near −4)
+    rng = np.random.default_rng(3)
+    mu_out = np.r_[rng.normal(0, 1, 900), rng.normal(-4, 0.5, 100)]
+    labels = rng.integers(0, 10, 1000)
+    random_req = rng.choice(1000, 40, replace=False)
+    r = ev.concentration(mu_out, labels, random_req)
+    assert abs(r["depletion"]) < 0.05 and not r["concentrated"], r
+    targeted = np.arange(900, 940)  # 40% of the atypical points, 4% of the data
+    t = ev.concentration(mu_out, labels, targeted)
+    assert t["data_share"] == 0.04 and t["depletion"] > 0.2 and t["concentrated"], t
+    assert "similar" in t["why"]
+    few = ev.concentration(mu_out, labels, np.arange(900, 905))  # 5% of them: a small composition change
+    assert few["depletion"] < ev.AuditRule().max_depletion and not few["concentrated"], few
+    big = ev.concentration(mu_out, labels, rng.choice(1000, 150, replace=False))
+    assert big["concentrated"] and "of the measured data" in big["why"]
+    one_class = np.flatnonzero(labels[:900] == 3)[:40]  # most of a class's typical points
+    assert ev.concentration(mu_out, labels, one_class)["class_share"] > 0.25
+
+
 def test_pool_round_trip_and_row_columns(tmp_path: Path) -> None:
     phi_std, mask, _ = synthetic(n_null=40, n_leaky=10, k=4)
     pool = ev.Pool(rows=np.arange(0, 100, 2), in_mask=mask, phi=phi_std, phi_test=np.zeros((4, 3)),
@@ -94,7 +114,8 @@ def test_pool_round_trip_and_row_columns(tmp_path: Path) -> None:
     back = ev.load_pool(tmp_path / "p")
     assert back.k == 4 and back.meta == {"k": 4}
     assert list(back.columns(np.array([0, 2, 3, 98, 1000]))) == [0, 1, -1, 49, -1]
-    np.testing.assert_array_equal(back.phi_std, phi_std)
+    assert back.phi_std.dtype == np.float32  # half the bytes on disk; the statistics are float64
+    np.testing.assert_allclose(back.phi_std, phi_std, rtol=1e-6)
 
 
 def test_a_sham_pool_reads_chance() -> None:
