@@ -42,6 +42,8 @@ from workers.engine.params import escalation
 
 log = logging.getLogger("lethe.pipeline")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
+# A retrain reference's seed is the recipe's plus this: never a pool model's (seed·1000 + 100 + m) nor a retrain's.
+REFERENCE_SEED_OFFSET = 10_007
 # job id -> the attempt number this process claimed; the final transactions check it (see _fence).
 _CLAIMS: dict[str, int] = {}
 
@@ -656,15 +658,17 @@ def _unlearn(ctx: JobContext) -> str:
     reference_net, ref_uri, start = None, None, 0.2
     if (c["policy"].get("audit") or {}).get("retrain_reference") and c["algorithm"] != "retrain":
         # The model's policy asks for a retrain reference: retrained on the whole retain set (never pruned: it
-        # is the gold standard the audit measures against), kept until the job ends so a re-run reuses it.
+        # is the gold standard the audit measures against), kept until the job ends so a re-run reuses it. Its
+        # own seed: an escalated retrain (recipe seed) must be judged against an independent draw, not itself.
         ref_uri, start = _candidate_uri(c["model_id"], ctx.job_id, "reference"), 0.4
         if artifacts.path_of(ref_uri).exists():
             reference_net = eng.load_network(c["arch"], c["shape"], c["n_classes"], artifacts.path_of(ref_uri))
         else:
             with ctx.phase("reference", 0.2, start) as progress:
+                ref_recipe = {**c["recipe"], "seed": int(c["recipe"].get("seed", 0)) + REFERENCE_SEED_OFFSET}
                 reference_net, _ = eng.unlearn("retrain", parent_net, forget=(x[forget_rows], y[forget_rows]),
                                                retain=(x[retain_rows], y[retain_rows]), params={},
-                                               recipe=c["recipe"], arch=c["arch"], shape=c["shape"],
+                                               recipe=ref_recipe, arch=c["arch"], shape=c["shape"],
                                                n_classes=c["n_classes"], progress=progress)
                 eng.save_network(reference_net, artifacts.path_of(ref_uri))
     for attempt, (algorithm, params) in enumerate(ladder, start=1):

@@ -78,8 +78,11 @@ def test_memorised_points_are_never_free_and_the_audit_separates_retrain_from_do
     resp = client.post("/models", headers=h, json={
         "name": "mem", "dataset": "mem", "architecture": {"kind": "mlp", "hidden": [128]},
         "recipe": {"optimizer": "adam", "lr": 3e-3, "epochs": 100, "batch_size": 32, "seed": 0, "checkpoints": 0},
-        # a do-nothing unlearning run: fine-tuning at lr 1e-6 for one epoch changes nothing
-        "policy": {"algorithm": "finetune", "params": {"lr": 1e-6, "epochs": 1}}})
+        # a do-nothing unlearning run: fine-tuning at lr 1e-6 for one epoch changes nothing. 40 of the 100 flipped
+        # points are a concentrated request (a retrain without them is a cleaner model than any pool model): the
+        # audit needs a retrain reference (its own seed) to pass anything
+        "policy": {"algorithm": "finetune", "params": {"lr": 1e-6, "epochs": 1},
+                   "audit": {"retrain_reference": True}}})
     assert resp.status_code == 201, resp.text
     train = client.post("/models/mem/train", headers=h).json()
     job = wait_for(client, h, train["job_id"])
@@ -112,6 +115,8 @@ def test_memorised_points_are_never_free_and_the_audit_separates_retrain_from_do
     assert do_nothing["statistic"] > do_nothing["null"]["hi"]
     assert retrain["verdict"] == "passed" and retrain["promoted"]
     assert retrain["null"]["lo"] <= retrain["statistic"] <= retrain["null"]["hi"]
+    assert retrain["concentrated"] and retrain["concentration"]["depletion"] > 0.1, retrain["concentration"]
+    assert retrain["null"]["around"] == "retrain reference"
 
     cert = client.get(f"/requests/{body['request_id']}/certificate", headers=h).json()
     assert [a["verdict"] for a in cert["audits"]][-1] == "passed"

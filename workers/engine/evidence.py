@@ -538,6 +538,13 @@ def audit(pool_phi_std: np.ndarray, in_mask: np.ndarray, new_phi_std: np.ndarray
                                                                           and not lo <= t_parent <= hi)}
     if concentrated:
         if reference_phi_std is None:
+            if t_new > hi:
+                # One side still holds: a retrain without the whole request lost more of the points' support than
+                # any pool model, so it sits at or below the per-point range (bench/evidence.py: every retrain of
+                # a concentrated request that left the range left it below). Above it, the candidate remembers.
+                return out | {"verdict": "failed", "side": "remembers",
+                              "why": f"statistic {t_new:.3f} above the retrained range [{lo:.3f}, {hi:.3f}] (the "
+                                     "request is concentrated: a retrain would sit at or below it)"}
             return out | {"verdict": "inconclusive", "side": None,
                           "why": "the request is concentrated (a large share of the data, of a class, or of the points "
                                  "like it): the per-point null does not hold; set policy.audit.retrain_reference to "

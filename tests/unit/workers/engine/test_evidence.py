@@ -72,6 +72,12 @@ def test_audit_passes_a_retrain_fails_doing_nothing_and_says_inconclusive_withou
     assert weak["verdict"] == "inconclusive" and weak["power"] < 0.8, weak
     conc = ev.audit(phi_std[:, req], mask[:, req], retrained, parent_phi_std=unchanged, concentrated=True)
     assert conc["verdict"] == "inconclusive" and "concentrated" in conc["why"]
+    # without a reference one side still holds: a retrain sits at or below the per-point range, never above it
+    conc_bad = ev.audit(phi_std[:, req], mask[:, req], unchanged, parent_phi_std=unchanged, concentrated=True)
+    assert conc_bad["verdict"] == "failed" and conc_bad["side"] == "remembers", conc_bad
+    conc_low = ev.audit(phi_std[:, req], mask[:, req], retrained - 5 * np.sqrt(s.var_out[req]),
+                        parent_phi_std=unchanged, concentrated=True)
+    assert conc_low["verdict"] == "inconclusive", conc_low
     judged = ev.audit(phi_std[:, req], mask[:, req], retrained, parent_phi_std=unchanged, concentrated=True,
                       reference_phi_std=retrained + 0.01)
     assert judged["verdict"] == "passed" and judged["null"]["around"] == "retrain reference"
