@@ -151,14 +151,15 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
 
 def fit_pool(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, arrays: dict[str, np.ndarray], *,
              rows: list[int], k: int, recipe: dict[str, Any], shift_models: int, target: torch.nn.Module | None,
-             progress: Progress) -> tuple[Any, dict[str, Any]]:
-    """Train the lineage's reference pool on the dataset rows `rows` (see workers.engine.reference)."""
+             progress: Progress, cache: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train the lineage's reference pool on the dataset rows `rows` (see workers.engine.reference); `cache`
+    keeps each model's φ so a re-run trains only what is missing."""
     from workers.engine.reference import fit_pool as _fit
 
     seed = int(recipe.get("seed", 0))
     return _fit(lambda s: _build(arch, shape, n_classes, seed=s), arrays["x"], arrays["y"], arrays["x_test"],
                 arrays["y_test"], rows=np.asarray(rows), k=k, seed=seed, recipe=recipe, device=device(),
-                progress=progress, shift_models=shift_models, target=target)
+                progress=progress, shift_models=shift_models, target=target, cache=cache)
 
 
 def score_pool(pool: Any, *, auc_max: float, tpr_max: float, seed: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import shutil
 import threading
 import time
 import traceback
@@ -509,7 +510,7 @@ def _reference(ctx: JobContext) -> str:
     with ctx.phase("training", 0.0, 0.9) as progress:
         pool_arrays, shift = eng.fit_pool(c["arch"], c["shape"], c["n_classes"], arrays, rows=c["live"], k=c["k"],
                                           recipe=c["recipe"], shift_models=c["shift_models"], target=target,
-                                          progress=progress)
+                                          progress=progress, cache=artifacts.path_of(f"pools/{c['pool_id']}.partial"))
     with ctx.phase("certifying", 0.9, 0.98):
         report = eng.score_pool(pool_arrays, auc_max=settings.free_auc_max, tpr_max=settings.free_tpr_max,
                                 seed=int(c["recipe"].get("seed", 0)))
@@ -521,6 +522,7 @@ def _reference(ctx: JobContext) -> str:
         digest = hashlib.sha256()
         for name in ("rows", "in_mask", "phi", "phi_test"):  # what was measured; the rest is derived from it
             digest.update((artifacts.path_of(uri) / f"{name}.npy").read_bytes())
+        shutil.rmtree(artifacts.path_of(f"pools/{c['pool_id']}.partial"), ignore_errors=True)  # saved whole
     with ctx.phase("registering", 0.98, 1.0):
         with session_scope() as s:
             ledger.lock_chain(s, tenant_id=c["tenant_id"])

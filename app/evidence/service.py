@@ -261,6 +261,10 @@ def finish_pool(session: Session, *, pool: ReferencePool, uri: str, sha256: str,
         old.status = "superseded"
         if old.uri:
             session.info.setdefault("delete_after_commit", []).append(old.uri)
+    for failed in session.scalars(select(ReferencePool.id).where(ReferencePool.model_id == pool.model_id,
+                                                                 ReferencePool.status == "failed")):
+        # a failed pool job's per-model φ cache (workers/pipeline.py keeps it for re-runs)
+        session.info.setdefault("delete_after_commit", []).append(f"pools/{failed}.partial")
     ledger.append(session, tenant_id=pool.tenant_id, event="pool.completed", subject_type="model",
                   subject_id=pool.model_id, data={
                       "pool_id": pool.id, "k": pool.k, "sha256": sha256, "n_points": n_points,

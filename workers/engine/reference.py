@@ -7,7 +7,9 @@ Shadow weights are never kept: only φ per model and point (K floats a point) an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,12 +41,15 @@ def logit_confidence(model: nn.Module, x: np.ndarray, y: np.ndarray, *, device: 
 def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
              y_test: np.ndarray, *, rows: np.ndarray, k: int, seed: int, recipe: dict[str, Any],
              device: torch.device, progress: Callable[[float], None] | None = None, shift_models: int = 4,
-             shift_fraction: float = 0.1, target: nn.Module | None = None) -> tuple[Pool, dict[str, Any]]:
+             shift_fraction: float = 0.1, target: nn.Module | None = None,
+             cache: Path | None = None) -> tuple[Pool, dict[str, Any]]:
     """Train K shadow models on complementary halves of x[rows] (each its own seed: initialisation and batch
     order), keep φ on every row and on the test split. Then measure the size mismatch — shadows see half the
     data, the deployed model all of it — with `shift_models` full-size models each leaving out a disjoint
     `shift_fraction` of the rows: the mean offset of their standardised φ on the left-out rows from the pool's
-    OUT means is `shift_out` (the audit subtracts it); the target's offset from the IN means is `shift_in`."""
+    OUT means is `shift_out` (the audit subtracts it); the target's offset from the IN means is `shift_in`.
+    cache: a directory where each model's φ is kept as it is measured, so a re-run (the worker died) trains
+    only the models that are missing."""
     rows = np.asarray(rows, dtype=np.int64)
     n = len(rows)
     mask = evidence.design(n, k, seed)
@@ -54,10 +59,9 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
     total = k + shift_models
     for m in range(k):
         model_seed = seed * 1000 + 100 + m  # apart from a job's seed + 1 retrain
-        net = build(model_seed)
-        train_model(net, ArraySet(xs[mask[m]], ys[mask[m]]), recipe={**recipe, "seed": model_seed}, device=device)
-        phi[m] = logit_confidence(net, xs, ys, device=device)
-        phi_test[m] = logit_confidence(net, x_test, y_test, device=device)
+        phi[m], phi_test[m] = _measured(
+            cache, f"shadow-{m}", model_seed, n, lambda ms=model_seed, m=m: _train_and_measure(
+                build, ms, xs[mask[m]], ys[mask[m]], (xs, ys), (x_test, y_test), recipe, device))
         if progress:
             progress((m + 1) / total)
     phi_std = evidence.standardise(phi, phi_test)
@@ -74,10 +78,11 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
             keep = np.ones(n, dtype=bool)
             keep[out_cols] = False
             model_seed = seed * 1000 + 100 + k + s
-            net = build(model_seed)
-            train_model(net, ArraySet(xs[keep], ys[keep]), recipe={**recipe, "seed": model_seed}, device=device)
-            std = evidence.standardise(logit_confidence(net, xs[out_cols], ys[out_cols], device=device)[None],
-                                       logit_confidence(net, x_test, y_test, device=device)[None])[0]
+            left_out, left_out_test = _measured(
+                cache, f"shift-{s}", model_seed, len(out_cols),
+                lambda ms=model_seed, keep=keep, out_cols=out_cols: _train_and_measure(
+                    build, ms, xs[keep], ys[keep], (xs[out_cols], ys[out_cols]), (x_test, y_test), recipe, device))
+            std = evidence.standardise(left_out[None], left_out_test[None])[0]
             offsets.append((std - stats.mu_out[out_cols]) / np.sqrt(stats.var_out[out_cols]))
             shift_cols.append(out_cols)
             if progress:
@@ -100,6 +105,34 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
                 shift_offsets=shift_points[1].astype(np.float64), meta={"k": k, "seed": seed, "n_points": n,
                                                       "n_test": int(len(y_test))})
     return pool, shift
+
+
+def _train_and_measure(build: Callable[[int], nn.Module], model_seed: int, x_train: np.ndarray, y_train: np.ndarray,
+                       on: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], recipe: dict[str, Any],
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """One pool model: trained with its own seed, then only its φ is kept (on `on` and on the test split)."""
+    net = build(model_seed)
+    train_model(net, ArraySet(x_train, y_train), recipe={**recipe, "seed": model_seed}, device=device)
+    return logit_confidence(net, *on, device=device), logit_confidence(net, *test, device=device)
+
+
+def _measured(cache: Path | None, name: str, model_seed: int, n: int,
+              measure: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """A model's φ from the cache when an earlier run measured it (same seed, same n points), else measured and
+    cached."""
+    if cache is None:
+        return measure()
+    path = cache / f"{name}.npz"
+    if path.exists():
+        with np.load(path) as kept:
+            if int(kept["seed"]) == model_seed and len(kept["phi"]) == n:
+                return kept["phi"], kept["phi_test"]
+    phi, phi_test = measure()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"{name}.tmp.npz"
+    np.savez(tmp, phi=phi, phi_test=phi_test, seed=model_seed)
+    os.replace(tmp, path)  # whole or absent: a worker killed mid-write leaves no half file behind
+    return phi, phi_test
 
 
 def score_pool(pool: Pool, *, limits: evidence.Limits = evidence.Limits(), seed: int = 0, boot: int = 200,
