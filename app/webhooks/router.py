@@ -53,6 +53,7 @@ class DeliveryRead(BaseModel):
 
 @router.post("", status_code=201, response_model=WebhookCreated)
 def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> WebhookCreated:
+    """Register an http(s) URL to receive the chosen events, signed with a secret shown once."""
     hook, secret = service.create(session, tenant_id=caller.tenant_id, url=body.url, events=body.events)
     session.commit()
     return WebhookCreated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(), secret=secret)
@@ -60,18 +61,21 @@ def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> W
 
 @router.get("", response_model=Page[WebhookRead])
 def list_webhooks(caller: Reader, session: SessionDep) -> Page[WebhookRead]:
+    """The tenant's webhooks and the events each receives."""
     rows = service.list_hooks(session, tenant_id=caller.tenant_id)
     return Page(items=[WebhookRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
 
 
 @router.get("/deliveries", response_model=Page[DeliveryRead])
 def list_deliveries(caller: Reader, session: SessionDep) -> Page[DeliveryRead]:
+    """Recent webhook deliveries: event, attempts, last HTTP status or error."""
     rows, total = service.deliveries(session, tenant_id=caller.tenant_id)
     return Page(items=[DeliveryRead.model_validate(r, from_attributes=True) for r in rows], total=total, next=None)
 
 
 @router.delete("/{webhook_id}", response_model=WebhookRead)
 def delete_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> WebhookRead:
+    """Stop delivering to this webhook."""
     hook = service.delete(session, tenant_id=caller.tenant_id, webhook_id=webhook_id)
     session.commit()
     return WebhookRead.model_validate(hook, from_attributes=True)
