@@ -6,7 +6,8 @@
         job = lethe.wait(answer.job_id) if answer.job_id else None
 
 Errors come back as LetheAPIError with the HTTP status, the server's detail and its problem-details body.
-POST /forget sends an Idempotency-Key (a fresh one unless given), so a retried call after a network error never doubles a request.
+POST /forget sends an Idempotency-Key (a fresh one unless given), so a retried call after a network error never
+doubles a request.
 
 Receivers of webhooks check `Lethe-Signature` with `verify_webhook(body, header, secret)` (a registered
 webhook's secret) or `verify_callback(body, header, public_key_pem)` (a request's callback_url, signed with
