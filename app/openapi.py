@@ -80,6 +80,12 @@ def _calls(dependant: Any) -> list[Any]:
     return calls
 
 
+def _authenticated(route: APIRoute) -> bool:
+    from app.auth import authenticate
+
+    return authenticate in _calls(route.dependant)
+
+
 def _implied(route: APIRoute, path: str, method: str) -> set[int]:
     """The statuses answered by the machinery around the route (auth, middleware, database, path lookups)."""
     from app.auth import authenticate
@@ -128,6 +134,8 @@ def document(app: FastAPI) -> None:
                 responses = op.setdefault("responses", {})
                 for status in _implied(route, path, method.upper()) if route else ():
                     responses.setdefault(str(status), {"description": STATUSES[status][0]})
+                if route and not _authenticated(route):
+                    op["security"] = []  # public: Swagger UI shows no lock and sends no key
                 opendsr = path.startswith("/opendsr/")
                 if opendsr and "422" in responses:  # the spec's routes answer invalid input with 400
                     responses.setdefault("400", {"description": STATUSES[400][0]})
