@@ -41,7 +41,8 @@ def test_openapi_declares_the_bearer_scheme(client: TestClient) -> None:
 
 
 # Operations that can answer no error at all: liveness, the public key and the OpenDSR processor's descriptors.
-NO_ERRORS = {("get", "/healthz"), ("get", "/ledger/public-key"), ("get", "/opendsr/v1/discovery"), ("get", "/opendsr/v1/certificate.pem"),
+NO_ERRORS = {("get", "/healthz"), ("get", "/ledger/public-key"), ("get", "/opendsr/v1/discovery"),
+             ("get", "/opendsr/v1/certificate.pem"),
              ("get", "/opendsr/v1/status")}
 PUBLIC = NO_ERRORS | {("get", "/readyz"), ("get", "/metrics")}
 
@@ -98,3 +99,12 @@ def test_unknown_routes_and_methods_answer_problem_details(client: TestClient) -
 
     assert_problem(client.get("/nope"), 404, kind="not-found", detail="no such route")
     assert_problem(client.put("/models"), 405, kind="method-not-allowed")
+
+
+def test_readme_lists_every_problem_type() -> None:
+    from pathlib import Path
+
+    from app.errors import PROBLEM_TYPES
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert [slug for slug in PROBLEM_TYPES if f"| `{slug}` |" not in readme] == []
