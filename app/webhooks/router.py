@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth import Admin, Reader
 from app.db import SessionDep
@@ -15,6 +15,8 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 class WebhookCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"url": "https://governance.example.com/lethe", "events": ["request.completed", "request.failed"]}]})
     url: str = Field(max_length=2000)
     events: list[str] = Field(min_length=1)
 

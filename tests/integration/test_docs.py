@@ -108,3 +108,32 @@ def test_readme_lists_every_problem_type() -> None:
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert [slug for slug in PROBLEM_TYPES if f"| `{slug}` |" not in readme] == []
+
+
+def test_every_json_request_body_has_a_valid_example(client: TestClient) -> None:
+    from app.datasets.schemas import DatasetByReference
+    from app.forget.schemas import ForgetCreate
+    from app.registry.schemas import CalibrateCreate, InfluenceCreate, ModelCreate, TrainCreate
+    from app.tenants.schemas import KeyCreate
+    from app.webhooks.router import WebhookCreate
+
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    lacking = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None or path.startswith("/opendsr/"):
+                continue
+            schema = body["schema"]
+            for branch in schema.get("anyOf", [schema]):  # optional bodies: the model or null
+                schema = schemas[branch["$ref"].rsplit("/", 1)[1]] if "$ref" in branch else branch
+                if "examples" in schema or "example" in body:
+                    break
+            else:
+                lacking.append(f"{method.upper()} {path}")
+    assert not lacking, lacking
+    for model in (DatasetByReference, ForgetCreate, CalibrateCreate, InfluenceCreate, ModelCreate, TrainCreate,
+                  KeyCreate, WebhookCreate):
+        for example in model.model_json_schema()["examples"]:
+            model.model_validate(example)  # the documented example is a valid request
