@@ -19,7 +19,7 @@ from app.errors import MEDIA_TYPE, PROBLEM_TYPES, Problem, problem
 
 # status -> (what it means here, the problem kind shown as its example)
 STATUSES: dict[int, tuple[str, str]] = {
-    400: ("Bad request", "bad-request"),
+    400: ("The body cannot be parsed (malformed JSON or multipart)", "bad-request"),
     401: ("No bearer API key, or an unknown or revoked one", "unauthorized"),
     403: ("The API key lacks the scope this operation needs", "forbidden"),
     404: ("No such object for this tenant (close names in `suggestions`)", "not-found"),
@@ -32,7 +32,7 @@ STATUSES: dict[int, tuple[str, str]] = {
     503: ("The database is unreachable or busy: retry after Retry-After", "database-unavailable"),
 }
 EXAMPLE_DETAILS = {
-    "bad-request": "the request cannot be served as sent",
+    "bad-request": "There was an error parsing the body",
     "unauthorized": "missing bearer API key (Authorization: Bearer <key>)",
     "forbidden": "this API key lacks the 'models' scope",
     "not-found": "no model 'digit'; did you mean 'digits'?",
@@ -102,7 +102,7 @@ def _implied(route: APIRoute, path: str, method: str) -> set[int]:
     if path.startswith("/opendsr/") and authenticate in calls:
         statuses.add(400)  # the spec's routes answer invalid input and refused states with 400
     if method == "POST":
-        statuses.add(413)
+        statuses |= {400, 413}  # 400: a body that cannot be parsed (malformed JSON or multipart)
         if not own_handling(path):
             statuses |= {409, 422}
     if path not in NO_DATABASE:
@@ -146,6 +146,8 @@ def document(app: FastAPI) -> None:
                     status = int(code)
                     if status in STATUSES and response.get("description") in ("Validation Error", None, ""):
                         response["description"] = STATUSES[status][0]
+                    if opendsr and status == 400:
+                        response["description"] = "Invalid or refused request (the spec answers both with 400)"
                     if opendsr and status != 503:
                         response["content"] = {"application/json": {
                             "schema": {"$ref": "#/components/schemas/OpenDsrError"}}}
