@@ -134,6 +134,7 @@ def require(scope: str):  # noqa: ANN201 - returns a FastAPI dependency
             raise Forbidden(f"this API key lacks the '{scope}' scope")
         return caller
 
+    dependency.scope = scope  # type: ignore[attr-defined] - read by app.openapi to document the 403
     return dependency
 
 

@@ -5,8 +5,9 @@
         answer = lethe.forget("digits", point_ids=["d0001"], reason="gdpr art. 17", requested_by="dpo")
         job = lethe.wait(answer.job_id) if answer.job_id else None
 
-Errors come back as LetheAPIError with the HTTP status and the server's detail. POST /forget sends an
-Idempotency-Key (a fresh one unless given), so a retried call after a network error never doubles a request.
+Errors come back as LetheAPIError with the HTTP status, the server's detail and its problem-details body.
+POST /forget sends an Idempotency-Key (a fresh one unless given), so a retried call after a network error never
+doubles a request.
 
 Receivers of webhooks check `Lethe-Signature` with `verify_webhook(body, header, secret)` (a registered
 webhook's secret) or `verify_callback(body, header, public_key_pem)` (a request's callback_url, signed with
@@ -88,11 +89,30 @@ def verify_callback(body: bytes, header: str, public_key_pem: str | bytes, *, to
 
 
 class LetheAPIError(Exception):
-    """An HTTP error answer: status code and the server's detail."""
+    """An HTTP error answer: `status`, `detail` (what was wrong, in words), `title` and `type` (the kind of
+    problem) and `problem`, the whole RFC 9457 problem-details body with its extension members
+    (`suggestions`, `choices`, `unknown_point_ids`, `errors`, ...). Answers that are not problem details
+    (a proxy's HTML page, the OpenDSR routes' spec shape) keep their text or JSON in `problem`."""
 
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(f"{status}: {detail}")
+    def __init__(self, status: int, detail: Any, *, problem: dict[str, Any] | None = None) -> None:
         self.status, self.detail = status, detail
+        self.problem: dict[str, Any] = problem or {}
+        self.title: str | None = self.problem.get("title")
+        self.type: str | None = self.problem.get("type")
+        super().__init__(f"{status}: {detail}")
+
+    @classmethod
+    def from_response(cls, resp: httpx.Response) -> LetheAPIError:
+        try:
+            body = resp.json() if resp.content else None
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+            return cls(resp.status_code, body["detail"], problem=body)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):  # the OpenDSR routes' shape
+            return cls(resp.status_code, str(body["error"].get("message")), problem=body)
+        text = resp.text.strip() or resp.reason_phrase
+        return cls(resp.status_code, text[:500], problem=body if isinstance(body, dict) else None)
 
 
 class Lethe:
@@ -122,11 +142,10 @@ class Lethe:
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._http.request(method, path, **kw)
-        body = resp.json() if resp.content and resp.headers.get("content-type", "").startswith("application/json") \
-            else resp.text
         if resp.status_code >= 400:
-            raise LetheAPIError(resp.status_code, body.get("detail", body) if isinstance(body, dict) else body)
-        return body
+            raise LetheAPIError.from_response(resp)
+        return resp.json() if resp.content and resp.headers.get("content-type", "").startswith("application/json") \
+            else resp.text
 
     def _pages(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
         cursor = None

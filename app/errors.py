@@ -1,27 +1,90 @@
-"""One error hierarchy; one handler renders {"error", "detail"}."""
+"""One error hierarchy, answered in one shape: RFC 9457 problem details (`application/problem+json`).
+
+Every error body holds `type` (a stable URI naming the kind of problem, listed in PROBLEM_TYPES and the README),
+`title` (that kind in words), `status` (the HTTP status) and `detail` (this occurrence, in words), plus named
+extension members where they help the caller fix the request: `errors` (validation: one {loc, msg, type} per
+field), `unknown_point_ids`, `choices` (every accepted value), `suggestions` (the closest existing names),
+`current` (the current version). The OpenDSR routes keep the error shape their specification mandates.
+"""
 
 from __future__ import annotations
 
-import json
+import difflib
 import logging
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lethe.errors")
 
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://lethe.dev/problems/"
+
+# slug -> (status, title, when it is answered). The type URI is TYPE_BASE + slug; documented in the README.
+PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
+    "bad-request": (400, "Bad request", "the request cannot be served as sent"),
+    "unauthorized": (401, "Unauthorized", "no bearer API key, or an unknown or revoked one"),
+    "forbidden": (403, "Forbidden", "the API key lacks the scope the operation needs"),
+    "not-found": (404, "Not found", "no such object (or route) for this tenant; `suggestions` names close ones"),
+    "method-not-allowed": (405, "Method not allowed", "the route exists but not with this HTTP method"),
+    "conflict": (409, "Conflict", "the object's state refuses the operation (exists, busy, not current, ...)"),
+    "idempotency-conflict": (409, "Idempotency-Key conflict",
+                             "the Idempotency-Key was used for another request, or its first use is unfinished"),
+    "gone": (410, "Gone", "the version was revoked and its weights purged"),
+    "too-large": (413, "Payload too large", "the body exceeds LETHE_MAX_BODY_MB or LETHE_MAX_UPLOAD_MB"),
+    "validation": (422, "Validation failed", "fields that do not match the schema; `errors` lists each"),
+    "unprocessable": (422, "Unprocessable request", "well-formed but refused input (unknown ids, bad files, ...)"),
+    "rate-limited": (429, "Too many requests", "the key's rate limit, or failed authentications; see Retry-After"),
+    "internal": (500, "Internal server error", "a fault of the server; the log has the details"),
+    "unavailable": (503, "Service unavailable", "a dependency is unavailable; retry after Retry-After"),
+    "database-unavailable": (503, "Database unavailable", "the ledger database is unreachable"),
+    "database-busy": (503, "Database busy", "no database connection became free in time"),
+}
+RESERVED = frozenset({"type", "title", "status", "detail", "instance"})
+
+
+def problem(slug: str, detail: str, *, status: int | None = None, **extensions: Any) -> dict[str, Any]:
+    """The problem-details body of a kind in PROBLEM_TYPES."""
+    default_status, title, _ = PROBLEM_TYPES[slug]
+    return {"type": TYPE_BASE + slug, "title": title, "status": status or default_status, "detail": detail,
+            **extensions}
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, body["status"], headers=headers, media_type=MEDIA_TYPE)
+
+
+def closest(name: str, candidates: Iterable[str], *, n: int = 3) -> list[str]:
+    """The existing names closest to a mistyped one (difflib ratio >= 0.6), best first."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+
+
+def did_you_mean(suggestions: list[str]) -> str:
+    return f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+
 
 class LetheError(Exception):
-    status_code = 400
+    """A domain error: `detail` says what was wrong in words; keyword extensions become named members of the
+    problem-details body (e.g. `Unprocessable("...", unknown_point_ids=[...])`)."""
 
-    def __init__(self, detail: Any = None, *, status_code: int | None = None) -> None:
+    status_code = 400
+    slug = "bad-request"
+
+    def __init__(self, detail: str | None = None, *, status_code: int | None = None, **extensions: Any) -> None:
+        clash = RESERVED & extensions.keys()
+        if clash:
+            raise ValueError(f"extension members may not be named {sorted(clash)}")
         super().__init__(detail)
         self.detail = detail
+        self.extensions = extensions
         if status_code is not None:
             self.status_code = status_code
 
@@ -29,107 +92,135 @@ class LetheError(Exception):
     def name(self) -> str:
         return type(self).__name__
 
+    def problem(self) -> dict[str, Any]:
+        slug = self.slug if PROBLEM_TYPES[self.slug][0] == self.status_code else _slug_for(self.status_code)
+        return problem(slug, self.detail or PROBLEM_TYPES[slug][1], status=self.status_code, **self.extensions)
+
 
 class NotFound(LetheError):
     status_code = 404
+    slug = "not-found"
 
 
 class Unprocessable(LetheError):
     status_code = 422
+    slug = "unprocessable"
 
 
 class Conflict(LetheError):
     status_code = 409
+    slug = "conflict"
 
 
 class Gone(LetheError):
     status_code = 410
+    slug = "gone"
 
 
 class Unauthorized(LetheError):
     status_code = 401
+    slug = "unauthorized"
 
 
 class Forbidden(LetheError):
     status_code = 403
+    slug = "forbidden"
 
 
 class TooLarge(LetheError):
     status_code = 413
+    slug = "too-large"
 
 
 class Unavailable(LetheError):
     status_code = 503
+    slug = "unavailable"
 
 
 class RateLimited(LetheError):
     status_code = 429
+    slug = "rate-limited"
 
-    def __init__(self, detail: Any = None, *, retry_after: float = 1.0) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str | None = None, *, retry_after: float = 1.0, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
         self.retry_after = retry_after
 
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "title": "Error", "type": "object", "required": ["error"],
-    "description": "Every error: the error's name and a detail (a message, or for ValidationError a list of "
-                   "{loc, msg, type}).",
-    "properties": {"error": {"type": "string", "title": "Error"}, "detail": {"title": "Detail"}},
-}
+def _slug_for(status: int) -> str:
+    """The generic kind of a status (a LetheError raised with another status_code than its class's)."""
+    return next((slug for slug, (code, _, _) in PROBLEM_TYPES.items() if code == status),
+                "bad-request" if status < 500 else "internal")
 
 
-def document_errors(app: FastAPI) -> None:
-    """Make the OpenAPI document describe the error envelope actually sent: FastAPI's default 422 schema
-    (HTTPValidationError, `{"detail": [...]}`) becomes `Error` (`{"error", "detail"}`)."""
-    generate = app.openapi
+class ValidationItem(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', 'query', 'path' or 'header', then the field path")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. 'missing', 'string_too_long'")
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        text = json.dumps(generate()).replace('"#/components/schemas/HTTPValidationError"',
-                                              '"#/components/schemas/Error"')
-        schema = json.loads(text)
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        schemas.pop("HTTPValidationError", None)
-        schemas["Error"] = ERROR_SCHEMA
-        app.openapi_schema = schema
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error answer of the API (except the OpenDSR routes, which answer in
+    their specification's shape). Extension members appear where they apply."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"type": TYPE_BASE + "not-found", "title": "Not found", "status": 404,
+         "detail": "no model 'digit'; did you mean 'digits'?", "suggestions": ["digits"]}]})
+
+    type: str = Field(description="URI of the kind of problem: " + ", ".join(TYPE_BASE + s for s in PROBLEM_TYPES))
+    title: str = Field(description="the kind of problem, in words")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what was wrong with this request, and how to fix it")
+    errors: list[ValidationItem] | None = Field(None, description="validation failures, one per field")
+    suggestions: list[str] | None = Field(None, description="existing names closest to a mistyped one")
+    choices: list[str] | None = Field(None, description="every accepted value")
+    current: str | int | None = Field(None, description="the current version")
+    unknown_point_ids: list[str] | None = Field(None, description="point ids not in the model's dataset "
+                                                                  "(at most 1000)")
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Render every domain error, validation error and lost database as a clean JSON answer."""
-    document_errors(app)
+    """Answer every domain error, validation error, unknown route and lost database as problem details."""
 
     @app.exception_handler(LetheError)
     async def _lethe(_: Request, exc: LetheError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-        return JSONResponse({"error": exc.name, "detail": exc.detail}, exc.status_code, headers=headers)
+        return problem_response(exc.problem(), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
-        ]
-        return JSONResponse({"error": "ValidationError", "detail": detail}, 422)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return problem_response(problem("validation", f"{fields}{more}" or "invalid request", errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing's own answers (unknown path 404, 405): the same shape as everything else.
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, _slug_for(exc.status_code))
+        detail = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return problem_response(problem(slug, detail, status=exc.status_code), dict(exc.headers or {}) or None)
 
     @app.exception_handler(DataError)
     async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
         # Input the database refuses as a value (Postgres: NUL bytes in text, over-long strings): the caller's.
         log.info("database refused a value, answered 422: %s", exc.orig)
-        return JSONResponse({"error": "Unprocessable",
-                             "detail": f"a value cannot be stored: {str(exc.orig).splitlines()[0][:200]}"}, 422)
+        return problem_response(problem(
+            "unprocessable", f"a value cannot be stored: {str(exc.orig).splitlines()[0][:200]}"))
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database error answered 503: %s", exc.orig)
-        return JSONResponse({"error": "DatabaseUnavailable", "detail": "the ledger database is unreachable"}, 503,
-                            headers={"Retry-After": "5"})
+        return problem_response(problem("database-unavailable", "the ledger database is unreachable; retry later"),
+                                {"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _fault(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback and re-raises after this answer; the caller gets the same shape, no internals.
+        return problem_response(problem("internal", "the server failed on this request; it has been logged"))
 
     @app.exception_handler(PoolTimeout)
     async def _db_busy(_: Request, exc: PoolTimeout) -> JSONResponse:
-        return JSONResponse({"error": "DatabaseBusy", "detail": "no database connection became free in time"}, 503,
-                            headers={"Retry-After": "2"})
+        return problem_response(problem("database-busy", "no database connection became free in time; retry later"),
+                                {"Retry-After": "2"})

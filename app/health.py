@@ -11,10 +11,14 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process serves requests (checks nothing else; see /readyz)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "The database or the broker is down: `checks` names which",
+                                        "content": {"application/json": {"example": {
+                                            "status": "unavailable",
+                                            "checks": {"database": "ok", "broker": "down: OperationalError"}}}}}})
 def readyz() -> JSONResponse:
     """200 when the database and the broker answer, else 503 naming what is down."""
     checks: dict[str, str] = {}

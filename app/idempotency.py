@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import Base, new_id, session_scope, utcnow
+from app.errors import MEDIA_TYPE, problem
 from app.settings import get_settings
 
 HEADER = b"idempotency-key"
@@ -155,8 +156,7 @@ class Idempotency:
             return
         key = key_raw.decode("latin-1").strip()
         if not key or len(key) > MAX_KEY:
-            await _send_json(send, 422, {"error": "Unprocessable",
-                                         "detail": f"Idempotency-Key must be 1 to {MAX_KEY} characters"})
+            await _send_problem(send, problem("unprocessable", f"Idempotency-Key must be 1 to {MAX_KEY} characters"))
             return
         api_key_id = await run_in_threadpool(_api_key_of, scope)
         if api_key_id is None:  # the route answers 401 itself
@@ -218,13 +218,13 @@ class Idempotency:
             waited += 0.05
             prior = await run_in_threadpool(_load, prior.id)
         if prior is None:  # the first request failed and released the key while we waited: try afresh
-            await _send_json(send, 409, {"error": "Conflict", "detail": "the first request with this "
-                                         "Idempotency-Key failed meanwhile; retry"})
+            await _send_problem(send, problem("idempotency-conflict", "the first request with this Idempotency-Key "
+                                              "failed meanwhile; retry"))
             return
         if prior.method != scope["method"] or prior.path != scope["path"] or (
                 prior.body_hash is not None and prior.body_hash != body_hash):
-            await _send_json(send, 409, {"error": "Conflict",
-                                         "detail": "this Idempotency-Key was used with a different request"})
+            await _send_problem(send, problem("idempotency-conflict",
+                                              "this Idempotency-Key was used with a different request"))
             return
         if prior.state != "done":
             detail = ("a request with this Idempotency-Key is still in progress; retry later"
@@ -233,7 +233,7 @@ class Idempotency:
                       "shown only once, so it is not replayed" if prior.status is not None else
                       "the request with this Idempotency-Key was carried out but its response was not kept; "
                       "look the object up")
-            await _send_json(send, 409, {"error": "Conflict", "detail": detail})
+            await _send_problem(send, problem("idempotency-conflict", detail))
             return
         body = (prior.response_body or "").encode()
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in prior.response_headers]
@@ -269,10 +269,10 @@ class BodyDigest:
         return self.sha.hexdigest()
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_problem(send: Send, payload: dict[str, Any]) -> None:
     body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.start", "status": payload["status"],
+                "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

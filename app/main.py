@@ -18,6 +18,7 @@ from app.forget.router import router as forget_router
 from app.idempotency import Idempotency, document
 from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
+from app.openapi import document as document_errors
 from app.opendsr.router import router as opendsr_router
 from app.registry.router import router as models_router
 from app.settings import get_settings
@@ -71,5 +72,6 @@ def create_app() -> FastAPI:
                    keys_router, webhooks_router, opendsr_router, metrics.router):
         app.include_router(router)
     document(app)  # after the routes: the OpenAPI document lists Idempotency-Key on every POST
+    document_errors(app)  # every error status each operation can answer, as problem details
     _bearer(app)
     return app

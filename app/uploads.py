@@ -16,7 +16,7 @@ from fastapi import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import artifacts
-from app.errors import TooLarge, Unprocessable
+from app.errors import MEDIA_TYPE, TooLarge, Unprocessable, problem
 from app.settings import get_settings
 
 MiB = 1024 * 1024
@@ -107,9 +107,9 @@ class BodyLimit:
 
 
 async def _send_413(send: Send, message: str) -> None:
-    body = json.dumps({"error": "TooLarge", "detail": message}).encode()
+    body = json.dumps(problem("too-large", message)).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 

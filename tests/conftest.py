@@ -106,3 +106,20 @@ def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {BOOTSTRAP}"}
+
+
+@pytest.fixture(autouse=True)
+def _error_answers_are_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every error answer an in-process TestClient receives, in any test, must be RFC 9457 problem details
+    (OpenDSR routes excepted): the error paths of every router test assert the shape, not only those that say so."""
+    from starlette.testclient import TestClient
+
+    from tests.support import check_error_answer
+
+    init = TestClient.__init__
+
+    def checked_init(self: TestClient, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        self.event_hooks = {**self.event_hooks, "response": [*self.event_hooks["response"], check_error_answer]}
+
+    monkeypatch.setattr(TestClient, "__init__", checked_init)

@@ -13,6 +13,45 @@ from typing import Any
 import httpx
 import pytest
 
+PROBLEM_BASE = "https://lethe.dev/problems/"
+# Answers that are not Lethe's problem details by design: the OpenDSR spec's error shape, /readyz's status report.
+OWN_ERROR_SHAPE = ("/opendsr/", "/readyz")
+
+
+def assert_problem(resp: httpx.Response, status: int, *, kind: str | None = None, detail: str | None = None,
+                   **members: Any) -> dict[str, Any]:
+    """`resp` is an RFC 9457 problem-details answer with this status (and this kind, a detail containing
+    `detail`, these extension members); returns its body."""
+    assert resp.status_code == status, resp.text
+    body = check_problem(resp)
+    if kind is not None:
+        assert body["type"] == PROBLEM_BASE + kind, body
+    if detail is not None:
+        assert detail in body["detail"], body
+    for name, value in members.items():
+        assert body.get(name) == value, (name, body)
+    return body
+
+
+def check_problem(resp: httpx.Response) -> dict[str, Any]:
+    """The problem-details body of an error answer; fails the test on any other shape."""
+    assert resp.headers.get("content-type", "").startswith("application/problem+json"), (resp.status_code,
+                                                                                            resp.headers, resp.text)
+    body = resp.json()
+    assert isinstance(body, dict) and body.get("status") == resp.status_code, body
+    assert isinstance(body.get("type"), str) and body["type"].startswith(PROBLEM_BASE), body
+    assert isinstance(body.get("title"), str) and body["title"], body
+    assert isinstance(body.get("detail"), str) and body["detail"], body
+    assert "error" not in body, body  # the old envelope is gone
+    return body
+
+
+def check_error_answer(resp: httpx.Response) -> None:
+    """httpx response hook: every error answer of Lethe's own routes must be problem details."""
+    if resp.status_code >= 400 and not any(p in resp.request.url.path for p in OWN_ERROR_SHAPE):
+        resp.read()
+        check_problem(resp)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -65,10 +65,12 @@ async def create_dataset(request: Request, caller: Modeller, session: SessionDep
 @router.get("", response_model=Page[DatasetRead])
 def list_datasets(caller: Reader, session: SessionDep,
                   page: Annotated[PageParams, Depends(page_params)]) -> Page[DatasetRead]:
+    """The tenant's datasets, newest first, a page at a time (`cursor` from the previous page's `next`)."""
     rows, total = service.list_datasets(session, tenant_id=caller.tenant_id, offset=page.offset, limit=page.limit)
     return Page(items=[_read(session, r) for r in rows], total=total, next=next_cursor(page, total))
 
 
 @router.get("/{name}", response_model=DatasetRead)
 def get_dataset(name: str, caller: Reader, session: SessionDep) -> DatasetRead:
+    """One dataset by name or id: its size, test split, digest and the models trained on it."""
     return _read(session, service.get(session, tenant_id=caller.tenant_id, name_or_id=name))

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class DatasetByReference(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "digits", "uri": "digits.npz"}]})
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     uri: str = Field(min_length=1, max_length=1000, description=(
         "Path of an .npz relative to the tenant's import directory (LETHE_IMPORT_DIR/<tenant id>/); Lethe "

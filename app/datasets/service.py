@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import artifacts
 from app.datasets.tables import Dataset, Point
 from app.db import new_id, utcnow
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.identity import keyed_hash
 from app.ledger import service as ledger
 from app.settings import get_settings
@@ -174,7 +174,9 @@ def get(session: Session, *, tenant_id: str, name_or_id: str) -> Dataset:
     if ds is None:
         ds = session.get(Dataset, name_or_id)
         if ds is None or ds.tenant_id != tenant_id:
-            raise NotFound(f"no dataset '{name_or_id}'")
+            suggestions = closest(name_or_id, session.scalars(select(Dataset.name).where(
+                Dataset.tenant_id == tenant_id)))
+            raise NotFound(f"no dataset '{name_or_id}'{did_you_mean(suggestions)}", suggestions=suggestions)
     return ds
 
 

@@ -12,6 +12,7 @@ from app.forget import service
 from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
 from app.jobs.outbox import kick
 from app.ledger import signing
+from app.openapi import problems
 from app.opendsr import hooks as opendsr
 from app.paging import Page, PageParams, next_cursor, page_params
 
@@ -19,7 +20,7 @@ router = APIRouter(tags=["forget"])
 
 
 @router.post("/forget", response_model=ForgetResponse, status_code=202,
-             responses={200: {"model": ForgetResponse, "description": "nothing needed a job"}})
+             responses={200: {"model": ForgetResponse, "description": "nothing needed a job"}} | problems(404, 409))
 def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, background: BackgroundTasks,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
     """Forget points or data subjects: free ones are answered now, the rest go to an unlearning job."""
@@ -60,6 +61,7 @@ def _answer(response: dict, status: int, background: BackgroundTasks) -> JSONRes
 @router.get("/requests", response_model=Page[RequestSummary])
 def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
                   status: Annotated[str | None, Query()] = None) -> Page[RequestSummary]:
+    """The tenant's forget requests, newest first, a page at a time; filter by status."""
     items, total = service.list_requests(session, tenant_id=caller.tenant_id, status=status,
                                          offset=page.offset, limit=page.limit)
     return Page(items=items, total=total, next=next_cursor(page, total))
@@ -67,6 +69,7 @@ def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParam
 
 @router.get("/requests/{request_id}", response_model=RequestRead)
 def get_request(request_id: str, caller: Reader, session: SessionDep) -> RequestRead:
+    """One forget request: its points' dispositions (free, pending, forgotten), its jobs and status."""
     return service.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
                                                                      request_id=request_id))
 
@@ -81,7 +84,7 @@ def get_evidence(request_id: str, caller: Reader, session: SessionDep,
     return EvidencePage(**body, next=next_cursor(page, body["total"]))
 
 
-@router.get("/requests/{request_id}/certificate")
+@router.get("/requests/{request_id}/certificate", responses=problems(409))
 def get_certificate(request_id: str, caller: Reader, session: SessionDep) -> dict:
     """A signed deletion certificate for a privacy officer to hand to an auditor."""
     return service.certificate(session, request=service.get_request(session, tenant_id=caller.tenant_id,
@@ -90,6 +93,7 @@ def get_certificate(request_id: str, caller: Reader, session: SessionDep) -> dic
 
 @router.post("/requests/{request_id}/cancel", response_model=RequestRead)
 def cancel_request(request_id: str, caller: Forgetter, session: SessionDep) -> RequestRead:
+    """Cancel an accepted request whose job has not started; its pending points stay in the model."""
     request = service.cancel(session, tenant_id=caller.tenant_id, request_id=request_id)
     opendsr.request_changed(session, request_id=request.id)  # an OpenDSR request on it is called back
     session.commit()

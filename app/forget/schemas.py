@@ -11,7 +11,9 @@ MAX_POINTS = 100_000
 
 
 class ForgetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "digits", "point_ids": ["d0001", "d0002"], "subject_ids": ["subject-17"],
+         "reason": "GDPR art. 17 request #4411", "requested_by": "dpo@example.com"}]})
     model: str = Field(description="'name' or 'name@n' (n must be the current version)")
     point_ids: list[str] = Field(default_factory=list, max_length=MAX_POINTS)
     subject_ids: list[str] = Field(default_factory=list, max_length=MAX_POINTS)

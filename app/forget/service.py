@@ -14,7 +14,7 @@ from app import idempotency
 from app.datasets import service as datasets
 from app.datasets.tables import Point
 from app.db import new_id, utcnow
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.evidence import service as evidence
 from app.forget.schemas import ForgetCreate, PointDisposition, RequestRead, RequestSummary
 from app.forget.tables import Disposition, ForgetRequest
@@ -92,7 +92,9 @@ def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, pol
     """The request's algorithm and params, defaulting to the model's policy; 422 when unknown."""
     algo = algorithm or policy.get("algorithm", "finetune")
     if algo not in ALGORITHMS:
-        raise Unprocessable(f"unknown algorithm '{algo}'; choose one of {list(ALGORITHMS)}")
+        suggestions = closest(algo, ALGORITHMS)
+        raise Unprocessable(f"unknown algorithm '{algo}'{did_you_mean(suggestions)} (one of {list(ALGORITHMS)})",
+                            choices=list(ALGORITHMS), suggestions=suggestions)
     if params is None:
         params = dict(policy.get("params") or {}) if algo == policy.get("algorithm") else {}
     try:
@@ -138,8 +140,9 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
     if model.current_version is None:
         raise Conflict(f"model '{model.name}' has no version yet")
     if number is not None and number != model.current_version:
-        raise Conflict(f"'{body.model}' is not the current version ({registry.ref(model, model.current_version)}): "
-                       "deletions apply to what is served")
+        current = registry.ref(model, model.current_version)
+        raise Conflict(f"'{body.model}' is not the current version ({current}): deletions apply to what is served; "
+                       f"name '{model.name}' or '{current}'", current=current)
     algorithm, params = validate_algorithm(body.algorithm, body.params, model.policy)
     if body.callback_url:
         webhooks.check_url(str(body.callback_url))
@@ -147,8 +150,9 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
     by_id = _points_by_id(session, dataset_id=model.dataset_id, point_ids=body.point_ids)
     unknown = sorted(set(body.point_ids) - set(by_id))
     if unknown:
-        raise Unprocessable({"message": f"{len(unknown)} point id(s) are not in this model's dataset",
-                             "unknown_point_ids": unknown[:1000]})
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise Unprocessable(f"{len(unknown)} point id(s) are not in this model's dataset: {shown}",
+                            unknown_point_ids=unknown[:1000])
     subject_points, unknown_subjects = _points_by_subject(session, dataset_id=model.dataset_id,
                                                           subject_ids=body.subject_ids)
     points = {p.id: p for p in list(by_id.values()) + subject_points}

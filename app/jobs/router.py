@@ -30,6 +30,7 @@ def job_read(session: Session, job: Job) -> JobRead:
 def list_jobs(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
               status: Annotated[str | None, Query()] = None,
               kind: Annotated[str | None, Query()] = None) -> Page[JobRead]:
+    """The tenant's jobs (train, score, unlearn, calibrate, pool), newest first; filter by kind or status."""
     rows, total = service.list_jobs(session, tenant_id=caller.tenant_id, status=status, kind=kind,
                                     offset=page.offset, limit=page.limit)
     return Page(items=[job_read(session, j) for j in rows], total=total, next=next_cursor(page, total))
@@ -37,4 +38,5 @@ def list_jobs(caller: Reader, session: SessionDep, page: Annotated[PageParams, D
 
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: str, caller: Reader, session: SessionDep) -> JobRead:
+    """One job: kind, status, progress, timings, result and error."""
     return job_read(session, service.get(session, tenant_id=caller.tenant_id, job_id=job_id))

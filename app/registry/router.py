@@ -11,6 +11,7 @@ from app.auth import Modeller, Reader
 from app.db import SessionDep, new_id
 from app.errors import Unprocessable
 from app.jobs.outbox import kick
+from app.openapi import problems
 from app.paging import Page, PageParams, next_cursor, page_params
 from app.registry import service
 from app.registry.schemas import (
@@ -31,8 +32,10 @@ from app.uploads import store_upload
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-@router.post("", status_code=201, response_model=ModelRead)
+@router.post("", status_code=201, response_model=ModelRead, responses=problems(404))
 def create_model(body: ModelCreate, caller: Modeller, session: SessionDep) -> ModelRead:
+    """Register a model on a dataset: architecture, training recipe and unlearning policy. It has no version until
+    one is uploaded or trained."""
     model = service.create_model(session, tenant_id=caller.tenant_id, body=body)
     session.commit()
     return service.model_read(session, model=model)
@@ -41,6 +44,7 @@ def create_model(body: ModelCreate, caller: Modeller, session: SessionDep) -> Mo
 @router.get("", response_model=Page[ModelRead])
 def list_models(caller: Reader, session: SessionDep,
                 page: Annotated[PageParams, Depends(page_params)]) -> Page[ModelRead]:
+    """The tenant's models with their current version, a page at a time."""
     rows, total = service.list_models(session, tenant_id=caller.tenant_id, offset=page.offset, limit=page.limit)
     return Page(items=[service.model_read(session, model=m) for m in rows], total=total,
                 next=next_cursor(page, total))
@@ -48,6 +52,7 @@ def list_models(caller: Reader, session: SessionDep,
 
 @router.get("/{name}", response_model=ModelRead)
 def get_model(name: str, caller: Reader, session: SessionDep) -> ModelRead:
+    """One model: its dataset, architecture, policy, current version and the reference pool's certification curves."""
     return service.model_read(session, model=service.get_model(session, tenant_id=caller.tenant_id, name=name))
 
 
@@ -80,7 +85,7 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
                           current=model.current_version, score_job_id=job.id)
 
 
-@router.post("/{name}/train", status_code=202, response_model=JobAccepted)
+@router.post("/{name}/train", status_code=202, response_model=JobAccepted, responses=problems(409))
 def train(name: str, caller: Modeller, session: SessionDep, body: TrainCreate | None = None) -> JobAccepted:
     """Train the next version from the recipe on the dataset's live points (a job)."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
@@ -102,13 +107,15 @@ def list_versions(name: str, caller: Reader, session: SessionDep,
 
 @router.get("/{name}/versions/{number}", response_model=VersionRead)
 def get_version(name: str, number: int, caller: Reader, session: SessionDep) -> VersionRead:
+    """One version of the lineage: origin, status (active or revoked), metrics and audits."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     return service.version_read(session, model=model, version=service.get_version(session, model=model, number=number),
                                 with_audit=True)
 
 
-@router.get("/{name}/versions/{number}/weights", response_class=FileResponse)
+@router.get("/{name}/versions/{number}/weights", response_class=FileResponse, responses=problems(410))
 def get_weights(name: str, number: int, caller: Reader, session: SessionDep) -> FileResponse:
+    """The version's safetensors weights (410 once revoked: its weights were purged)."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     path = service.weights_path(session, model=model, number=number)
     return FileResponse(path, media_type="application/octet-stream",
@@ -145,7 +152,8 @@ def post_influence(name: str, number: int, body: InfluenceCreate, caller: Modell
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
-@router.post("/{name}/versions/{number}/calibrate", status_code=202, response_model=JobAccepted)
+@router.post("/{name}/versions/{number}/calibrate", status_code=202, response_model=JobAccepted,
+             responses=problems(410))
 def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
               body: CalibrateCreate | None = None) -> JobAccepted:
     """Retrain without the n lowest-influence points for a grid of n (Figure 4.1); sets threshold and budget."""
@@ -158,7 +166,8 @@ def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
-@router.post("/{name}/versions/{number}/reference", status_code=202, response_model=JobAccepted)
+@router.post("/{name}/versions/{number}/reference", status_code=202, response_model=JobAccepted,
+             responses=problems(410))
 def post_reference(name: str, number: int, caller: Modeller, session: SessionDep) -> JobAccepted:
     """Train a new reference pool on this version's data (K shadow models): the evidence behind "free" and the
     audit. Returns the queued (or already running) pool job."""
@@ -181,6 +190,7 @@ def get_calibration(name: str, number: int, caller: Reader, session: SessionDep)
 
 @router.get("/{name}/versions/{number}/calibration.png", response_class=FileResponse)
 def get_calibration_png(name: str, number: int, caller: Reader, session: SessionDep) -> FileResponse:
+    """The calibration curves of the version as a PNG plot (404 until calibrated)."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     cal = service.calibration_of(service.get_version(session, model=model, number=number))
     return FileResponse(artifacts.path_of(cal["png"]), media_type="image/png")

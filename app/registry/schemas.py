@@ -89,7 +89,9 @@ class Policy(BaseModel):
 
 
 class ModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "digits", "dataset": "digits", "architecture": {"kind": "mlp", "hidden": [128]},
+         "recipe": {"epochs": 20, "lr": 0.001}, "policy": {"algorithm": "finetune", "scorer": "gradnorm"}}]})
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: str
     architecture: Architecture
@@ -177,16 +179,18 @@ class InfluencePage(BaseModel):
 
 
 class InfluenceCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"method": "gradnorm"}]})
     method: Scorer = "gradnorm"
 
 
 class TrainCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"promote": True}]})
     promote: bool = True
 
 
 class CalibrateCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"method": "gradnorm", "epsilon": 0.01, "auc_max": 0.55}]})
     method: Scorer | None = Field(None, description="the scorer whose curve sets threshold and budget; default: "
                                   "the policy's scorer")
     compare: list[Scorer] | None = Field(None, description="other scorers whose removal curves are measured "

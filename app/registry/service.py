@@ -14,7 +14,7 @@ from app import artifacts
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset, Point
 from app.db import utcnow
-from app.errors import Conflict, Gone, NotFound, Unprocessable
+from app.errors import Conflict, Gone, NotFound, Unprocessable, closest, did_you_mean
 from app.jobs import service as jobs
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
@@ -94,7 +94,9 @@ def get_model(session: Session, *, tenant_id: str, name: str) -> Model:
     """The tenant's model by name; 404 otherwise."""
     model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
     if model is None:
-        raise NotFound(f"no model '{name}'")
+        names = session.scalars(select(Model.name).where(Model.tenant_id == tenant_id))
+        suggestions = closest(name, names)
+        raise NotFound(f"no model '{name}'{did_you_mean(suggestions)}", suggestions=suggestions)
     return model
 
 
@@ -114,7 +116,8 @@ def get_version(session: Session, *, model: Model, number: int) -> Version:
     """Version n of the lineage; 404 otherwise."""
     version = session.scalar(select(Version).where(Version.model_id == model.id, Version.number == number))
     if version is None:
-        raise NotFound(f"model '{model.name}' has no version {number}")
+        current = f"; the current version is {ref(model, model.current_version)}" if model.current_version else ""
+        raise NotFound(f"model '{model.name}' has no version {number}{current}", current=model.current_version)
     return version
 
 

@@ -13,6 +13,8 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 @router.post("", status_code=201, response_model=KeyCreated)
 def create_key(body: KeyCreate, caller: Admin, session: SessionDep) -> KeyCreated:
+    """Create an API key with the given scopes; the key is shown once, in this answer only. Keys of another tenant
+    need the 'operator' scope."""
     tenant_id = service.tenant_for_new_key(session, caller_tenant_id=caller.tenant_id, name=body.tenant,
                                            operator=caller.allows(OPERATOR))
     row, key = service.create_key(session, tenant_id=tenant_id, scopes=body.scopes, name=body.name,
@@ -23,12 +25,14 @@ def create_key(body: KeyCreate, caller: Admin, session: SessionDep) -> KeyCreate
 
 @router.get("", response_model=Page[KeyRead])
 def list_keys(caller: Admin, session: SessionDep) -> Page[KeyRead]:
+    """The tenant's API keys (prefix, name, scopes, creation and revocation times; never the key)."""
     rows = service.list_keys(session, tenant_id=caller.tenant_id)
     return Page(items=[KeyRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
 
 
 @router.delete("/{key_id}", response_model=KeyRead)
 def revoke_key(key_id: str, caller: Admin, session: SessionDep) -> KeyRead:
+    """Revoke one of the tenant's API keys; it is refused from then on."""
     row = service.revoke_key(session, tenant_id=caller.tenant_id, key_id=key_id)
     session.commit()
     return KeyRead.model_validate(row, from_attributes=True)

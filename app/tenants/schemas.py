@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class KeyCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"scopes": ["read", "forget"], "name": "governance"}]})
     scopes: list[str] = Field(min_length=1, max_length=5, description="read | forget | models | admin | operator "
                               "(operator: only an operator key grants it)")
     tenant: str | None = Field(None, min_length=1, max_length=200, description=(

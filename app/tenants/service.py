@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import OPERATOR, SCOPES, generate_key, hash_key
 from app.db import utcnow
-from app.errors import Conflict, Forbidden, NotFound, Unprocessable
+from app.errors import Conflict, Forbidden, NotFound, Unprocessable, closest, did_you_mean
 from app.tenants.tables import ApiKey, Tenant
 
 DEFAULT_TENANT = "default"
@@ -40,7 +40,9 @@ def create_key(session: Session, *, tenant_id: str, scopes: list[str], name: str
     """Store a new key's hash; return the row and the key, which is never shown again."""
     bad = sorted(set(scopes) - set(SCOPES))
     if bad or not scopes:
-        raise Unprocessable(f"scopes must be a non-empty subset of {list(SCOPES)}; unknown: {bad}")
+        suggestions = sorted({s for b in bad for s in closest(b, SCOPES)})
+        raise Unprocessable(f"scopes must be a non-empty subset of {list(SCOPES)}; unknown: {bad}"
+                            f"{did_you_mean(suggestions)}", choices=list(SCOPES), suggestions=suggestions)
     if OPERATOR in scopes and grantor_scopes is not None and OPERATOR not in grantor_scopes:
         raise Forbidden(f"only an '{OPERATOR}' key grants the '{OPERATOR}' scope")
     key = plaintext or generate_key()

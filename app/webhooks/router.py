@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth import Admin, Reader
 from app.db import SessionDep
@@ -15,6 +15,8 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 class WebhookCreate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"url": "https://governance.example.com/lethe", "events": ["request.completed", "request.failed"]}]})
     url: str = Field(max_length=2000)
     events: list[str] = Field(min_length=1)
 
@@ -53,6 +55,7 @@ class DeliveryRead(BaseModel):
 
 @router.post("", status_code=201, response_model=WebhookCreated)
 def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> WebhookCreated:
+    """Register an http(s) URL to receive the chosen events, signed with a secret shown once."""
     hook, secret = service.create(session, tenant_id=caller.tenant_id, url=body.url, events=body.events)
     session.commit()
     return WebhookCreated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(), secret=secret)
@@ -60,18 +63,21 @@ def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> W
 
 @router.get("", response_model=Page[WebhookRead])
 def list_webhooks(caller: Reader, session: SessionDep) -> Page[WebhookRead]:
+    """The tenant's webhooks and the events each receives."""
     rows = service.list_hooks(session, tenant_id=caller.tenant_id)
     return Page(items=[WebhookRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
 
 
 @router.get("/deliveries", response_model=Page[DeliveryRead])
 def list_deliveries(caller: Reader, session: SessionDep) -> Page[DeliveryRead]:
+    """Recent webhook deliveries: event, attempts, last HTTP status or error."""
     rows, total = service.deliveries(session, tenant_id=caller.tenant_id)
     return Page(items=[DeliveryRead.model_validate(r, from_attributes=True) for r in rows], total=total, next=None)
 
 
 @router.delete("/{webhook_id}", response_model=WebhookRead)
 def delete_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> WebhookRead:
+    """Stop delivering to this webhook."""
     hook = service.delete(session, tenant_id=caller.tenant_id, webhook_id=webhook_id)
     session.commit()
     return WebhookRead.model_validate(hook, from_attributes=True)

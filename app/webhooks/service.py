@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import keys
 from app.db import new_id, session_scope, utcnow
-from app.errors import LetheError, NotFound, Unprocessable
+from app.errors import LetheError, NotFound, Unprocessable, closest, did_you_mean
 from app.ledger import signing
 from app.settings import get_settings
 from app.webhooks import transport
@@ -89,7 +89,9 @@ def create(session: Session, *, tenant_id: str, url: str, events: list[str]) -> 
     """Register an endpoint for some event types; returns it with its new random secret (shown once)."""
     bad = sorted(set(events) - set(EVENTS))
     if bad or not events:
-        raise Unprocessable(f"events must be a non-empty subset of {list(EVENTS)}; unknown: {bad}")
+        suggestions = sorted({s for b in bad for s in closest(b, EVENTS)})
+        raise Unprocessable(f"events must be a non-empty subset of {list(EVENTS)}; unknown: {bad}"
+                            f"{did_you_mean(suggestions)}", choices=list(EVENTS), suggestions=suggestions)
     secret = _new_secret()
     hook = Webhook(id=new_id(), tenant_id=tenant_id, url=check_url(url), events=sorted(set(events)))
     hook.secret_enc = _seal(secret, hook.id)

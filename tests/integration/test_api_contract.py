@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from app.identity import keyed_hash
 from app.main import create_app
 from tests.factories import create_model, npz_bytes, upload_dataset, upload_version
+from tests.support import assert_problem
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_dataset_upload_and_bad_files(client: TestClient, admin_headers: dict[st
     np.savez(buf, x=np.zeros((2, 2)), y=np.zeros(2, np.int64), ids=np.array(["a", {"b": 1}], dtype=object))
     bad = client.post("/datasets", headers=admin_headers, data={"name": "obj"},
                       files={"file": ("x.npz", buf.getvalue())})
-    assert bad.status_code == 422 and "pickle" in str(bad.json()["detail"])
+    assert_problem(bad, 422, kind="unprocessable", detail="pickle")
     missing = client.post("/datasets", headers=admin_headers, data={"name": "m"},
                           files={"file": ("x.npz", npz_bytes(subjects=False)[:100])})
     assert missing.status_code == 422
@@ -59,11 +60,17 @@ def test_dataset_upload_and_bad_files(client: TestClient, admin_headers: dict[st
 
 def test_models_and_versions_validation(client: TestClient, admin_headers: dict[str, str]) -> None:
     upload_dataset(client, admin_headers)
-    assert client.post("/models", headers=admin_headers, json={
-        "name": "x", "dataset": "nope", "architecture": {"kind": "mlp"}}).status_code == 404
+    assert_problem(client.post("/models", headers=admin_headers, json={
+        "name": "x", "dataset": "nope", "architecture": {"kind": "mlp"}}), 404, kind="not-found",
+        detail="no dataset 'nope'", suggestions=[])
+    typo = client.post("/models", headers=admin_headers, json={
+        "name": "x", "dataset": "tot", "architecture": {"kind": "mlp"}})
+    assert_problem(typo, 404, detail="did you mean 'toy'?", suggestions=["toy"])
     bad = client.post("/models", headers=admin_headers, json={
         "name": "x", "dataset": "toy", "architecture": {"kind": "transformer"}})
-    assert bad.status_code == 422 and bad.json()["error"] == "ValidationError"
+    body = assert_problem(bad, 422, kind="validation", detail="body.architecture")
+    assert body["errors"] and {"loc", "msg", "type"} <= body["errors"][0].keys()
+    assert body["errors"][0]["loc"][:2] == ["body", "architecture"]
     create_model(client, admin_headers)
     not_st = upload_version(client, admin_headers, data=b"\x80\x04pickle-bytes")
     assert not_st.status_code == 422
@@ -75,11 +82,19 @@ def test_forget_bad_input_records_nothing(toy: TestClient, admin_headers: dict[s
     h = admin_headers
     before = counts(toy, h)
     r = toy.post("/forget", headers=h, json=forget_body(point_ids=["p0001", "nope-1", "nope-2"]))
-    assert r.status_code == 422 and r.json()["detail"]["unknown_point_ids"] == ["nope-1", "nope-2"]
-    assert toy.post("/forget", headers=h, json=forget_body(point_ids=[])).status_code == 422
-    assert toy.post("/forget", headers=h, json=forget_body(model="ghost")).status_code == 404
-    assert toy.post("/forget", headers=h, json=forget_body(model="toy@7")).status_code == 404
-    assert toy.post("/forget", headers=h, json=forget_body(algorithm="teleport")).status_code == 422
+    assert_problem(r, 422, kind="unprocessable", detail="2 point id(s) are not in this model's dataset: nope-1, nope-2",
+                   unknown_point_ids=["nope-1", "nope-2"])
+    assert_problem(toy.post("/forget", headers=h, json=forget_body(point_ids=[])), 422, kind="validation")
+    assert_problem(toy.post("/forget", headers=h, json=forget_body(model="ghost")), 404, detail="no model 'ghost'",
+                   suggestions=[])
+    assert_problem(toy.post("/forget", headers=h, json=forget_body(model="tyo")), 404,
+                   detail="no model 'tyo'; did you mean 'toy'?", suggestions=["toy"])
+    assert_problem(toy.post("/forget", headers=h, json=forget_body(model="toy@7")), 404,
+                   detail="model 'toy' has no version 7; the current version is toy@1", current=1)
+    algo = assert_problem(toy.post("/forget", headers=h, json=forget_body(algorithm="finetun")), 422,
+                          detail="did you mean 'finetune'?", suggestions=["finetune"])
+    assert "finetune" in algo["choices"] and len(algo["choices"]) > 1
+    assert_problem(toy.post("/forget", headers=h, json=forget_body(algorithm="teleport")), 422, suggestions=[])
     assert toy.post("/forget", headers=h, json=forget_body(params={"epochs": -1})).status_code == 422
     assert toy.post("/forget", json=forget_body()).status_code == 401
     assert toy.post("/forget", headers={"Authorization": "Bearer wrong"}, json=forget_body()).status_code == 401
@@ -87,7 +102,7 @@ def test_forget_bad_input_records_nothing(toy: TestClient, admin_headers: dict[s
     # a second version makes toy@1 not current: 409
     assert upload_version(toy, h).status_code == 201
     conflict = toy.post("/forget", headers=h, json=forget_body(model="toy@1"))
-    assert conflict.status_code == 409 and conflict.json()["error"] == "Conflict"
+    assert_problem(conflict, 409, kind="conflict", detail="'toy@1' is not the current version (toy@2)", current="toy@2")
 
 
 def test_scopes_and_tenants(toy: TestClient, admin_headers: dict[str, str]) -> None:
@@ -96,7 +111,7 @@ def test_scopes_and_tenants(toy: TestClient, admin_headers: dict[str, str]) -> N
     rh = {"Authorization": f"Bearer {reader}"}
     assert toy.get("/models/toy", headers=rh).status_code == 200
     denied = toy.post("/forget", headers=rh, json=forget_body())
-    assert denied.status_code == 403 and "forget" in denied.json()["detail"]
+    assert_problem(denied, 403, kind="forbidden", detail="lacks the 'forget' scope")
     assert toy.get("/keys", headers=rh).status_code == 403
     other = toy.post("/keys", headers=h, json={"scopes": ["admin"], "tenant": "other-co"}).json()["key"]
     oh = {"Authorization": f"Bearer {other}"}

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from app.main import create_app
 from tests.factories import create_model, npz_bytes, safetensors_bytes, upload_dataset, upload_version
+from tests.support import PROBLEM_BASE
 
 SCOPES = ("read", "forget", "models", "admin")
 
@@ -195,7 +196,7 @@ def test_every_route_every_scope_every_tenant(world: World) -> None:
             failures.append(f"B {method} {path}: LEAK of A's {leaked}")
         # No key at all: 401 with WWW-Authenticate.
         r = _request(w, method, path, {})
-        if r.status_code != 401 or (not opendsr and r.json().get("error") != "Unauthorized"):
+        if r.status_code != 401 or (not opendsr and r.json().get("type") != PROBLEM_BASE + "unauthorized"):
             failures.append(f"no key {method} {path}: {r.status_code}, expected 401: {r.text[:200]}")
         # Each single scope of tenant A.
         for scope in SCOPES:
@@ -207,7 +208,7 @@ def test_every_route_every_scope_every_tenant(world: World) -> None:
                 if method == "GET" and path not in GET_NOT_YET and not opendsr:
                     ok = ok and r.status_code == 200
             else:
-                ok = r.status_code == 403 and (opendsr or r.json().get("error") == "Forbidden")
+                ok = r.status_code == 403 and (opendsr or r.json().get("type") == PROBLEM_BASE + "forbidden")
             if not ok:
                 want = "403" if scope not in sufficient | either else "allowed"
                 failures.append(f"A[{scope}] {method} {path}: {r.status_code}, expected {want}: {r.text[:200]}")

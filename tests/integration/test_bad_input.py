@@ -19,6 +19,7 @@ from app import artifacts
 from app.main import create_app
 from app.settings import get_settings
 from tests.factories import create_model, npz_bytes, safetensors_bytes, upload_dataset, upload_version
+from tests.support import assert_problem
 
 MiB = 1024 * 1024
 
@@ -48,12 +49,12 @@ def test_json_body_over_the_limit_is_413(client: TestClient, admin_headers: dict
     body = {"model": "toy", "point_ids": [f"p{i:07d}" for i in range(150_000)], "reason": "r", "requested_by": "x"}
     assert len(json.dumps(body, separators=(",", ":"))) > MiB
     r = client.post("/forget", headers=h, json=body)
-    assert r.status_code == 413 and r.json()["error"] == "TooLarge" and "LETHE_MAX_BODY_MB" in r.json()["detail"]
+    assert_problem(r, 413, kind="too-large", detail="LETHE_MAX_BODY_MB")
     # streamed without Content-Length (chunked): cut off while reading, still a clean 413
     raw = json.dumps(body).encode()
     chunks = (raw[i:i + 65536] for i in range(0, len(raw), 65536))
     r = client.post("/forget", headers=h | {"content-type": "application/json"}, content=chunks)
-    assert r.status_code == 413 and r.json()["error"] == "TooLarge"
+    assert_problem(r, 413, kind="too-large")
     # the limit is checked before authentication: a huge body is never read, whoever sends it
     assert client.post("/forget", json=body).status_code == 413
     # small bodies pass
@@ -69,12 +70,12 @@ def test_upload_over_the_limit_is_413(client: TestClient, admin_headers: dict[st
     big = npz_bytes(n=10, n_test=0, blob=blob)
     # over limit + form slack by Content-Length: refused before reading
     r = client.post("/datasets", headers=h, data={"name": "big"}, files={"file": ("d.npz", big)})
-    assert r.status_code == 413 and "LETHE_MAX_UPLOAD_MB" in r.json()["detail"]
+    assert_problem(r, 413, kind="too-large", detail="LETHE_MAX_UPLOAD_MB")
     # within the form slack but the file itself is over the limit: refused while storing
     mid = npz_bytes(n=10, n_test=0, blob=blob[: int(2.5 * MiB) // 8])
     assert 2 * MiB < len(mid) < 3 * MiB
     r = client.post("/datasets", headers=h, data={"name": "mid"}, files={"file": ("d.npz", mid)})
-    assert r.status_code == 413 and r.json()["error"] == "TooLarge"
+    assert_problem(r, 413, kind="too-large")
     # weights too
     upload_dataset(client, h)
     create_model(client, h)
@@ -207,7 +208,7 @@ def test_safetensors_header_bombs_are_422(client: TestClient, admin_headers: dic
         "truncated": b"\x10\x00",
     }[case]
     r = upload_version(client, h, data=body)
-    assert r.status_code == 422 and r.json()["error"] == "Unprocessable", r.text
+    assert_problem(r, 422, kind="unprocessable")
     assert upload_version(client, h, data=safetensors_bytes()).status_code == 201  # a sound file passes
     nothing_recorded(client, h, datasets=1, versions=1)
 
@@ -225,7 +226,7 @@ def test_rate_limit_per_key_with_retry_after(client: TestClient, admin_headers: 
     codes = [client.get("/datasets", headers=first).status_code for _ in range(5)]
     assert codes == [200] * 5
     limited = client.get("/datasets", headers=first)
-    assert limited.status_code == 429 and limited.json()["error"] == "RateLimited"
+    assert_problem(limited, 429, kind="rate-limited", detail="rate limit of this API key exceeded")
     assert int(limited.headers["retry-after"]) >= 1
     # per key: another key of the same tenant is unaffected; no key at all is still 401 (not counted)
     assert client.get("/datasets", headers=second).status_code == 200

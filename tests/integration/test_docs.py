@@ -38,3 +38,102 @@ def test_openapi_declares_the_bearer_scheme(client: TestClient) -> None:
         "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"][
             "description"]}
     assert doc["security"] == [{"bearer": []}]
+
+
+# Operations that can answer no error at all: liveness, the public key and the OpenDSR processor's descriptors.
+NO_ERRORS = {("get", "/healthz"), ("get", "/ledger/public-key"), ("get", "/opendsr/v1/discovery"),
+             ("get", "/opendsr/v1/certificate.pem"),
+             ("get", "/opendsr/v1/status")}
+PUBLIC = NO_ERRORS | {("get", "/readyz"), ("get", "/metrics")}
+
+
+def test_every_operation_is_described_and_documents_its_errors(client: TestClient) -> None:
+    """Summary, description and error statuses on every operation; error bodies documented as problem details
+    (the OpenDSR routes: their spec's shape); the statuses implied by auth, path lookups and bodies present."""
+    doc = client.get("/openapi.json").json()
+    problems: list[str] = []
+    operations = [(m, p, op) for p, ops in doc["paths"].items() for m, op in ops.items()]
+    assert len(operations) > 40
+    for method, path, op in operations:
+        where = f"{method.upper()} {path}"
+        for field in ("summary", "description"):
+            if not (op.get(field) or "").strip():
+                problems.append(f"{where}: no {field}")
+        errors = {int(c) for c in op["responses"] if c.isdigit() and int(c) >= 400}
+        if not errors and (method, path) not in NO_ERRORS:
+            problems.append(f"{where}: documents no error status")
+        want: set[int] = set()
+        if (method, path) not in PUBLIC:
+            want |= {401, 403, 429, 503}
+            if op.get("security") == []:
+                problems.append(f"{where}: needs a key but is documented as public")
+        elif op.get("security") != []:
+            problems.append(f"{where}: public but documented as needing a key")
+        if "{" in path:
+            want.add(404)
+        if method == "post":
+            want |= {400, 413} if path.startswith("/opendsr/") else {400, 413, 422}
+        if missing := want - errors:
+            problems.append(f"{where}: undocumented {sorted(missing)}")
+        for code in errors:
+            content = op["responses"][str(code)].get("content", {})
+            if path.startswith("/opendsr/") and code != 503:
+                ok = content.get("application/json", {}).get("schema") == {"$ref": "#/components/schemas/OpenDsrError"}
+            elif path == "/readyz":
+                ok = "application/json" in content
+            else:
+                media = content.get("application/problem+json", {})
+                ok = media.get("schema") == {"$ref": "#/components/schemas/Problem"} and \
+                    media["example"]["status"] == code and set(content) == {"application/problem+json"}
+            if not ok:
+                problems.append(f"{where}: {code} body not documented in its error shape: {content}")
+    assert not problems, "\n".join(problems)
+    problem = doc["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail"} <= set(problem["required"])
+    assert {"errors", "suggestions", "choices", "current", "unknown_point_ids"} <= set(problem["properties"])
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+def test_unknown_routes_and_methods_answer_problem_details(client: TestClient) -> None:
+    from tests.support import assert_problem
+
+    assert_problem(client.get("/nope"), 404, kind="not-found", detail="no such route")
+    assert_problem(client.put("/models"), 405, kind="method-not-allowed")
+
+
+def test_readme_lists_every_problem_type() -> None:
+    from pathlib import Path
+
+    from app.errors import PROBLEM_TYPES
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert [slug for slug in PROBLEM_TYPES if f"| `{slug}` |" not in readme] == []
+
+
+def test_every_json_request_body_has_a_valid_example(client: TestClient) -> None:
+    from app.datasets.schemas import DatasetByReference
+    from app.forget.schemas import ForgetCreate
+    from app.registry.schemas import CalibrateCreate, InfluenceCreate, ModelCreate, TrainCreate
+    from app.tenants.schemas import KeyCreate
+    from app.webhooks.router import WebhookCreate
+
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    lacking = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None or path.startswith("/opendsr/"):
+                continue
+            schema = body["schema"]
+            for branch in schema.get("anyOf", [schema]):  # optional bodies: the model or null
+                schema = schemas[branch["$ref"].rsplit("/", 1)[1]] if "$ref" in branch else branch
+                if "examples" in schema or "example" in body:
+                    break
+            else:
+                lacking.append(f"{method.upper()} {path}")
+    assert not lacking, lacking
+    for model in (DatasetByReference, ForgetCreate, CalibrateCreate, InfluenceCreate, ModelCreate, TrainCreate,
+                  KeyCreate, WebhookCreate):
+        for example in model.model_json_schema()["examples"]:
+            model.model_validate(example)  # the documented example is a valid request

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import BOOTSTRAP
 from tests.factories import npz_bytes, safetensors_bytes
 from tests.integration.faults import Server, TcpProxy, subprocess_env, tail
-from tests.support import wait_until
+from tests.support import PROBLEM_BASE, check_problem, wait_until
 
 pytestmark = pytest.mark.slow
 H = {"Authorization": f"Bearer {BOOTSTRAP}"}
@@ -66,7 +66,8 @@ def test_database_cut_answers_503_and_recovers_unaided(proxied: tuple[Server, Tc
                 assert resp.status_code == 503, (round_, method, path, resp.status_code, resp.text,
                                                   tail(server.log))
                 assert took < BOUND, (method, path, took)
-                assert resp.json()["error"] in ("DatabaseUnavailable", "DatabaseBusy"), resp.text
+                assert check_problem(resp)["type"] in (PROBLEM_BASE + "database-unavailable",
+                                                       PROBLEM_BASE + "database-busy"), resp.text
                 assert int(resp.headers["Retry-After"]) > 0
         assert http.get("/healthz").status_code == 200  # liveness does not depend on the database
 

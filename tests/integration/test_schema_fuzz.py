@@ -1,5 +1,6 @@
 """Schemathesis against the OpenAPI schema, every operation, through the ASGI app with the bootstrap admin key:
-no 5xx, and every documented response conforms to its schema. Bounded (examples per operation) for CI.
+no 5xx, every answered status is documented for its operation, and every documented response conforms
+to its schema. Bounded (examples per operation) for CI.
 
 Drives Schemathesis' Python API (`as_strategy` + Hypothesis) rather than its pytest plugin, which does not run
 on pytest 9.2 (it reads the removed `Function._nodeid`)."""
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
 from tests.conftest import BOOTSTRAP  # noqa: E402
 from tests.factories import create_model, upload_dataset, upload_version  # noqa: E402
@@ -63,7 +64,8 @@ def _run(strategy: Any, examples: int, statuses: Counter[int]) -> None:
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
-        response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error, response_schema_conformance])
+        response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error, response_schema_conformance,
+                                                                  status_code_conformance])
         statuses[response.status_code] += 1
 
     run()

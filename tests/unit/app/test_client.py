@@ -32,5 +32,7 @@ def test_client_forget_wait_status(sqlite_env: dict[str, str], admin_headers: di
         assert status["models"][0]["ref"] == "toy@2" and status["unlearning_jobs"] == 1
         assert status["unlearning_seconds_total"] > 0 and status["ledger_ok"]
         with pytest.raises(LetheAPIError) as err:
-            lethe.forget("nope", point_ids=["x"], reason="r", requested_by="x")
-        assert err.value.status == 404
+            lethe.forget("tyo", point_ids=["x"], reason="r", requested_by="x")
+        assert err.value.status == 404 and err.value.detail == "no model 'tyo'; did you mean 'toy'?"
+        assert err.value.title == "Not found" and err.value.type == "https://lethe.dev/problems/not-found"
+        assert err.value.problem["suggestions"] == ["toy"] and str(err.value).startswith("404: no model 'tyo'")

@@ -1,0 +1,162 @@
+"""The OpenAPI document's error answers: every status an operation can answer, with its body schema.
+
+Statuses that follow from how a route is built are added here, from the route itself: 401 and 429 where a key is
+checked, 403 where a scope is required, 404 where the path names an object, 409 and 422 where the Idempotency-Key
+middleware serves a POST, 413 where there is a body, 503 where the database is read. Statuses that follow from
+what a route does (a name in the body that may not exist, a state that refuses the call) are declared on the route
+with `responses=problems(...)`. Every error answer is documented as `application/problem+json` (`Problem`),
+except the OpenDSR routes', which keep their specification's error shape (`OpenDsrError`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from app.errors import MEDIA_TYPE, PROBLEM_TYPES, Problem, problem
+
+# status -> (what it means here, the problem kind shown as its example)
+STATUSES: dict[int, tuple[str, str]] = {
+    400: ("The body cannot be parsed (malformed JSON or multipart)", "bad-request"),
+    401: ("No bearer API key, or an unknown or revoked one", "unauthorized"),
+    403: ("The API key lacks the scope this operation needs", "forbidden"),
+    404: ("No such object for this tenant (close names in `suggestions`)", "not-found"),
+    409: ("The object's state refuses the operation, or the Idempotency-Key was used for another request",
+          "conflict"),
+    410: ("The version was revoked: its weights were purged", "gone"),
+    413: ("The body exceeds LETHE_MAX_BODY_MB (uploads: LETHE_MAX_UPLOAD_MB)", "too-large"),
+    422: ("Invalid input: fields that do not match the schema (`errors`), or values refused as such", "validation"),
+    429: ("Too many requests for this key, or too many failed authentications: see Retry-After", "rate-limited"),
+    503: ("The database is unreachable or busy: retry after Retry-After", "database-unavailable"),
+}
+EXAMPLE_DETAILS = {
+    "bad-request": "There was an error parsing the body",
+    "unauthorized": "missing bearer API key (Authorization: Bearer <key>)",
+    "forbidden": "this API key lacks the 'models' scope",
+    "not-found": "no model 'digit'; did you mean 'digits'?",
+    "conflict": "'digits@1' is not the current version (digits@4): deletions apply to what is served",
+    "gone": "digits@1 was revoked: its weights were purged",
+    "too-large": "request body exceeds 16 MiB (LETHE_MAX_BODY_MB)",
+    "validation": "body.reason: Field required",
+    "rate-limited": "rate limit of this API key exceeded (20/s, burst 40); retry in 0.5 s",
+    "database-unavailable": "the ledger database is unreachable; retry later",
+}
+EXAMPLE_EXTENSIONS: dict[str, dict[str, Any]] = {
+    "not-found": {"suggestions": ["digits"]},
+    "conflict": {"current": "digits@4"},
+    "validation": {"errors": [{"loc": ["body", "reason"], "msg": "Field required", "type": "missing"}]},
+}
+OPENDSR_ERROR: dict[str, Any] = {
+    "title": "OpenDsrError", "type": "object", "required": ["error"],
+    "description": "The OpenDSR specification's error shape (§7.6), answered by the /opendsr/v1 routes.",
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "integer"}, "message": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "domain": {"type": "string"}, "reason": {"type": "string"}, "message": {"type": "string"}}}}}}},
+    "example": {"error": {"code": 404, "message": "no request 7d1e…", "errors": [
+        {"domain": "Lethe", "reason": "NotFound", "message": "no request 7d1e…"}]}},
+}
+NO_DATABASE = ("/healthz", "/readyz", "/ledger/public-key", "/opendsr/v1/discovery", "/opendsr/v1/certificate.pem",
+               "/opendsr/v1/status")
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route's own error statuses; `document` gives each its description and schema."""
+    return {status: {"description": STATUSES[status][0]} for status in statuses}
+
+
+def _example(slug: str, status: int) -> dict[str, Any]:
+    return problem(slug, EXAMPLE_DETAILS.get(slug, PROBLEM_TYPES[slug][2]), status=status,
+                   **EXAMPLE_EXTENSIONS.get(slug, {}))
+
+
+def _calls(dependant: Any) -> list[Any]:
+    calls = []
+    for dep in dependant.dependencies:
+        calls.append(dep.call)
+        calls.extend(_calls(dep))
+    return calls
+
+
+def _authenticated(route: APIRoute) -> bool:
+    from app.auth import authenticate
+
+    return authenticate in _calls(route.dependant)
+
+
+def _implied(route: APIRoute, path: str, method: str) -> set[int]:
+    """The statuses answered by the machinery around the route (auth, middleware, database, path lookups)."""
+    from app.auth import authenticate
+    from app.idempotency import own_handling
+
+    calls = _calls(route.dependant)
+    statuses: set[int] = set()
+    if authenticate in calls:
+        statuses |= {401, 429}
+    if any(getattr(call, "scope", None) for call in calls):
+        statuses.add(403)
+    if "{" in path:
+        statuses.add(404)
+    if path.startswith("/opendsr/") and authenticate in calls:
+        statuses.add(400)  # the spec's routes answer invalid input and refused states with 400
+    if method == "POST":
+        statuses |= {400, 413}  # 400: a body that cannot be parsed (malformed JSON or multipart)
+        if not own_handling(path):
+            statuses |= {409, 422}
+    if path not in NO_DATABASE:
+        statuses.add(503)
+    return statuses
+
+
+def document(app: FastAPI) -> None:
+    """Complete every operation's error answers (see the module docstring) in the OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(problem_schema.pop("$defs", {}))
+        schemas["Problem"] = problem_schema
+        schemas["OpenDsrError"] = OPENDSR_ERROR
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        # included routers are resolved lazily (FastAPI >= 0.165): their routes' full paths come from the contexts
+        routes = {(c.path_format, m): c.original_route for c in iter_route_contexts(app.routes)
+                  if isinstance(c.original_route, APIRoute) for m in c.methods or ()}
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                route = routes.get((path, method.upper()))
+                responses = op.setdefault("responses", {})
+                for status in _implied(route, path, method.upper()) if route else ():
+                    responses.setdefault(str(status), {"description": STATUSES[status][0]})
+                if route and not _authenticated(route):
+                    op["security"] = []  # public: Swagger UI shows no lock and sends no key
+                opendsr = path.startswith("/opendsr/")
+                if opendsr and "422" in responses:  # the spec's routes answer invalid input with 400
+                    responses.setdefault("400", {"description": STATUSES[400][0]})
+                    del responses["422"]
+                for code, response in responses.items():
+                    if not code.isdigit() or int(code) < 400:
+                        continue
+                    status = int(code)
+                    if status in STATUSES and response.get("description") in ("Validation Error", None, ""):
+                        response["description"] = STATUSES[status][0]
+                    if opendsr and status == 400:
+                        response["description"] = "Invalid or refused request (the spec answers both with 400)"
+                    if opendsr and status != 503:
+                        response["content"] = {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/OpenDsrError"}}}
+                    elif path != "/readyz":  # /readyz's 503 is its own status report
+                        slug = STATUSES.get(status, ("", "bad-request"))[1]
+                        response["content"] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"},
+                                                            "example": _example(slug, status)}}
+                op["responses"] = dict(sorted(responses.items()))
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
