@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from app.ledger.schemas import CheckpointRead
+from app.timestamps import Timestamp
 
 MAX_POINTS = 100_000
 
@@ -99,8 +99,8 @@ class RequestRead(BaseModel):
     counts: dict[str, int]
     free_basis: str = "unmeasured"
     points: list[PointDisposition]
-    created_at: datetime
-    completed_at: datetime | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
 
 
 class RequestSummary(BaseModel):
@@ -110,5 +110,5 @@ class RequestSummary(BaseModel):
     version: int
     job_id: str | None
     counts: dict[str, int]
-    created_at: datetime
-    completed_at: datetime | None
+    created_at: Timestamp
+    completed_at: Timestamp | None

@@ -201,7 +201,7 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     pending = [p for p in todo if p.id not in free_keys]
 
     # The request row is built whole (id, answer) before it is added: a free answer costs one INSERT.
-    request_id = new_id()
+    request_id, opened = new_id(), utcnow()  # one instant: an answer given at once completes as it is created
     body_out = {
         "request_id": request_id, "status": "accepted" if pending else "completed", "model": model.name,
         "version": version.number, "ref": registry.ref(model, version.number),
@@ -219,7 +219,7 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                             unknown_subjects=unknown_subjects,
                             response={"body": body_out, "status": 202 if pending else 200},
                             idempotency_key=idempotency[0], body_hash=idempotency[1], evidence=measured.evidence,
-                            completed_at=None if pending else utcnow())
+                            created_at=opened, completed_at=None if pending else opened)
     session.add(request)
     session.flush()  # before the rows that refer to it (the unit of work orders by relationships, not FKs)
     now = utcnow()
