@@ -40,7 +40,10 @@ class ForgetResponse(BaseModel):
     pending: list[str]
     already_forgotten: list[str]
     unknown_subjects: list[str] = Field(default_factory=list, description=(
-        "Keyed hashes of the subject ids the dataset does not hold (subject ids are never stored in clear)."))
+        "Keyed hashes of the subject ids the dataset holds no data for (subject ids are never stored in clear)."))
+    unknown_subject_ids: list[str] = Field(default_factory=list, description=(
+        "The same subjects as you gave them: no data is held for them. In this answer (and its idempotent "
+        "replays) only; Lethe stores their keyed hashes, and the certificate states 'no data held' for each."))
     job_id: str | None
     linked_requests: list[str] = []
     free_basis: str = Field("unmeasured", description=(
