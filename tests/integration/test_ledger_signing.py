@@ -164,7 +164,7 @@ def test_cli_verify_against_kept_checkpoints_finds_a_rewrite(toy: TestClient, ad
     assert toy.get("/ledger/verify", headers=h).json()["ok"]
     # ... but not the client's copy: a fork, somewhere up to the first kept head
     bad = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json")
-    report = json.loads(bad.output)
+    report = json.loads(bad.stdout)
     first = min([kept[0]["checkpoint"]["seq"]] + [e["seq"] for e in kept[2]["ledger"]])  # lowest kept seq
     assert bad.exit_code == 8 and report["problem"]["kind"] == "fork"
     assert report["problem"]["between"] == [1, first] and report["problem"]["first_differing"] is None
@@ -187,7 +187,7 @@ def test_cli_verify_reports_truncation(toy: TestClient, admin_headers: dict[str,
     assert out.exit_code == 8 and "TRUNCATION" in out.output, out.output
     assert f"the chain ends at seq {before['seq']}" in out.output and f"has seq {kept['checkpoint']['seq']}" in \
         out.output
-    report = json.loads(_cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json").output)
+    report = json.loads(_cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json").stdout)
     assert report["problem"]["first_differing"] == before["seq"] + 1
     # offline, from an export and the auditor's copy of the public key: the server is never asked
     (tmp_path / "ledger.json").write_text(toy.get("/ledger?limit=1000", headers=h).text)
