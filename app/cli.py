@@ -237,7 +237,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     m.upgrade()
     child = None
     if not no_worker:
-        loud = verbose or os.environ.get("LETHE_VERBOSE", "").lower() in ("1", "true", "yes")
+        loud = verbose or get_settings().verbose
         child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel",
                                   "INFO" if loud else "WARNING", *([] if loud else ["--quiet"])],
                                  preexec_fn=_die_with_parent)
