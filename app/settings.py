@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     webhook_tenant_concurrency: int = Field(2, ge=1, description="Deliveries of one tenant in flight at once: a "
                                             "slow receiver never takes the senders of other tenants.")
     relay_interval: float = Field(2.0, gt=0.0, description="Seconds between outbox relay passes.")
+    verbose: bool = Field(False, description="`lethe serve`: its embedded worker logs at INFO with Celery's banner "
+                          "(default: warnings only, no banner, no running-as-root warning).")
     erasure_interval: float = Field(10.0, ge=0.0, description=(
         "Seconds between erasure sweeps: points a forget request answered for free are erased in batches, one "
         "dataset rewrite per sweep instead of one per request (the rewrite is O(dataset)). 0 erases inside "

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.timestamps import Timestamp
 
 
 class DatasetByReference(BaseModel):
@@ -25,6 +25,6 @@ class DatasetRead(BaseModel):
         "Registered by reference: Lethe erases points from its own copy; the original file stays outside what "
         "Lethe can erase."))
     sha256: str
-    created_at: datetime
+    created_at: Timestamp
     n_tombstoned: int = 0
     n_erased: int = 0

@@ -28,6 +28,7 @@ from app.jobs.tables import Job
 from app.ledger import service as ledger
 from app.registry.tables import Model, Version
 from app.settings import get_settings
+from app.timestamps import rfc3339
 from workers.engine import evidence as ev
 
 ACTIVE = ("queued", "running")
@@ -215,7 +216,7 @@ def triage(session: Session, *, model: Model, candidates: dict[int, int]) -> Tri
     sep = {k: float(arrays.separation[c]) for k, c in col_of.items() if np.isfinite(arrays.separation[c])}
     eligible = [k for k, c in col_of.items() if arrays.certified_by[c] >= 0]
     lim = limits()
-    measured_at = pool.completed_at.isoformat() if pool.completed_at else None
+    measured_at = rfc3339(pool.completed_at) if pool.completed_at else None
     evidence = {"free_basis": "measured", "pool_id": pool.id, "k": pool.k, "measured_at": measured_at,
                 "limits": lim.as_dict(), "certified_set": (pool.report or {}).get("certified_set"),
                 "n_certified": pool.n_certified, "removed_fraction": round(st.removed or 0.0, 6)}

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from app.ledger.schemas import CheckpointRead
+from app.timestamps import Timestamp
 
 MAX_POINTS = 100_000
 
@@ -42,7 +42,10 @@ class ForgetResponse(BaseModel):
     pending: list[str]
     already_forgotten: list[str]
     unknown_subjects: list[str] = Field(default_factory=list, description=(
-        "Keyed hashes of the subject ids the dataset does not hold (subject ids are never stored in clear)."))
+        "Keyed hashes of the subject ids the dataset holds no data for (subject ids are never stored in clear)."))
+    unknown_subject_ids: list[str] = Field(default_factory=list, description=(
+        "The same subjects as you gave them: no data is held for them. In this answer (and its idempotent "
+        "replays) only; Lethe stores their keyed hashes, and the certificate states 'no data held' for each."))
     job_id: str | None
     linked_requests: list[str] = []
     free_basis: str = Field("unmeasured", description=(
@@ -101,8 +104,8 @@ class RequestRead(BaseModel):
     counts: dict[str, int]
     free_basis: str = "unmeasured"
     points: list[PointDisposition]
-    created_at: datetime
-    completed_at: datetime | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
 
 
 class RequestSummary(BaseModel):
@@ -112,5 +115,5 @@ class RequestSummary(BaseModel):
     version: int
     job_id: str | None
     counts: dict[str, int]
-    created_at: datetime
-    completed_at: datetime | None
+    created_at: Timestamp
+    completed_at: Timestamp | None

@@ -108,13 +108,21 @@ def _keyed(session: Session, *, tenant_id: str, idempotency_key: str) -> ForgetR
                                                       ForgetRequest.idempotency_key == idempotency_key))
 
 
+def _as_given(response: dict[str, Any], body: ForgetCreate) -> dict[str, Any]:
+    """The caller's own answer names its unknown subjects as it gave them; only their keyed hashes are stored
+    (`unknown_subjects`), so the clear ids are recovered from the request body, never from storage."""
+    unknown = set(response.get("unknown_subjects") or [])
+    given = [s for s in dict.fromkeys(body.subject_ids) if keyed_hash(s) in unknown] if unknown else []
+    return response | {"unknown_subject_ids": given}
+
+
 def _answer(prior: ForgetRequest | None, body: ForgetCreate) -> tuple[dict[str, Any], int] | None:
     """The first answer given under a key (409 if the body differs), or None (new or expired key)."""
     if prior is None or idempotency.expired(prior.created_at):
         return None
     if prior.body_hash != body_hash(body):
         raise Conflict("this Idempotency-Key was used with a different body")
-    return prior.response["body"], prior.response["status"]
+    return _as_given(prior.response["body"], body), prior.response["status"]
 
 
 def replay(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_key: str) -> tuple[
@@ -173,7 +181,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
         response = response | {"linked_requests": [r.id for r in linked]}
         request.response = {"body": response, "status": status}
     session.flush()
-    return response, status
+    return _as_given(response, body), status
 
 
 def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCreate, algorithm: str,
@@ -205,7 +213,7 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     pending = [p for p in todo if p.id not in free_keys]
 
     # The request row is built whole (id, answer) before it is added: a free answer costs one INSERT.
-    request_id = new_id()
+    request_id, opened = new_id(), utcnow()  # one instant: an answer given at once completes as it is created
     body_out = {
         "request_id": request_id, "status": "accepted" if pending else "completed", "model": model.name,
         "version": version.number, "ref": registry.ref(model, version.number),
@@ -223,7 +231,7 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                             unknown_subjects=unknown_subjects,
                             response={"body": body_out, "status": 202 if pending else 200},
                             idempotency_key=idempotency[0], body_hash=idempotency[1], evidence=measured.evidence,
-                            completed_at=None if pending else utcnow())
+                            created_at=opened, completed_at=None if pending else opened)
     session.add(request)
     session.flush()  # before the rows that refer to it (the unit of work orders by relationships, not FKs)
     now = utcnow()
@@ -244,7 +252,8 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                   subject_id=request.id, data={
                       "model": model.name, "ref": registry.ref(model, version.number), "reason": body.reason,
                       "requested_by": request.requested_by_hash, "n_points": len(points),
-                      "n_unknown_subjects": len(unknown_subjects), "linked_from": linked_from,
+                      "n_unknown_subjects": len(unknown_subjects), "unknown_subjects": unknown_subjects,
+                      "linked_from": linked_from,
                       "algorithm": algorithm, "free_basis": measured.basis, "pool_id": measured.pool_id,
                       "evidence_sha256": evidence.digest(measured.evidence, [])})
     if free:
@@ -410,6 +419,7 @@ def evidence_page(session: Session, *, request: ForgetRequest, offset: int, limi
 
 def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
     """A signed deletion certificate: points, dispositions, versions, audits and the ledger hashes behind them."""
+    from app.forget import certificate as trail
     from app.jobs.tables import Audit
     from app.ledger import signing
 
@@ -418,7 +428,7 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
     read = request_read(session, request=request)
     job_ids = read.jobs
     audits = list(session.scalars(select(Audit).where(Audit.job_id.in_(job_ids)).order_by(Audit.attempt)))
-    entries = ledger.entries_for(session, tenant_id=request.tenant_id, subject_ids=[request.id, *job_ids])
+    entries = trail.lifecycle_entries(session, request=request, job_ids=job_ids)
     head = ledger.verify(session, tenant_id=request.tenant_id)
     body = ledger.canonical({
         "certificate": "lethe.deletion/v1",
@@ -428,13 +438,16 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
         "points": [{"point_id": p.point_id, "disposition": p.disposition, "ref": p.ref,
                     "separation": p.separation} for p in read.points],
         "counts": read.counts, "linked_requests": read.linked_requests,
+        "subjects_without_data": trail.subjects_without_data(request),
         "free_basis": read.free_basis, "evidence": request.evidence or {"free_basis": "unmeasured"},
         "original_outside_lethe": datasets.by_reference(session, model_id=request.model_id),  # registered by ref
         "audits": [{"job_id": a.job_id, "attempt": a.attempt, "algorithm": a.algorithm, "passed": a.passed,
                     "verdict": a.verdict, "version": a.version, "evidence": a.report.get("evidence"),
                     "accuracy": a.report.get("accuracy"), "informational": a.report.get("informational"),
                     "reasons": a.report.get("reasons")} for a in audits],
-        "ledger": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
+        "ledger": [{"seq": e.seq, "event": e.event, "subject_type": e.subject_type, "subject_id": e.subject_id,
+                    "at": e.at, "hash": e.hash} for e in entries],
         "ledger_head": head["head"], "ledger_ok": head["ok"], "issued_at": utcnow(),
+        "metrics": trail.METRICS,
     })
     return signing.sign_certificate(session, tenant_id=request.tenant_id, body=body)  # Ed25519, with a checkpoint

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+
+from app.timestamps import Timestamp
 
 
 class JobRead(BaseModel):
@@ -20,6 +21,6 @@ class JobRead(BaseModel):
     result: dict[str, Any] | None
     error: str | None
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, func, select
@@ -12,13 +13,19 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.ledger.tables import LedgerEntry
 from app.tenants.tables import Tenant
+from app.timestamps import rfc3339
 
 GENESIS = "0" * 64
 
 
+def _plain(value: Any) -> Any:
+    return rfc3339(value) if isinstance(value, datetime) else str(value)
+
+
 def canonical(value: Any) -> Any:
-    """The JSON form that is stored and hashed, so that verify recomputes the same bytes."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+    """The JSON form that is stored and hashed, so that verify recomputes the same bytes (datetimes as RFC 3339
+    UTC, the API's one format)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_plain))
 
 
 def entry_hash(*, tenant_id: str, seq: int, event: str, subject_type: str, subject_id: str,
@@ -68,7 +75,7 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
         tip = (last[0], last[1]) if last else (0, GENESIS)
     seq, prev = tip[0] + 1, tip[1]
     payload = canonical(data or {})
-    at = utcnow().isoformat()
+    at = rfc3339(utcnow())
     entry = LedgerEntry(
         tenant_id=tenant_id, seq=seq, event=event, subject_type=subject_type, subject_id=subject_id,
         data=payload, at=at, prev_hash=prev,

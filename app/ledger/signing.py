@@ -32,6 +32,7 @@ from app.keys import private_file
 from app.ledger import service as ledger
 from app.ledger.tables import Checkpoint, LedgerEntry
 from app.settings import get_settings
+from app.timestamps import rfc3339
 
 DONE = "ledger_checkpoint_done"  # session.info: {tenant_id: checkpoint} signed in this transaction
 
@@ -123,7 +124,7 @@ def checkpoint(session: Session, *, tenant_id: str) -> dict[str, Any]:
     existing = None if appended else _at(session, tenant_id=tenant_id, seq=seq)
     if existing is not None:
         return checkpoint_read(existing)
-    signed_at = utcnow().isoformat()
+    signed_at = rfc3339(utcnow())
     cp = Checkpoint(tenant_id=tenant_id, seq=seq, head=head, signed_at=signed_at, key_id=key_id(),
                     signature=sign(checkpoint_message(tenant_id=tenant_id, seq=seq, head=head, signed_at=signed_at)))
     session.add(cp)

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.timestamps import Timestamp
 from workers.engine.params import PARAMS, validate_params
 
 SCORERS = ("gradnorm", "hessian", "less")
@@ -121,8 +121,8 @@ class VersionRead(BaseModel):
     budget: int | None
     n_train: int | None
     metrics: dict[str, Any]
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: Timestamp
+    revoked_at: Timestamp | None
     influence: list[InfluenceSummary] = []
     audit: dict[str, Any] | None = None
 
@@ -141,7 +141,7 @@ class ModelRead(BaseModel):
         "the lineage's reference pool: status, K, points measured and certified free, and whether it is still "
         "valid (removals since it was fitted under LETHE_POOL_MAX_REMOVED), and why not when it is not"))
     versions: list[VersionRead] = []
-    created_at: datetime
+    created_at: Timestamp
 
 
 class JobAccepted(BaseModel):

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.timestamps import Timestamp
 
 
 class KeyCreate(BaseModel):
@@ -21,8 +21,8 @@ class KeyRead(BaseModel):
     prefix: str
     name: str | None
     scopes: list[str]
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: Timestamp
+    revoked_at: Timestamp | None
 
 
 class KeyCreated(KeyRead):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -9,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.auth import Admin, Reader
 from app.db import SessionDep
 from app.paging import Page
+from app.timestamps import Timestamp
 from app.webhooks import service
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -25,8 +25,8 @@ class WebhookRead(BaseModel):
     id: str
     url: str
     events: list[str]
-    created_at: datetime
-    rotated_at: datetime | None = None
+    created_at: Timestamp
+    rotated_at: Timestamp | None = None
     legacy_secret: bool = Field(False, description="registered before per-webhook secrets: it signs with the old "
                                 "tenant-derived secret, which is not safe; rotate it")
 
@@ -36,7 +36,7 @@ class WebhookCreated(WebhookRead):
 
 
 class WebhookRotated(WebhookCreated):
-    previous_valid_until: datetime | None = Field(
+    previous_valid_until: Timestamp | None = Field(
         description="until then deliveries carry a second v1= signature made with the previous secret")
 
 
@@ -49,7 +49,7 @@ class DeliveryRead(BaseModel):
     attempts: int
     last_status: int | None
     last_error: str | None
-    delivered_at: datetime | None
+    delivered_at: Timestamp | None
     payload: dict[str, Any]
 
 

@@ -19,6 +19,7 @@ from app.db import new_id, session_scope, utcnow
 from app.errors import LetheError, NotFound, Unprocessable, closest, did_you_mean
 from app.ledger import signing
 from app.settings import get_settings
+from app.timestamps import rfc3339
 from app.webhooks import transport
 from app.webhooks.tables import Delivery, Webhook
 
@@ -133,7 +134,7 @@ def delete(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
 def emit(session: Session, *, tenant_id: str, event_type: str, data: dict[str, Any],
          callback_url: str | None = None) -> None:
     """Queue an event for the tenant's subscribed endpoints (and a request's callback URL), in this transaction."""
-    event = {"type": event_type, "id": new_id(), "at": utcnow().isoformat(), "data": data}
+    event = {"type": event_type, "id": new_id(), "at": rfc3339(utcnow()), "data": data}
     targets = [(h.id, h.url) for h in list_hooks(session, tenant_id=tenant_id) if event_type in h.events]
     if callback_url:
         targets.append((None, callback_url))

@@ -250,7 +250,7 @@ def test_cli_keys_create_list_revoke(lethe_env: dict[str, str], admin_headers: d
     key = made.output.strip().splitlines()[-1]
     assert re.fullmatch(r"lethe_[A-Za-z0-9_-]{20,}", key), made.output
     bad = runner.invoke(cli, ["keys", "create", "--tenant", "acme", "--scopes", "read,root"])
-    assert bad.exit_code == 1 and "scopes" in bad.output
+    assert bad.exit_code == 2 and "scopes" in bad.output
     with TestClient(create_app()) as client:
         h = _h(key)
         assert client.get("/datasets", headers=h).status_code == 200
@@ -274,4 +274,4 @@ def test_cli_keys_create_list_revoke(lethe_env: dict[str, str], admin_headers: d
         r = client.get("/datasets", headers=h)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         missing = runner.invoke(cli, ["keys", "revoke", str(uuid.uuid4())])
-        assert missing.exit_code == 1 and "no API key" in missing.output
+        assert missing.exit_code == 3 and "no API key" in missing.output

@@ -155,7 +155,7 @@ def test_cli_verify_against_kept_checkpoints_finds_a_rewrite(toy: TestClient, ad
     (tmp_path / "kept.json").write_text(json.dumps(kept))
     (tmp_path / "altered.json").write_text(json.dumps([kept[2] | {"status": "completed"}]))
     altered = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "altered.json"))
-    assert altered.exit_code == 1 and "certificate of request" in altered.output, altered.output
+    assert altered.exit_code == 8 and "certificate of request" in altered.output, altered.output
     exported = toy.get("/ledger?limit=1000", headers=h).json()
     ok = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"))
     assert ok.exit_code == 0 and "ok" in ok.output, ok.output
@@ -164,14 +164,14 @@ def test_cli_verify_against_kept_checkpoints_finds_a_rewrite(toy: TestClient, ad
     assert toy.get("/ledger/verify", headers=h).json()["ok"]
     # ... but not the client's copy: a fork, somewhere up to the first kept head
     bad = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json")
-    report = json.loads(bad.output)
+    report = json.loads(bad.stdout)
     first = min([kept[0]["checkpoint"]["seq"]] + [e["seq"] for e in kept[2]["ledger"]])  # lowest kept seq
-    assert bad.exit_code == 1 and report["problem"]["kind"] == "fork"
+    assert bad.exit_code == 8 and report["problem"]["kind"] == "fork"
     assert report["problem"]["between"] == [1, first] and report["problem"]["first_differing"] is None
     # with entry hashes kept too (certificates, a /ledger export), the first differing entry is exact
     (tmp_path / "kept2.json").write_text(json.dumps(kept + [exported]))
     exact = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept2.json"))
-    assert exact.exit_code == 1 and "FORK" in exact.output and "first differing entry: seq 2" in exact.output
+    assert exact.exit_code == 8 and "FORK" in exact.output and "first differing entry: seq 2" in exact.output
 
 
 def test_cli_verify_reports_truncation(toy: TestClient, admin_headers: dict[str, str], lethe_env: dict[str, str],
@@ -184,10 +184,10 @@ def test_cli_verify_reports_truncation(toy: TestClient, admin_headers: dict[str,
     tamper(lethe_env["backend"], "DELETE FROM ledger_entries WHERE seq > :s", s=before["seq"])
     assert toy.get("/ledger/verify", headers=h).json()["ok"]
     out = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"))
-    assert out.exit_code == 1 and "TRUNCATION" in out.output, out.output
+    assert out.exit_code == 8 and "TRUNCATION" in out.output, out.output
     assert f"the chain ends at seq {before['seq']}" in out.output and f"has seq {kept['checkpoint']['seq']}" in \
         out.output
-    report = json.loads(_cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json").output)
+    report = json.loads(_cli(toy, h, monkeypatch, "--against", str(tmp_path / "kept.json"), "--json").stdout)
     assert report["problem"]["first_differing"] == before["seq"] + 1
     # offline, from an export and the auditor's copy of the public key: the server is never asked
     (tmp_path / "ledger.json").write_text(toy.get("/ledger?limit=1000", headers=h).text)
@@ -200,12 +200,12 @@ def test_cli_verify_reports_truncation(toy: TestClient, admin_headers: dict[str,
     offline = CliRunner().invoke(cli.cli, ["ledger", "verify", "--against", str(tmp_path / "kept.json"), "--entries",
                                            str(tmp_path / "ledger.json"), "--public-key", str(tmp_path / "key.pem")],
                                  env={"COLUMNS": "250"})
-    assert offline.exit_code == 1 and "TRUNCATION" in offline.output, offline.output
+    assert offline.exit_code == 8 and "TRUNCATION" in offline.output, offline.output
     # a checkpoint whose signature is not the server's is reported, whatever it claims
     forged = kept["checkpoint"] | {"seq": 1}
     (tmp_path / "forged.json").write_text(json.dumps([forged]))
     out = _cli(toy, h, monkeypatch, "--against", str(tmp_path / "forged.json"))
-    assert out.exit_code == 1 and "bad signature" in out.output
+    assert out.exit_code == 8 and "bad signature" in out.output
 
 
 def _readme_block(marker: str, lang: str) -> str:
