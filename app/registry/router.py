@@ -27,6 +27,7 @@ from app.registry.schemas import (
     VersionRead,
 )
 from app.uploads import store_upload
+from workers.engine import plugins
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -44,6 +45,12 @@ def list_models(caller: Reader, session: SessionDep,
     rows, total = service.list_models(session, tenant_id=caller.tenant_id, offset=page.offset, limit=page.limit)
     return Page(items=[service.model_read(session, model=m) for m in rows], total=total,
                 next=next_cursor(page, total))
+
+
+@router.get("/kinds")
+def list_kinds(caller: Reader) -> dict[str, list[str]]:
+    """The model kinds installed here (`lethe.models` entry points), from their metadata: nothing is imported."""
+    return {"kinds": plugins.installed_kinds()}
 
 
 @router.get("/{name}", response_model=ModelRead)

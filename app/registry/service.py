@@ -23,6 +23,7 @@ from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 from app.uploads import check_safetensors_header
 from app.webhooks import service as webhooks
+from workers.engine import plugins
 
 
 def checkpoints_uri(weights_uri: str) -> str:
@@ -34,41 +35,25 @@ def ref(model: Model, number: int) -> str:
     return f"{model.name}@{number}"
 
 
-def parameter_count(architecture: dict[str, Any], *, input_shape: list[int], n_classes: int) -> int:
-    """Parameters of the model the engine builds for this spec (the same arithmetic, without torch)."""
-    kind, hidden = architecture["kind"], architecture.get("hidden")
-    if kind == "linear":
-        return (math.prod(input_shape) + 1) * n_classes
-    if kind == "mlp":
-        widths = [math.prod(input_shape), *([hidden] if isinstance(hidden, int) else (hidden or [128])), n_classes]
-        return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
-    c, h, w = ([1, *input_shape] if len(input_shape) == 2 else input_shape + [1] * (3 - len(input_shape)))[:3]
-    total = 0
-    for out in architecture.get("channels") or [16, 32]:
-        total += (c * 9 + 1) * out
-        if min(h, w) >= 2:
-            h, w = h // 2, w // 2
-        c = out
-    dense = (hidden[0] if isinstance(hidden, list) and hidden else hidden) or 64
-    return total + (c * h * w + 1) * dense + (dense + 1) * n_classes
-
-
 def check_limits(body: ModelCreate, *, input_shape: list[int], n_classes: int) -> None:
-    """422 for an architecture or recipe past this deployment's limits (LETHE_MAX_*)."""
+    """422 for an architecture or recipe past this deployment's limits (LETHE_MAX_*), measured by the kind's
+    torch-free hooks (layer_widths, layer_count, parameter_count) where its plugin provides them."""
     settings = get_settings()
     arch = body.architecture.model_dump(exclude_none=True)
-    hidden = arch.get("hidden")
-    widths = [*([hidden] if isinstance(hidden, int) else (hidden or [])), *(arch.get("channels") or [])]
+    kind = plugins.plugin(arch["kind"])
+    config = {k: v for k, v in arch.items() if k != "kind"}
+    widths = kind.layer_widths(config) if hasattr(kind, "layer_widths") else []
     if any(w < 1 for w in widths):
         raise Unprocessable("layer widths must be positive")
     if any(w > settings.max_layer_width for w in widths):
         raise Unprocessable(f"layer widths may be at most {settings.max_layer_width} (LETHE_MAX_LAYER_WIDTH)")
-    if max(len(hidden) if isinstance(hidden, list) else 0, len(arch.get("channels") or [])) > settings.max_layers:
+    if hasattr(kind, "layer_count") and kind.layer_count(config) > settings.max_layers:
         raise Unprocessable(f"at most {settings.max_layers} layers (LETHE_MAX_LAYERS)")
-    params = parameter_count(arch, input_shape=input_shape, n_classes=n_classes)
-    if params > settings.max_model_params:
-        raise Unprocessable(f"this architecture has {params:,} parameters on the dataset's inputs; at most "
-                            f"{settings.max_model_params:,} (LETHE_MAX_MODEL_PARAMS)")
+    if hasattr(kind, "parameter_count"):
+        params = kind.parameter_count(config, input_shape=input_shape, n_classes=n_classes)
+        if params > settings.max_model_params:
+            raise Unprocessable(f"this architecture has {params:,} parameters on the dataset's inputs; at most "
+                                f"{settings.max_model_params:,} (LETHE_MAX_MODEL_PARAMS)")
     if body.recipe.epochs > settings.max_epochs:
         raise Unprocessable(f"epochs may be at most {settings.max_epochs} (LETHE_MAX_EPOCHS)")
 
