@@ -75,7 +75,7 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
     uri = f"models/{model.id}/{new_id()}.safetensors"
     sha, _ = store_upload(upload, uri=uri)
     try:
-        service.check_safetensors(artifacts.path_of(uri))
+        service.check_weights(session, model=model, path=artifacts.path_of(uri))
         version, job = service.register_version(session, model=model, source="upload", sha256=sha, uri=uri,
                                                 promote=promote)
         session.commit()

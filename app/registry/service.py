@@ -134,10 +134,26 @@ def scores_uri(version: Version, method: str) -> str:
     return f"scores/{version.id}/{method}"
 
 
+# Formats refused by their leading bytes, with why: each can run code when loaded, and none loads strictly
+# into the registered architecture's modules.
+REFUSED_FORMATS = (
+    (b"PK\x03\x04", "a zip archive (torch.save .pt/.bin, TorchScript or torch.export .pt2): these hold pickles, "
+                     "which execute code when loaded (torch.export.load included), and .pt2/TorchScript lose the "
+                     "module types the scorers need"),
+    (b"\x80", "a pickle (a legacy .pt/.bin/.pkl): unpickling executes code"),
+)
+
+
 def check_safetensors(path: Path) -> list[str]:
-    """The tensor names of a safetensors file; 422 for anything else (pickles included)."""
+    """The tensor names of a safetensors file; 422 for anything else (pickles, zip archives), saying why."""
     from safetensors import safe_open
 
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    for magic, what in REFUSED_FORMATS:
+        if head.startswith(magic):
+            raise Unprocessable(f"weights must be a safetensors file; this is {what}. Export the state dict with "
+                                "safetensors.torch.save_file(model.state_dict(), ...)")
     check_safetensors_header(path)  # declared header and tensor sizes against the file, before the library reads
     try:
         with safe_open(str(path), framework="numpy") as fh:
@@ -147,6 +163,51 @@ def check_safetensors(path: Path) -> list[str]:
     if not names:
         raise Unprocessable("the safetensors file holds no tensors")
     return names
+
+
+def expected_state(session: Session, *, model: Model) -> tuple[dict[str, list[int]], str] | None:
+    """The state dict (name → shape) weights for this model must have, and where that comes from: the kind's
+    torch-free state_shapes, else the lineage's newest version's file; None when neither is known (the
+    worker's strict load is then the judge)."""
+    kind = plugins.plugin(model.architecture["kind"])
+    if hasattr(kind, "state_shapes"):
+        ds = session.get(Dataset, model.dataset_id)
+        config = {k: v for k, v in model.architecture.items() if k != "kind"}
+        return kind.state_shapes(config, input_shape=list(ds.input_shape), n_classes=ds.n_classes), "architecture"
+    newest = session.scalar(select(Version).where(Version.model_id == model.id, Version.uri.is_not(None))
+                            .order_by(Version.number.desc()).limit(1))
+    if newest is None or not artifacts.path_of(newest.uri).exists():
+        return None
+    header = check_safetensors_header(artifacts.path_of(newest.uri))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}, f"version {newest.number}"
+
+
+def _names(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" … ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_weights(session: Session, *, model: Model, path: Path) -> None:
+    """422 unless `path` is a safetensors file whose tensors are exactly the model's state dict: missing and
+    unexpected keys and shape mismatches are named (a strict load, decided before anything is recorded)."""
+    check_safetensors(path)
+    expected = expected_state(session, model=model)
+    if expected is None:
+        return
+    want, source = expected
+    got = {k: v["shape"] for k, v in check_safetensors_header(path).items() if k != "__metadata__"}
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    shapes = [f"{k} {got[k]} (expected {want[k]})" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
+    if shapes:
+        problems.append(f"wrong shapes: {_names(shapes)}")
+    if problems:
+        raise Unprocessable(f"weights do not match the model's {model.architecture['kind']} state dict (from its "
+                            f"{source}): " + "; ".join(problems))
 
 
 def next_number(session: Session, *, model: Model) -> int:

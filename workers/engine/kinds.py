@@ -71,6 +71,41 @@ class _Layered:
         return total + (c * h * w + 1) * dense + (dense + 1) * n_classes
 
 
+    def state_shapes(self, config: dict[str, Any], *, input_shape: list[int], n_classes: int
+                     ) -> dict[str, list[int]]:
+        """The state dict build() makes, name → shape (the API checks uploaded weights against it)."""
+        hidden = config.get("hidden")
+        shapes: dict[str, list[int]] = {}
+        i = 0
+
+        def linear(cin: int, out: int) -> None:
+            shapes[f"net.{i}.weight"], shapes[f"net.{i}.bias"] = [out, cin], [out]
+
+        if self.kind in ("linear", "mlp"):
+            width = math.prod(input_shape)
+            hiddens = [] if self.kind == "linear" else ([hidden] if isinstance(hidden, int) else (hidden or [128]))
+            for h in hiddens:
+                linear(width, int(h))
+                i += 2 + int(bool(config.get("dropout")))
+                width = int(h)
+            linear(width, n_classes)
+            return shapes
+        c, h, w = _chw(input_shape)
+        for out in config.get("channels") or [16, 32]:
+            shapes[f"net.{i}.weight"], shapes[f"net.{i}.bias"] = [int(out), c, 3, 3], [int(out)]
+            i += 2
+            if min(h, w) >= 2:
+                i += 1
+                h, w = h // 2, w // 2
+            c = int(out)
+        dense = int((hidden[0] if isinstance(hidden, list) and hidden else hidden) or 64)
+        i += 1  # Flatten
+        linear(c * h * w, dense)
+        i += 2
+        linear(dense, n_classes)
+        return shapes
+
+
 class ResNetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     width: int = Field(64, ge=1, description="channels of the first stage; each later stage doubles them")
@@ -115,6 +150,34 @@ class _ResNet:
                     total += cin * out + 2 * out
                 cin = out
         return total + (cin + 1) * n_classes
+
+    @staticmethod
+    def state_shapes(config: dict[str, Any], *, input_shape: list[int], n_classes: int) -> dict[str, list[int]]:
+        cfg = ResNetConfig.model_validate(config)
+        shapes: dict[str, list[int]] = {}
+
+        def bn(prefix: str, n: int) -> None:
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                shapes[f"{prefix}.{key}"] = [n]
+            shapes[f"{prefix}.num_batches_tracked"] = []
+
+        shapes["conv1.weight"] = [cfg.width, _chw(input_shape)[0], 3, 3]
+        bn("bn1", cfg.width)
+        cin = cfg.width
+        for stage, n in enumerate(cfg.blocks):
+            out = cfg.width * 2 ** stage
+            for i in range(n):
+                p = f"stages.{stage}.{i}"
+                shapes[f"{p}.conv1.weight"] = [out, cin, 3, 3]
+                bn(f"{p}.bn1", out)
+                shapes[f"{p}.conv2.weight"] = [out, out, 3, 3]
+                bn(f"{p}.bn2", out)
+                if (stage > 0 and i == 0) or cin != out:
+                    shapes[f"{p}.shortcut.0.weight"] = [out, cin, 1, 1]
+                    bn(f"{p}.shortcut.1", out)
+                cin = out
+        shapes["fc.weight"], shapes["fc.bias"] = [n_classes, cin], [n_classes]
+        return shapes
 
 
 LINEAR, MLP, CNN = _Layered("linear"), _Layered("mlp"), _Layered("cnn")

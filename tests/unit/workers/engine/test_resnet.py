@@ -100,3 +100,16 @@ def test_every_scorer_runs_and_hessian_names_what_it_ignores(method: str, traine
     assert "fc" in layers and all(isinstance(m, nn.Linear | nn.Conv2d) for m in layers.values())
     assert set(untracked_parameters(trained)) == {n for n, _ in trained.named_parameters() if "bn" in n
                                                   or "shortcut.1" in n}
+
+
+@pytest.mark.parametrize(("spec", "shape"), [
+    ({"kind": "linear"}, (64,)), ({"kind": "mlp", "hidden": [9, 5], "dropout": 0.2}, (6,)), ({"kind": "mlp"}, (2, 3)),
+    ({"kind": "cnn"}, (64,)), ({"kind": "cnn", "channels": [3, 4, 5], "hidden": [7]}, (2, 6, 6)),
+    ({"kind": "resnet", "width": 4, "blocks": [1, 2, 1]}, (3, 8, 8)), ({"kind": "resnet"}, (32, 32)),
+])
+def test_the_torch_free_state_shapes_the_api_checks_uploads_with_are_the_built_models(spec: dict,
+                                                                                      shape: tuple) -> None:
+    net = build_model(spec, input_shape=shape, n_classes=4)
+    config = {k: v for k, v in spec.items() if k != "kind"}
+    expected = plugins.plugin(spec["kind"]).state_shapes(config, input_shape=list(shape), n_classes=4)
+    assert expected == {k: list(v.shape) for k, v in net.state_dict().items()}
