@@ -92,6 +92,8 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec validated by its kind's plugin; ValueError naming what is wrong (an unknown kind names the
     installed ones)."""
     spec = plugins.validate_config(spec)
+    if spec["kind"] not in BUILDERS:
+        return spec
     hidden = spec.get("hidden")
     widths = [hidden] if isinstance(hidden, int) else (hidden or [])
     if any(int(w) < 1 for w in widths) or any(int(c) < 1 for c in spec.get("channels") or []):
