@@ -10,6 +10,8 @@ An entry point names an object whose module imports no torch (the API loads it t
   `layer_count(config) -> int` (optional, torch-free): the API applies LETHE_MAX_* limits with them;
 - `tracked_modules(model) -> list[str]` (optional): the layers the influence scorers and K-FAC see; default every
   Linear and Conv2d;
+- `encode` and `loss` (named by the plugin interface of issue 18) are not applied by this engine yet, which
+  feeds `model(x)` and scores cross entropy: a kind defining either is refused rather than silently mis-run;
 - `norm_policy` (optional str): how BatchNorm and dropout behave during scoring and unlearning; default
   DEFAULT_NORM_POLICY, which the engine applies and every job result records.
 """
@@ -25,6 +27,9 @@ from pydantic import BaseModel, ValidationError
 GROUP = "lethe.models"
 DEFAULT_NORM_POLICY = ("eval: BatchNorm uses and keeps its running statistics and dropout is off while scoring "
                        "and unlearning (training from the recipe runs in train mode)")
+
+
+UNSUPPORTED_HOOKS = ("encode", "loss")
 
 
 class UnknownKind(ValueError):
@@ -53,7 +58,12 @@ def validate_config(spec: dict[str, Any]) -> dict[str, Any]:
     kind = spec.get("kind")
     if not isinstance(kind, str):
         raise UnknownKind(f"architecture needs a 'kind'; installed: {', '.join(installed_kinds())}")
-    model: type[BaseModel] | None = getattr(plugin(kind), "config_model", None)
+    obj = plugin(kind)
+    custom = [hook for hook in UNSUPPORTED_HOOKS if getattr(obj, hook, None) is not None]
+    if custom:
+        raise ValueError(f"architecture kind {kind!r} defines {' and '.join(h + '()' for h in custom)}, which this "
+                         "Lethe does not apply yet (its engine calls model(x) and scores cross entropy)")
+    model: type[BaseModel] | None = getattr(obj, "config_model", None)
     config = {k: v for k, v in spec.items() if k != "kind"}
     if model is None:
         return {"kind": kind, **config}

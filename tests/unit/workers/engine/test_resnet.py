@@ -113,3 +113,16 @@ def test_the_torch_free_state_shapes_the_api_checks_uploads_with_are_the_built_m
     config = {k: v for k, v in spec.items() if k != "kind"}
     expected = plugins.plugin(spec["kind"]).state_shapes(config, input_shape=list(shape), n_classes=4)
     assert expected == {k: list(v.shape) for k, v in net.state_dict().items()}
+
+
+def test_a_kind_whose_loss_or_encode_the_engine_would_ignore_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    class WithLoss:
+        def build(self, config: dict, *, input_shape: tuple, n_classes: int) -> nn.Module:
+            return nn.Linear(4, n_classes)
+
+        def loss(self, model: nn.Module, inputs: dict, y: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("never called")
+
+    monkeypatch.setattr(plugins, "plugin", lambda kind: WithLoss())
+    with pytest.raises(ValueError, match=r"defines loss\(\), which this Lethe does not apply yet"):
+        plugins.validate_config({"kind": "custom"})
