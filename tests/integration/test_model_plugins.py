@@ -22,16 +22,15 @@ PLUGIN_SRC = Path(__file__).resolve().parents[1] / "fixtures" / "lethe_toy_plugi
 
 @pytest.fixture(scope="session")
 def toy_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Install the fixture package (from a copy, so no build files land in the tree) unless it already is."""
+    """Install the fixture package into this interpreter (from a copy, so no build files land in the tree)."""
     from workers.engine import plugins
 
-    if "toyres" not in plugins.installed_kinds():
-        src = tmp_path_factory.mktemp("plugin") / "lethe_toy_plugin"
-        shutil.copytree(PLUGIN_SRC, src)
-        isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, str(src)],
-                       check=True)
-        importlib.invalidate_caches()
+    src = tmp_path_factory.mktemp("plugin") / "lethe_toy_plugin"
+    shutil.copytree(PLUGIN_SRC, src)
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", *isolation,
+                    str(src)], check=True)  # forced: an earlier run's copy may be stale
+    importlib.invalidate_caches()
     assert "toyres" in plugins.installed_kinds()
     return "toyres"
 
@@ -110,3 +109,43 @@ def test_an_unknown_kind_is_422_naming_the_installed_ones(toy_plugin: str, sqlit
                                                                    "architecture": {"kind": "vit"}})
     assert resp.status_code == 422
     assert "unknown architecture kind 'vit'" in resp.text and "resnet" in resp.text and "toyres" in resp.text
+
+
+def test_the_api_validates_plugin_kinds_and_limits_without_importing_torch(toy_plugin: str) -> None:
+    """What the API does with kinds (list, validate configs, measure size limits) imports no torch."""
+    code = """if True:
+        import sys
+        from app.main import create_app
+        from app.registry.schemas import Architecture
+        from workers.engine import plugins
+        from workers.engine.kinds import RESNET
+        create_app()
+        assert Architecture(kind="toyres", channels=8).model_dump()["side"] == 4
+        assert Architecture.model_validate({"kind": "resnet", "width": 16}).model_dump()["blocks"] == [2, 2, 2, 2]
+        assert RESNET.parameter_count({}, input_shape=[3, 32, 32], n_classes=10) == 11_173_962
+        assert "toyres" in plugins.installed_kinds()
+        assert "torch" not in sys.modules, "the API imported torch"
+    """
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_deployment_limits_apply_to_the_resnet_kind(sqlite_env: dict[str, str], admin_headers: dict[str, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.main import create_app
+    from tests.conftest import _reset_caches
+
+    monkeypatch.setenv("LETHE_MAX_MODEL_PARAMS", "1000000")
+    monkeypatch.setenv("LETHE_MAX_LAYER_WIDTH", "1024")
+    _reset_caches()
+    with TestClient(create_app()) as client:
+        upload_dataset(client, admin_headers, d=16)
+
+        def create(name: str, **arch: object) -> object:
+            return client.post("/models", headers=admin_headers, json={"name": name, "dataset": "toy",
+                                                                       "architecture": {"kind": "resnet", **arch}})
+
+        big = create("r18")  # ResNet-18: ~11 M parameters
+        assert big.status_code == 422 and "LETHE_MAX_MODEL_PARAMS" in big.text
+        wide = create("wide", width=128, blocks=[1, 1, 1, 1, 1])  # last stage 2048 channels
+        assert wide.status_code == 422 and "LETHE_MAX_LAYER_WIDTH" in wide.text
+        assert create("small", width=8, blocks=[1, 1]).status_code == 201
