@@ -47,7 +47,11 @@ def plugin(kind: str) -> Any:
     found = [ep for ep in entry_points(group=GROUP) if ep.name == kind]
     if not found:
         raise UnknownKind(f"unknown architecture kind {kind!r}; installed: {', '.join(installed_kinds())}")
-    obj = found[0].load()
+    try:
+        obj = found[0].load()
+    except Exception as exc:  # noqa: BLE001 - a broken plugin is the operator's to fix; the caller gets a 422
+        raise UnknownKind(f"architecture kind {kind!r} ({found[0].value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}") from exc
     if not callable(getattr(obj, "build", None)):
         raise UnknownKind(f"architecture kind {kind!r} ({found[0].value}) has no build()")
     return obj

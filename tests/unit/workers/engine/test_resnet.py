@@ -126,3 +126,13 @@ def test_a_kind_whose_loss_or_encode_the_engine_would_ignore_is_refused(monkeypa
     monkeypatch.setattr(plugins, "plugin", lambda kind: WithLoss())
     with pytest.raises(ValueError, match=r"defines loss\(\), which this Lethe does not apply yet"):
         plugins.validate_config({"kind": "custom"})
+
+
+def test_a_plugin_that_fails_to_load_is_a_value_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    broken = EntryPoint(name="broken-kind", value="no_such_module_anywhere:PLUGIN", group=plugins.GROUP)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [broken])
+    with pytest.raises(ValueError, match=r"'broken-kind' \(no_such_module_anywhere:PLUGIN\) failed to load: "
+                                         "ModuleNotFoundError"):
+        plugins.validate_config({"kind": "broken-kind"})
