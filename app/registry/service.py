@@ -60,6 +60,8 @@ def check_limits(body: ModelCreate, *, input_shape: list[int], n_classes: int) -
 
 def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Model:
     """Register a model lineage on one of the tenant's datasets."""
+    if body.name == "kinds":
+        raise Unprocessable("the model name 'kinds' is reserved: GET /models/kinds lists the installed model kinds")
     ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
     check_limits(body, input_shape=list(ds.input_shape), n_classes=ds.n_classes)
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):

@@ -107,8 +107,11 @@ def test_an_unknown_kind_is_422_naming_the_installed_ones(toy_plugin: str, sqlit
         upload_dataset(client, admin_headers)
         resp = client.post("/models", headers=admin_headers, json={"name": "x", "dataset": "toy",
                                                                    "architecture": {"kind": "vit"}})
+        reserved = client.post("/models", headers=admin_headers, json={"name": "kinds", "dataset": "toy",
+                                                                       "architecture": {"kind": "mlp"}})
     assert resp.status_code == 422
     assert "unknown architecture kind 'vit'" in resp.text and "resnet" in resp.text and "toyres" in resp.text
+    assert reserved.status_code == 422 and "reserved" in reserved.text
 
 
 def test_the_api_validates_plugin_kinds_and_limits_without_importing_torch(toy_plugin: str) -> None:
