@@ -85,10 +85,26 @@ def test_a_plugin_model_runs_every_feature_through_http_and_a_worker(stack: Test
     assert {"ua", "ra", "ta"} <= set(job["result"]["audit"]["after"])
     assert stack.get("/models/toy", headers=h).json()["current"] == 2
 
+    # every other algorithm on the plugin model, each on points of its own, each a new version
+    from workers.engine.params import PARAMS
+
+    current = 2
+    for k, algorithm in enumerate(sorted(set(PARAMS) - {"scrub"})):
+        params = {"epochs": 1} if "epochs" in PARAMS[algorithm].model_fields else {}
+        resp = stack.post("/forget", headers=h, json={
+            "model": "toy", "point_ids": ids[-20 - 4 * k:-16 - 4 * k], "reason": "gdpr", "requested_by": "dpo",
+            "algorithm": algorithm, "params": params})
+        assert resp.status_code == 202, (algorithm, resp.text)
+        job = wait_for(stack, h, resp.json()["job_id"])
+        assert job["status"] == "completed", (algorithm, job["error"])
+        assert job["result"]["metrics"]["attempts"][0]["algorithm"] == algorithm
+        current += 1
+        assert stack.get("/models/toy", headers=h).json()["current"] == current, algorithm
+
     # the new version's weights upload back as a version; renamed keys are refused by name
     from safetensors.numpy import load, save
 
-    weights = stack.get("/models/toy/versions/2/weights", headers=h).content
+    weights = stack.get(f"/models/toy/versions/{current}/weights", headers=h).content
     ok = stack.post("/models/toy/versions", headers=h, files={"weights": ("w.safetensors", weights)})
     assert ok.status_code == 201, ok.text
     tensors = load(weights)
