@@ -20,6 +20,7 @@ from workers.engine.device import resolve_device
 from workers.engine.influence import compute_self_influence
 from workers.engine.influence.cache import save_scores as _save_scores
 from workers.engine.influence.less import CheckpointRecorder
+from workers.engine.model_hooks import norm_record
 from workers.engine.training import DEFAULT_RECIPE, train_model
 from workers.engine.unlearning import unlearn as _unlearn
 from workers.engine.weights import load_weights, save_weights
@@ -84,6 +85,7 @@ def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarr
     if rows is not None:
         extra["rows"] = rows
     scores = compute_self_influence(method, net, ArraySet(x, y), device=device(), info=info, **extra)
+    info["norm_policy"] = norm_record(net, phase="scoring")
     progress(1.0)
     return np.asarray(scores, dtype=np.float64), info
 

@@ -28,6 +28,7 @@ from app.registry.schemas import (
     VersionRead,
 )
 from app.uploads import store_upload
+from workers.engine import plugins
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -48,6 +49,12 @@ def list_models(caller: Reader, session: SessionDep,
     rows, total = service.list_models(session, tenant_id=caller.tenant_id, offset=page.offset, limit=page.limit)
     return Page(items=[service.model_read(session, model=m) for m in rows], total=total,
                 next=next_cursor(page, total))
+
+
+@router.get("/kinds")
+def list_kinds(caller: Reader) -> dict[str, list[str]]:
+    """The model kinds installed here (`lethe.models` entry points), from their metadata: nothing is imported."""
+    return {"kinds": plugins.installed_kinds()}
 
 
 @router.get("/{name}", response_model=ModelRead)
@@ -73,7 +80,7 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
     uri = f"models/{model.id}/{new_id()}.safetensors"
     sha, _ = store_upload(upload, uri=uri)
     try:
-        service.check_safetensors(artifacts.path_of(uri))
+        service.check_weights(session, model=model, path=artifacts.path_of(uri))
         version, job = service.register_version(session, model=model, source="upload", sha256=sha, uri=uri,
                                                 promote=promote)
         session.commit()

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.timestamps import Timestamp
+from workers.engine import plugins
 from workers.engine.params import PARAMS, validate_params
 
 SCORERS = ("gradnorm", "hessian", "less")
@@ -13,11 +14,20 @@ ALGORITHMS = tuple(PARAMS)
 
 
 class Architecture(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["linear", "mlp", "cnn"]
-    hidden: list[int] | int | None = Field(None, description="mlp: hidden widths; cnn: width of the dense layer")
-    channels: list[int] | None = Field(None, description="cnn: output channels of each conv block")
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """`{"kind": <an installed lethe.models entry point>, ...its config}`, validated by the kind's config_model
+    (loaded from the plugin's torch-free module; an unknown kind names the installed ones)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"kind": "mlp", "hidden": [128, 64]}]})
+    kind: str = Field(description="a model kind installed here (GET /models/kinds lists them)")
+
+    @model_validator(mode="after")
+    def _config(self) -> Architecture:
+        checked = plugins.validate_config(self.model_dump())
+        for key in list(self.__pydantic_extra__ or {}):
+            delattr(self, key)
+        for key, value in checked.items():
+            setattr(self, key, value)
+        return self
 
 
 class Recipe(BaseModel):

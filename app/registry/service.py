@@ -23,6 +23,7 @@ from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 from app.uploads import check_safetensors_header
 from app.webhooks import service as webhooks
+from workers.engine import plugins
 
 
 def checkpoints_uri(weights_uri: str) -> str:
@@ -34,47 +35,33 @@ def ref(model: Model, number: int) -> str:
     return f"{model.name}@{number}"
 
 
-def parameter_count(architecture: dict[str, Any], *, input_shape: list[int], n_classes: int) -> int:
-    """Parameters of the model the engine builds for this spec (the same arithmetic, without torch)."""
-    kind, hidden = architecture["kind"], architecture.get("hidden")
-    if kind == "linear":
-        return (math.prod(input_shape) + 1) * n_classes
-    if kind == "mlp":
-        widths = [math.prod(input_shape), *([hidden] if isinstance(hidden, int) else (hidden or [128])), n_classes]
-        return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
-    c, h, w = ([1, *input_shape] if len(input_shape) == 2 else input_shape + [1] * (3 - len(input_shape)))[:3]
-    total = 0
-    for out in architecture.get("channels") or [16, 32]:
-        total += (c * 9 + 1) * out
-        if min(h, w) >= 2:
-            h, w = h // 2, w // 2
-        c = out
-    dense = (hidden[0] if isinstance(hidden, list) and hidden else hidden) or 64
-    return total + (c * h * w + 1) * dense + (dense + 1) * n_classes
-
-
 def check_limits(body: ModelCreate, *, input_shape: list[int], n_classes: int) -> None:
-    """422 for an architecture or recipe past this deployment's limits (LETHE_MAX_*)."""
+    """422 for an architecture or recipe past this deployment's limits (LETHE_MAX_*), measured by the kind's
+    torch-free hooks (layer_widths, layer_count, parameter_count) where its plugin provides them."""
     settings = get_settings()
     arch = body.architecture.model_dump(exclude_none=True)
-    hidden = arch.get("hidden")
-    widths = [*([hidden] if isinstance(hidden, int) else (hidden or [])), *(arch.get("channels") or [])]
+    kind = plugins.plugin(arch["kind"])
+    config = {k: v for k, v in arch.items() if k != "kind"}
+    widths = kind.layer_widths(config) if hasattr(kind, "layer_widths") else []
     if any(w < 1 for w in widths):
         raise Unprocessable("layer widths must be positive")
     if any(w > settings.max_layer_width for w in widths):
         raise Unprocessable(f"layer widths may be at most {settings.max_layer_width} (LETHE_MAX_LAYER_WIDTH)")
-    if max(len(hidden) if isinstance(hidden, list) else 0, len(arch.get("channels") or [])) > settings.max_layers:
+    if hasattr(kind, "layer_count") and kind.layer_count(config) > settings.max_layers:
         raise Unprocessable(f"at most {settings.max_layers} layers (LETHE_MAX_LAYERS)")
-    params = parameter_count(arch, input_shape=input_shape, n_classes=n_classes)
-    if params > settings.max_model_params:
-        raise Unprocessable(f"this architecture has {params:,} parameters on the dataset's inputs; at most "
-                            f"{settings.max_model_params:,} (LETHE_MAX_MODEL_PARAMS)")
+    if hasattr(kind, "parameter_count"):
+        params = kind.parameter_count(config, input_shape=input_shape, n_classes=n_classes)
+        if params > settings.max_model_params:
+            raise Unprocessable(f"this architecture has {params:,} parameters on the dataset's inputs; at most "
+                                f"{settings.max_model_params:,} (LETHE_MAX_MODEL_PARAMS)")
     if body.recipe.epochs > settings.max_epochs:
         raise Unprocessable(f"epochs may be at most {settings.max_epochs} (LETHE_MAX_EPOCHS)")
 
 
 def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Model:
     """Register a model lineage on one of the tenant's datasets."""
+    if body.name == "kinds":
+        raise Unprocessable("the model name 'kinds' is reserved: GET /models/kinds lists the installed model kinds")
     ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
     check_limits(body, input_shape=list(ds.input_shape), n_classes=ds.n_classes)
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):
@@ -152,10 +139,26 @@ def scores_uri(version: Version, method: str) -> str:
     return f"scores/{version.id}/{method}"
 
 
+# Formats refused by their leading bytes, with why: each can run code when loaded, and none loads strictly
+# into the registered architecture's modules.
+REFUSED_FORMATS = (
+    (b"PK\x03\x04", "a zip archive (torch.save .pt/.bin, TorchScript or torch.export .pt2): these hold pickles, "
+                     "which execute code when loaded (torch.export.load included), and .pt2/TorchScript lose the "
+                     "module types the scorers need"),
+    (b"\x80", "a pickle (a legacy .pt/.bin/.pkl): unpickling executes code"),
+)
+
+
 def check_safetensors(path: Path) -> list[str]:
-    """The tensor names of a safetensors file; 422 for anything else (pickles included)."""
+    """The tensor names of a safetensors file; 422 for anything else (pickles, zip archives), saying why."""
     from safetensors import safe_open
 
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    for magic, what in REFUSED_FORMATS:
+        if head.startswith(magic):
+            raise Unprocessable(f"weights must be a safetensors file; this is {what}. Export the state dict with "
+                                "safetensors.torch.save_file(model.state_dict(), ...)")
     check_safetensors_header(path)  # declared header and tensor sizes against the file, before the library reads
     try:
         with safe_open(str(path), framework="numpy") as fh:
@@ -165,6 +168,51 @@ def check_safetensors(path: Path) -> list[str]:
     if not names:
         raise Unprocessable("the safetensors file holds no tensors")
     return names
+
+
+def expected_state(session: Session, *, model: Model) -> tuple[dict[str, list[int]], str] | None:
+    """The state dict (name → shape) weights for this model must have, and where that comes from: the kind's
+    torch-free state_shapes, else the lineage's newest version's file; None when neither is known (the
+    worker's strict load is then the judge)."""
+    kind = plugins.plugin(model.architecture["kind"])
+    if hasattr(kind, "state_shapes"):
+        ds = session.get(Dataset, model.dataset_id)
+        config = {k: v for k, v in model.architecture.items() if k != "kind"}
+        return kind.state_shapes(config, input_shape=list(ds.input_shape), n_classes=ds.n_classes), "architecture"
+    newest = session.scalar(select(Version).where(Version.model_id == model.id, Version.uri.is_not(None))
+                            .order_by(Version.number.desc()).limit(1))
+    if newest is None or not artifacts.path_of(newest.uri).exists():
+        return None
+    header = check_safetensors_header(artifacts.path_of(newest.uri))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}, f"version {newest.number}"
+
+
+def _names(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" … ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_weights(session: Session, *, model: Model, path: Path) -> None:
+    """422 unless `path` is a safetensors file whose tensors are exactly the model's state dict: missing and
+    unexpected keys and shape mismatches are named (a strict load, decided before anything is recorded)."""
+    check_safetensors(path)
+    expected = expected_state(session, model=model)
+    if expected is None:
+        return
+    want, source = expected
+    got = {k: v["shape"] for k, v in check_safetensors_header(path).items() if k != "__metadata__"}
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    shapes = [f"{k} {got[k]} (expected {want[k]})" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
+    if shapes:
+        problems.append(f"wrong shapes: {_names(shapes)}")
+    if problems:
+        raise Unprocessable(f"weights do not match the model's {model.architecture['kind']} state dict (from its "
+                            f"{source}): " + "; ".join(problems))
 
 
 def next_number(session: Session, *, model: Model) -> int:

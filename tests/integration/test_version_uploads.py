@@ -87,3 +87,43 @@ def test_concurrent_uploads_never_overwrite_each_others_weights(app: Any, admin_
     assert all(s in (201, 409) for s in statuses) and 201 in statuses, [r.text for r in answers.values()]
     assert {v["sha256"] for v in versions} & uploaded == {
         hashlib.sha256(bodies[s]).hexdigest() for s in bodies if answers[s].status_code == 201}
+
+
+def test_only_strictly_matching_safetensors_are_accepted_and_refusals_say_why(app: Any,
+                                                                            admin_headers: dict[str, str]) -> None:
+    """Weights load strictly: pickles and zip archives (.pt/.bin, TorchScript, .pt2) are refused with the reason,
+    and a safetensors file with missing or unexpected keys or wrong shapes is a 422 naming them; nothing is
+    recorded for any of them."""
+    import io
+    import pickle
+    import zipfile
+
+    from safetensors.numpy import load, save
+
+    h = admin_headers
+    client = TestClient(app)
+    upload_dataset(client, h)
+    create_model(client, h)  # mlp hidden [16] on 8 features, 3 classes: net.0 and net.2
+
+    def post(body: bytes, filename: str = "w.safetensors") -> Any:
+        return client.post("/models/toy/versions", headers=h, files={"weights": (filename, body)})
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:  # the layout of torch.save, TorchScript and torch.export archives
+        z.writestr("archive/data.pkl", pickle.dumps({"net.0.weight": [0.0]}))
+    pt2 = post(archive.getvalue(), "model.pt2")
+    assert pt2.status_code == 422 and ".pt2" in pt2.json()["detail"] and "execute" in pt2.json()["detail"]
+    legacy = post(pickle.dumps({"net.0.weight": [0.0]}, protocol=2), "pytorch_model.bin")
+    assert legacy.status_code == 422 and "pickle" in legacy.json()["detail"]
+
+    good = load(safetensors_bytes())
+    renamed = {("head.weight" if k == "net.2.weight" else k): v for k, v in good.items()}
+    wrong_keys = post(save(renamed))
+    detail = wrong_keys.json()["detail"]
+    assert wrong_keys.status_code == 422
+    assert "missing keys: net.2.weight" in detail and "unexpected keys: head.weight" in detail, detail
+    wrong_shape = post(safetensors_bytes(hidden=12))
+    assert wrong_shape.status_code == 422 and "net.0.weight [12, 8] (expected [16, 8])" in wrong_shape.json()["detail"]
+
+    assert client.get("/models/toy/versions", headers=h).json()["items"] == []  # nothing recorded
+    assert post(safetensors_bytes()).status_code == 201

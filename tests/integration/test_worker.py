@@ -34,6 +34,11 @@ def _redis_db() -> str | None:
 
 @pytest.fixture
 def stack(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    yield from worker_stack(lethe_env, monkeypatch)
+
+
+def worker_stack(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """An API client beside a real `lethe worker` process on the environment's broker."""
     if lethe_env["backend"] == "postgres":
         url = _redis_db()
         if url is None:

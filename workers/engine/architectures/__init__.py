@@ -1,4 +1,4 @@
-"""Model builders by name: linear, mlp, cnn."""
+"""The built-in kinds' builders (linear, mlp, cnn) and build_model, which builds any installed `lethe.models` kind."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from workers.engine import plugins
 
 
 class Flatten(nn.Module):
@@ -81,25 +83,32 @@ def _cnn(spec: dict[str, Any], input_shape: tuple[int, ...], n_classes: int) -> 
     return Sequential(*layers, image_shape=shape)
 
 
-ARCHITECTURES: dict[str, Callable[[dict[str, Any], tuple[int, ...], int], nn.Module]] = {
+BUILDERS: dict[str, Callable[[dict[str, Any], tuple[int, ...], int], nn.Module]] = {
     "linear": _linear, "mlp": _mlp, "cnn": _cnn,
 }
 
 
-def validate_spec(spec: dict[str, Any]) -> None:
-    """ValueError naming what is wrong with an architecture spec."""
-    kind = spec.get("kind")
-    if kind not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture kind {kind!r}; known: {sorted(ARCHITECTURES)}")
+def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec validated by its kind's plugin; ValueError naming what is wrong (an unknown kind names the
+    installed ones)."""
+    spec = plugins.validate_config(spec)
+    if spec["kind"] not in BUILDERS:
+        return spec
     hidden = spec.get("hidden")
     widths = [hidden] if isinstance(hidden, int) else (hidden or [])
     if any(int(w) < 1 for w in widths) or any(int(c) < 1 for c in spec.get("channels") or []):
         raise ValueError("layer widths must be positive")
+    return spec
 
 
 def build_model(spec: dict[str, Any], *, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """A fresh model of the named kind (seed torch beforehand for reproducible weights)."""
-    validate_spec(spec)
+    spec = validate_spec(spec)
     if n_classes < 2:
         raise ValueError("need at least two classes")
-    return ARCHITECTURES[spec["kind"]](spec, tuple(input_shape), n_classes)
+    config = {k: v for k, v in spec.items() if k != "kind"}
+    model = plugins.plugin(spec["kind"]).build(config, input_shape=tuple(input_shape), n_classes=n_classes)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"architecture kind {spec['kind']!r} built a {type(model).__name__}, not an nn.Module")
+    model.lethe_kind = spec["kind"]  # type: ignore[assignment] - the engine finds the plugin's hooks by it
+    return model

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.model_hooks import tracked_names
 
 FORMAT = "lethe-kfac-1"
 FILE = "factors.safetensors"
@@ -60,8 +61,10 @@ def _trackable(module: nn.Module) -> bool:
 
 
 def tracked_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Layers with a Kronecker-factored gradient, by module name."""
-    return {name: m for name, m in model.named_modules() if _trackable(m)}
+    """Layers with a Kronecker-factored gradient, by module name: the model plugin's tracked_modules (those of
+    them that are Linear or Conv2d; untracked_parameters names what is left out), else every such layer."""
+    names = tracked_names(model)
+    return {name: m for name, m in model.named_modules() if _trackable(m) and (names is None or name in names)}
 
 
 def untracked_parameters(model: nn.Module) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from workers.engine.data import ArraySet
+from workers.engine.model_hooks import frozen_norms, norm_record
 from workers.engine.params import PARAMS, validate_params
 from workers.engine.unlearning.finetune import finetune
 from workers.engine.unlearning.iau import iau
@@ -47,8 +49,13 @@ def unlearn(algorithm: str, model: nn.Module, *, forget: ArraySet, retain: Array
     began = time.perf_counter()
     work = build() if algorithm == "retrain" and build is not None else copy.deepcopy(model)
     work.to(device)
-    metrics = ALGORITHMS[algorithm](work, forget=forget, retain=retain, params=p, device=device, seed=seed,
-                                    progress=progress or (lambda _: None), build=build, recipe=recipe or {})
+    # BatchNorm policy (model_hooks): frozen while unlearning, trained anew by retrain.
+    freeze = contextlib.nullcontext() if algorithm == "retrain" else frozen_norms(work)
+    with freeze:
+        metrics = ALGORITHMS[algorithm](work, forget=forget, retain=retain, params=p, device=device, seed=seed,
+                                        progress=progress or (lambda _: None), build=build, recipe=recipe or {})
     work.eval()
     return UnlearnResult(model=work, metrics={"algorithm": algorithm, "params": p,
-                                              "seconds": round(time.perf_counter() - began, 4), **metrics})
+                                              "seconds": round(time.perf_counter() - began, 4), **metrics,
+                                              "norm_policy": norm_record(work, phase="unlearning",
+                                                                         algorithm=algorithm)})

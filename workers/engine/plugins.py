@@ -1,0 +1,83 @@
+"""Model kinds as plugins: entry points in the group `lethe.models`, installed into the API and worker alike.
+
+An entry point names an object whose module imports no torch (the API loads it to validate `architecture`;
+`build` imports torch when the worker calls it). The object provides:
+
+- `build(config, *, input_shape, n_classes) -> nn.Module` (required);
+- `config_model`: a pydantic model the API validates the architecture's config with (optional; without it any
+  config is accepted and `build` is the judge);
+- `parameter_count(config, *, input_shape, n_classes) -> int`, `layer_widths(config) -> list[int]` and
+  `layer_count(config) -> int` (optional, torch-free): the API applies LETHE_MAX_* limits with them;
+- `tracked_modules(model) -> list[str]` (optional): the layers the influence scorers and K-FAC see; default every
+  Linear and Conv2d;
+- `encode` and `loss` (named by the plugin interface of issue 18) are not applied by this engine yet, which
+  feeds `model(x)` and scores cross entropy: a kind defining either is refused rather than silently mis-run;
+- `norm_policy` (optional str): how BatchNorm and dropout behave during scoring and unlearning; default
+  DEFAULT_NORM_POLICY, which the engine applies and every job result records.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+GROUP = "lethe.models"
+DEFAULT_NORM_POLICY = ("eval: BatchNorm uses and keeps its running statistics and dropout is off while scoring "
+                       "and unlearning (training from the recipe runs in train mode)")
+
+
+UNSUPPORTED_HOOKS = ("encode", "loss")
+
+
+class UnknownKind(ValueError):
+    pass
+
+
+def installed_kinds() -> list[str]:
+    """The model kinds installed here, from entry-point metadata alone (nothing imported)."""
+    return sorted({ep.name for ep in entry_points(group=GROUP)})
+
+
+@functools.cache
+def plugin(kind: str) -> Any:
+    """The plugin object of a kind; UnknownKind naming the installed ones."""
+    found = [ep for ep in entry_points(group=GROUP) if ep.name == kind]
+    if not found:
+        raise UnknownKind(f"unknown architecture kind {kind!r}; installed: {', '.join(installed_kinds())}")
+    try:
+        obj = found[0].load()
+    except Exception as exc:  # noqa: BLE001 - a broken plugin is the operator's to fix; the caller gets a 422
+        raise UnknownKind(f"architecture kind {kind!r} ({found[0].value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not callable(getattr(obj, "build", None)):
+        raise UnknownKind(f"architecture kind {kind!r} ({found[0].value}) has no build()")
+    return obj
+
+
+def validate_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The architecture with its config validated by the kind's config_model; ValueError naming the problem."""
+    kind = spec.get("kind")
+    if not isinstance(kind, str):
+        raise UnknownKind(f"architecture needs a 'kind'; installed: {', '.join(installed_kinds())}")
+    obj = plugin(kind)
+    custom = [hook for hook in UNSUPPORTED_HOOKS if getattr(obj, hook, None) is not None]
+    if custom:
+        raise ValueError(f"architecture kind {kind!r} defines {' and '.join(h + '()' for h in custom)}, which this "
+                         "Lethe does not apply yet (its engine calls model(x) and scores cross entropy)")
+    model: type[BaseModel] | None = getattr(obj, "config_model", None)
+    config = {k: v for k, v in spec.items() if k != "kind"}
+    if model is None:
+        return {"kind": kind, **config}
+    try:
+        checked = model.model_validate(config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'architecture'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"architecture {kind!r}: {problems}") from None
+    return {"kind": kind, **checked.model_dump(exclude_none=True)}
+
+
+def norm_policy(kind: str) -> str:
+    return str(getattr(plugin(kind), "norm_policy", None) or DEFAULT_NORM_POLICY)
