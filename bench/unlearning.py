@@ -51,7 +51,7 @@ from workers.engine import evidence as ev
 from workers.engine.audit import accuracy_reasons, audit_model
 from workers.engine.data import ArraySet
 from workers.engine.influence import compute_self_influence
-from workers.engine.params import validate_params
+from workers.engine.params import escalation, validate_params
 from workers.engine.unlearning import unlearn
 
 CPU = evb.CPU
@@ -77,6 +77,7 @@ class Config:
     variants: tuple[str, ...] = tuple(v[0] for v in VARIANTS)
     pruning: tuple[tuple[float, float], ...] = tuple(PRUNING)
     kinds: tuple[str, ...] = FORGET_KINDS
+    strengths: int = 3  # 1: defaults only; 2: + the job's stronger attempt; 3: + once stronger again
     fa_seeds: int = 100  # retrain-only false-alarm replicates per request kind
     fig41_n: tuple[int, ...] = (20, 40, 80, 160)
     k: int = 16
@@ -162,9 +163,26 @@ def run_seed(f: evb.Fitted, scores: np.ndarray, kind: str, seed: int, cfg: Confi
                           build=lambda: s.build(evb.RETRAIN_SEED + seed), recipe=s.recipe)
             net = res.model.eval()
             m = measure(net, s, forget, retain)
-            rows.append(base | {"label": label, "algorithm": algorithm, "params": params, "q_forget": q_f,
+            rows.append(base | {"label": label, "variant": label, "strength": 1, "algorithm": algorithm,
+                                "params": params, "q_forget": q_f,
                                 "q_retain": q_r, "n_forget_used": int(len(kept_f)),
                                 "n_retain_used": 0 if algorithm == "imu" else int(len(kept_r)),
+                                "seconds": res.metrics["seconds"], **m, **gaps(m, retrain_m),
+                                **judge(f, forget, evb.std_phi(net, s), m, parent_m, concentrated=conc,
+                                        reference_phi=ref_phi)})
+    # A job's escalation: as asked, then once stronger (then retrain); and once more, beyond the job's ladder.
+    for label, algorithm, params in variants if cfg.strengths > 1 else ():
+        ladder = escalation(algorithm, params)[1:-1]
+        if cfg.strengths > 2 and ladder:
+            ladder += escalation(algorithm, ladder[-1][1])[1:-1]
+        for strength, (_, stronger) in enumerate(ladder[: cfg.strengths - 1], start=2):
+            res = unlearn(algorithm, f.parent, forget=ArraySet(s.x[forget], s.y[forget]),
+                          retain=ArraySet(s.x[retain], s.y[retain]), params=stronger, device=CPU, seed=seed)
+            net = res.model.eval()
+            m = measure(net, s, forget, retain)
+            rows.append(base | {"label": f"{label}@{strength}", "variant": label, "strength": strength,
+                                "algorithm": algorithm, "params": stronger, "q_forget": 0.0, "q_retain": 0.0,
+                                "n_forget_used": int(len(forget)), "n_retain_used": int(len(retain)),
                                 "seconds": res.metrics["seconds"], **m, **gaps(m, retrain_m),
                                 **judge(f, forget, evb.std_phi(net, s), m, parent_m, concentrated=conc,
                                         reference_phi=ref_phi)})
@@ -202,6 +220,45 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     **{k: interval([r.get(k) for r in rs]) for k in METRICS},
                     "gap": {k: interval([r["gap"].get(k) for r in rs]) for k in GAP_KEYS},
                     "verdicts": {v: evb.rate(verdicts, v) for v in evb.VERDICTS}})
+    return out
+
+
+def ladders(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a Lethe job would do with each variant (unpruned): the attempt as asked, on a failed or inconclusive
+    audit the stronger attempt, then retrain (promoted regardless). Seconds to the promoted version (unlearning
+    calls only; each attempt's audit costs the same for every variant) and how often the job ends at retrain."""
+    by: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["q_forget"] == 0 and r["q_retain"] == 0:
+            by.setdefault((r["kind"], r["seed"]), {})[r["label"]] = r
+    out: dict[str, Any] = {}
+    for (kind, _seed), labels in by.items():
+        retrain = labels["retrain"]
+        for label in {r.get("variant") for r in labels.values()} - {None, "retrain", "do_nothing"}:
+            seconds, ended = 0.0, "retrain"
+            for attempt in (labels.get(label), labels.get(f"{label}@2")):
+                if attempt is None:
+                    continue
+                seconds += attempt["seconds"]
+                if attempt["verdict"] == "passed":
+                    ended = "attempt 1" if attempt is labels.get(label) else "attempt 2"
+                    break
+            else:
+                seconds += retrain["seconds"]
+            o = out.setdefault(label, {"by_kind": {}, "seconds": [], "ended": []})
+            o["seconds"].append(seconds)
+            o["ended"].append(ended)
+            k = o["by_kind"].setdefault(kind, {"seconds": [], "ended_at_retrain": 0, "n": 0})
+            k["seconds"].append(seconds)
+            k["ended_at_retrain"] += ended == "retrain"
+            k["n"] += 1
+    for o in out.values():
+        o["seconds_to_promote"] = interval(o.pop("seconds"))
+        ended = o.pop("ended")
+        o["ended_at"] = {e: ended.count(e) for e in ("attempt 1", "attempt 2", "retrain")}
+        o["ended_at_retrain"] = evb.rate(ended, "retrain")
+        for k in o["by_kind"].values():
+            k["seconds_to_promote"] = interval(k.pop("seconds"))
     return out
 
 
@@ -318,7 +375,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
                          "variants": {label: {"algorithm": a, "params": validate_params(a, p)}
                                       for label, a, p in VARIANTS if label in cfg.variants},
                          "audit_rule": asdict(evb.AUDIT_RULE), "max_acc_drop": MAX_ACC_DROP,
-                         "summary": summary, "fastest_passing": fastest_passing(summary), "false_alarms": fa,
+                         "summary": summary, "fastest_passing": fastest_passing(summary), "ladders": ladders(rows),
+                         "false_alarms": fa,
                          "less_fix": less, "fig41": fig}
     out["targets"] = targets(out)
     out["seconds"]["total"] = time.perf_counter() - began
@@ -375,6 +433,9 @@ def print_tables(r: dict[str, Any]) -> None:
         print(f"  {k:14s} {p['passed']}/{p['n']} passed ({p['passed_per_point']}/{p['n_per_point']} random+"
               f"mislabelled), {p['seconds']:.2f}s")
     print(f"  fastest always passing: {fp['fastest_always_passing']}")
+    print("\na job's ladder (as asked → stronger → retrain), unpruned: seconds to a promoted version, where it ended")
+    for k, o in sorted(r["ladders"].items(), key=lambda kv: kv[1]["seconds_to_promote"]["mean"]):
+        print(f"  {k:14s} {_ci(o['seconds_to_promote'], '.2f'):>11s}s  ended at {o['ended_at']}")
     print("\nless before/after the own-term fix:", json.dumps(r["less_fix"]))
     if r["fig41"]:
         print("\nFig 4.1 (retrain without the n lowest): scorer n removed_acc lira_auc flipped_removed")

@@ -12,7 +12,7 @@ from bench import unlearning
 def test_tiny_run_writes_every_part_and_doing_nothing_fails(tmp_path: Path) -> None:
     cfg = unlearning.Config(seeds=2, variants=("finetune", "iau", "iau_scaled", "imu_per_point"),
                             pruning=((0.0, 0.0), (0.4, 0.0)), fa_seeds=2, fig41_n=(20,), k=8, shift_models=2,
-                            quick=True)
+                            strengths=2, quick=True)
     results = unlearning.run(cfg, log=lambda _: None)
     out = tmp_path / "unlearning.json"
     unlearning.write(results, out)
@@ -20,8 +20,10 @@ def test_tiny_run_writes_every_part_and_doing_nothing_fails(tmp_path: Path) -> N
     assert out.with_suffix(".png").stat().st_size > 0
     saved = json.loads(out.read_text())
     assert saved["size"] == "quick" and saved["config"]["seeds"] == 2
-    # 3 forget sets × 2 seeds × (2 references + 4 variants × 2 pruning levels)
-    assert len(saved["rows"]) == 3 * 2 * (2 + 4 * 2)
+    # 3 forget sets × 2 seeds × (2 references + 4 variants × (2 pruning levels + 1 stronger attempt))
+    assert len(saved["rows"]) == 3 * 2 * (2 + 4 * 3)
+    assert {r["label"] for r in saved["rows"] if r.get("strength") == 2} == {
+        "finetune@2", "iau@2", "iau_scaled@2", "imu_per_point@2"}
     for row in saved["rows"]:
         assert row["verdict"] in ("passed", "failed", "inconclusive")
         assert {"fa", "ra", "ta", "avg_gap", "gap", "seconds", "statistic"} <= set(row)
@@ -40,4 +42,8 @@ def test_tiny_run_writes_every_part_and_doing_nothing_fails(tmp_path: Path) -> N
     assert saved["less_fix"]["less_own"]["negative_share"] == 0
     assert {x["scorer"] for x in saved["fig41"]} == set(unlearning.FIG41_SCORERS)
     assert saved["false_alarms"]["random"]["retrain_failed"]["n"] == 2
+    # The job's ladder: every variant, every (forget set, seed), ending somewhere; retrain ends cost the most.
+    ladder = saved["ladders"]["finetune"]
+    assert sum(ladder["ended_at"].values()) == 3 * 2
+    assert ladder["seconds_to_promote"]["mean"] > 0
     assert {t["status"] for t in saved["targets"]} <= {"PASS", "MISS", "n/a"}
