@@ -354,7 +354,7 @@ class Result:
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     torch.set_num_threads(1)
-    began = time.perf_counter()
+    began, load_at_start = time.perf_counter(), os.getloadavg()
     setting = evb.memorisation(**({"epochs": cfg.epochs} if cfg.epochs else {}))
     f = evb.fit(setting, k=cfg.k, shift_models=cfg.shift_models)
     log(f"parent {f.seconds['parent']:.1f}s (train accuracy {f.parent_train_accuracy:.3f}), pool K={cfg.k}"
@@ -369,7 +369,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     less = less_fix(f)
     fig = fig41(f, cfg) if cfg.fig41_n else []
     summary = summarise(rows)
-    res = Result(asdict(cfg), setting.describe(), evb.machine() | {"load_at_start": os.getloadavg()},
+    res = Result(asdict(cfg), setting.describe(), evb.machine() | {"load_at_start": load_at_start},
                  {"parent": f.seconds["parent"], "pool": f.seconds["pool"], "rows": t_rows}, rows)
     out = asdict(res) | {"size": "quick" if cfg.quick else "default", "prune_scorer": PRUNE_SCORER,
                          "variants": {label: {"algorithm": a, "params": validate_params(a, p)}
