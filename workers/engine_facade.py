@@ -80,7 +80,7 @@ def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarr
     extra = dict(options or {})
     if method == "hessian":
         extra.setdefault("factors_dir", work_dir / "kfac")
-    elif method == "less":
+    elif method in ("less", "less_own"):
         extra.setdefault("checkpoints_dir", checkpoints_dir)
     if rows is not None:
         extra["rows"] = rows

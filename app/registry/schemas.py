@@ -8,8 +8,9 @@ from app.timestamps import Timestamp
 from workers.engine import plugins
 from workers.engine.params import PARAMS, validate_params
 
-SCORERS = ("gradnorm", "hessian", "less")
-Scorer = Literal["gradnorm", "hessian", "less"]
+SCORERS = ("gradnorm", "hessian", "less", "less_own")
+# less_own: LESS without the shared momentum term (papers.md's fix); "less" stays the paper's form.
+Scorer = Literal["gradnorm", "hessian", "less", "less_own"]
 ALGORITHMS = tuple(PARAMS)
 
 

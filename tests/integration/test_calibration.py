@@ -66,12 +66,12 @@ def test_calibration_compares_every_scorer(client: TestClient, admin_headers: di
     drain()
     assert client.get(f"/jobs/{job.json()['job_id']}", headers=h).json()["status"] == "completed"
     cal = client.get("/models/toy/versions/1/calibration", headers=h).json()
-    assert set(cal["curves"]) == {"gradnorm", "hessian", "less", "random"}
+    assert set(cal["curves"]) == {"gradnorm", "hessian", "less", "less_own", "random"}
     assert set(cal["by_method"]) == set(cal["curves"]) and cal["method"] == "gradnorm"
     assert cal["by_method"]["gradnorm"]["n_free"] == cal["n_free"]
     # the other scorers were scored on the way, and their runs are listed on the version
     runs = {r["method"]: r["status"] for r in client.get("/models/toy/versions/1", headers=h).json()["influence"]}
-    assert runs == {"gradnorm": "completed", "hessian": "completed", "less": "completed"}
+    assert runs == {"gradnorm": "completed", "hessian": "completed", "less": "completed", "less_own": "completed"}
 
 
 def test_calibration_needs_a_test_split(client: TestClient, admin_headers: dict[str, str]) -> None:

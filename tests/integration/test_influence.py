@@ -92,3 +92,9 @@ def test_unknown_scorer_is_422(client: TestClient, admin_headers: dict[str, str]
                                                           "architecture": {"kind": "mlp"},
                                                           "policy": {"scorer": "tea-leaves"}})
     assert bad_policy.status_code == 422
+    fixed = client.post("/models", headers=h, json={"name": "y", "dataset": "toy", "architecture": {"kind": "mlp"},
+                                                    "policy": {"scorer": "less_own", "algorithm": "imu",
+                                                               "params": {"selection": "per_point"}}})
+    assert fixed.status_code in (201, 202), fixed.text
+    assert fixed.json()["policy"]["scorer"] == "less_own"
+    assert fixed.json()["policy"]["params"]["selection"] == "per_point"

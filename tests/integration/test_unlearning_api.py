@@ -63,7 +63,9 @@ def test_bad_algorithm_or_params_are_422_and_record_nothing(embedded: TestClient
     ids = _trained(embedded, h)
     base = {"model": "toy", "point_ids": ids[-5:], "reason": "gdpr", "requested_by": "dpo"}
     for extra in ({"algorithm": "forgetify"}, {"algorithm": "scrub", "params": {"epochs": 0}},
-                  {"algorithm": "imu", "params": {"not_a_param": 1}}):
+                  {"algorithm": "imu", "params": {"not_a_param": 1}},
+                  {"algorithm": "imu", "params": {"selection": "everything"}},
+                  {"algorithm": "iau", "params": {"step": "newton"}}):
         bad = embedded.post("/forget", headers=h, json=base | extra)
         assert bad.status_code == 422, (extra, bad.text)
     assert embedded.get("/requests", headers=h).json()["total"] == 0

@@ -8,6 +8,7 @@ dampings, factors fitted or loaded; less: whether checkpoints or the final weigh
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,19 @@ def _gradnorm(model: nn.Module, data: ArraySet, *, device: torch.device, batch_s
 
 def _less(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int = 256,
           checkpoints: list[Checkpoint] | None = None, checkpoints_dir: Path | None = None,
-          info: dict[str, Any] | None = None) -> np.ndarray:
+          info: dict[str, Any] | None = None, own_term: bool = False) -> np.ndarray:
     if checkpoints is None and checkpoints_dir is not None:
         checkpoints = load_checkpoints(checkpoints_dir)
-    scores, what = less_self_influence(model, data, device=device, checkpoints=checkpoints, batch_size=batch_size)
+    scores, what = less_self_influence(model, data, device=device, checkpoints=checkpoints, batch_size=batch_size,
+                                       own_term=own_term)
     if info is not None:
         info.update(what)
     return scores
 
 
+# "less" is LESS's Γ with the shared momentum (the paper's form); "less_own" only the point's own term.
 SCORERS: dict[str, Callable[..., np.ndarray]] = {"gradnorm": _gradnorm, "hessian": hessian_self_influence,
-                                                 "less": _less}
+                                                 "less": _less, "less_own": partial(_less, own_term=True)}
 
 
 def compute_self_influence(method: str, model: nn.Module, data: ArraySet, *, device: torch.device,

@@ -3,6 +3,8 @@
 Adam checkpoints: Γ_i^c is the update point i alone would cause from the checkpoint's moments,
     m_i = β₁m_c + (1−β₁)g_i,  v_i = β₂v_c + (1−β₂)g_i²,  Γ_i = (m_i/(1−β₁ᵗ)) / (√(v_i/(1−β₂ᵗ)) + ε),
 elementwise, t the checkpoint's step (Adam's weight decay is not part of a point's own update).
+The scorer "less_own" (an option, papers.md) leaves the shared β₁m_c out of m_i: a self-influence then is the
+point's own term only, and never negative.
 SGD checkpoints: Γ = g, so the term is η_c‖g_i^c‖² (a multi-checkpoint TracIn self-influence).
 Without checkpoints (versions produced by unlearning have none) the version's own weights are the single
 checkpoint with Γ = g and η = 1, i.e. the squared gradient norm, and the returned info says so.
@@ -134,8 +136,12 @@ def _scaled_moments(m: torch.Tensor, v: torch.Tensor, ck: Checkpoint) -> tuple[t
     return m * (b1 / (1 - b1 ** t)), v * (b2 / (1 - b2 ** t))
 
 
-def _adam_inner(g: torch.Tensor, ms: torch.Tensor, vs: torch.Tensor, ck: Checkpoint) -> torch.Tensor:
+def _adam_inner(g: torch.Tensor, ms: torch.Tensor, vs: torch.Tensor, ck: Checkpoint,
+                own_term: bool = False) -> torch.Tensor:
     """Σ over parameters of Γ_i ⊙ g_i for per-sample gradients g (b, …) and scaled moments ms, vs (…).
+
+    own_term drops the shared β₁m_c from Γ_i (only (1−β₁)g_i/(√v̂_i+ε) is left): the same for every point, it
+    makes a self-influence negative for points that oppose the momentum.
 
     Memory-bound elementwise work over b·P values: fused and in-place ops keep it to ~5 passes.
     """
@@ -143,12 +149,12 @@ def _adam_inner(g: torch.Tensor, ms: torch.Tensor, vs: torch.Tensor, ck: Checkpo
     t = max(ck.step, 1)
     den = torch.addcmul(vs, g, g, value=(1 - b2) / (1 - b2 ** t)).sqrt_().add_(ck.eps)
     ratio = torch.div(g, den, out=den)
-    m_hat = torch.add(ms, g, alpha=(1 - b1) / (1 - b1 ** t))
+    m_hat = g * ((1 - b1) / (1 - b1 ** t)) if own_term else torch.add(ms, g, alpha=(1 - b1) / (1 - b1 ** t))
     return torch.linalg.vecdot(m_hat.flatten(1), ratio.flatten(1))
 
 
 def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torch.device,
-               batch_size: int) -> np.ndarray:
+               batch_size: int, own_term: bool = False) -> np.ndarray:
     dtype = next(model.parameters()).dtype
     layers = tracked_layers(model)
     fallback = bool(untracked_parameters(model))
@@ -165,7 +171,7 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
         x, y = x_all[idx.to(device)], y_all[idx.to(device)]
         total = torch.zeros(len(idx), dtype=torch.float64, device=device)
         if fallback:
-            _vmap_adam(model, x, y, ck, total)
+            _vmap_adam(model, x, y, ck, total, own_term)
         else:
             with Capture(layers) as cap:
                 logits = model(x)
@@ -175,12 +181,13 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
                 a, d = layer_inputs(module, cap.inputs[name]), deltas[name]
                 m, v = moments[name]
                 for part in chunks(len(a), m.numel()):
-                    total[part] += _adam_inner(rotated_gradients(d[part], a[part]), m, v, ck).double()
+                    total[part] += _adam_inner(rotated_gradients(d[part], a[part]), m, v, ck, own_term).double()
         out[idx.numpy()] = total.cpu().numpy()
     return out
 
 
-def _vmap_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ck: Checkpoint, total: torch.Tensor) -> None:
+def _vmap_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ck: Checkpoint, total: torch.Tensor,
+               own_term: bool = False) -> None:
     """Models with parameters outside Linear/Conv2d: per-sample gradients by vmap, chunked by P."""
     from torch.func import functional_call, grad, vmap
 
@@ -197,13 +204,16 @@ def _vmap_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ck: Checkpoin
         for name, g in grads.items():
             ms, vs = _scaled_moments(ck.exp_avg[name].to(g.device, g.dtype), ck.exp_avg_sq[name].to(g.device, g.dtype),
                                      ck)
-            total[part] += _adam_inner(g, ms, vs, ck).double()
+            total[part] += _adam_inner(g, ms, vs, ck, own_term).double()
 
 
 def less_self_influence(model: nn.Module, data: ArraySet, *, device: torch.device,
                         checkpoints: list[Checkpoint] | None = None,
-                        batch_size: int = 256) -> tuple[np.ndarray, dict[str, Any]]:
-    """LESS self-influence of every point of `data` (float64) and where it came from."""
+                        batch_size: int = 256, own_term: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """LESS self-influence of every point of `data` (float64) and where it came from.
+
+    own_term=False is LESS's Γ with the checkpoint's shared momentum (the paper's form, for reproduction);
+    own_term=True scores only the point's own share (1−β₁)g_i/(√v̂_i+ε), never negative."""
     if not checkpoints:
         norms = gradnorm_self_influence(model, data, device=device, batch_size=batch_size)
         return norms ** 2, {"source": "final-weights (no checkpoints)"}
@@ -214,7 +224,10 @@ def less_self_influence(model: nn.Module, data: ArraySet, *, device: torch.devic
         if ck.optimizer == "sgd":
             total += ck.lr * gradnorm_self_influence(work, data, device=device, batch_size=batch_size) ** 2
         else:
-            total += ck.lr * _adam_term(work.eval(), data, ck, device=device, batch_size=batch_size)
-    return total, {"source": "checkpoints", "n": len(checkpoints),
-                   "optimizers": sorted({ck.optimizer for ck in checkpoints}),
-                   "steps": [ck.step for ck in checkpoints]}
+            total += ck.lr * _adam_term(work.eval(), data, ck, device=device, batch_size=batch_size,
+                                        own_term=own_term)
+    info = {"source": "checkpoints", "n": len(checkpoints), "optimizers": sorted({ck.optimizer for ck in checkpoints}),
+            "steps": [ck.step for ck in checkpoints]}
+    if any(ck.optimizer != "sgd" for ck in checkpoints):  # SGD's Γ = g has no momentum term to keep or drop
+        info["term"] = "own" if own_term else "momentum+own"
+    return total, info

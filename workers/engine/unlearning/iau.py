@@ -1,5 +1,6 @@
 """IAU, influence approximation unlearning (Liu, Wu, Lian, Chen): forgetting a set is the incremental-learning
-step in the opposite direction, a single fresh-Adam step on ∇L(retain) − ∇L(forget)."""
+step in the opposite direction, a single fresh-Adam step on ∇L(retain) − ∇L(forget); or, as an option, the
+influence-removal step scaled by |F|/n (papers.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,13 @@ def iau(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: 
     if retain is None or len(retain) == 0:
         raise ValueError("iau needs retain data")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=params["lr"])  # fresh: its first step is about lr · sign(g)
+    scaled = params.get("step") == "scaled"
+    # adam (the paper): a fresh Adam's first step is about lr · sign(g), whatever |F|. scaled: a plain step of
+    # eta·|F|/n along g, the influence-removal update's size, so pruning the forget set drops terms of Σ.
+    n_total = len(forget) + len(retain)
+    scale = params["eta"] * len(forget) / n_total if scaled else 0.0
+    opt = (torch.optim.SGD(trainable, lr=scale) if scaled
+           else torch.optim.Adam(trainable, lr=params["lr"]))
     steps, norm = params["steps"], 0.0
     model.eval()
     for step in range(steps):
@@ -45,4 +52,5 @@ def iau(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: 
         opt.step()
         opt.zero_grad(set_to_none=True)
         progress((step + 1) / steps)
-    return {"steps": steps, "update_grad_norm": round(norm, 6), "n_forget": len(forget), "n_retain": len(retain)}
+    return {"steps": steps, "step": "scaled" if scaled else "adam", "step_scale": round(scale, 8),
+            "update_grad_norm": round(norm, 6), "n_forget": len(forget), "n_retain": len(retain)}

@@ -64,6 +64,12 @@ def imu_weights(influence: np.ndarray, gradnorm: np.ndarray, params: dict[str, A
     if params["weighting"] == "gradnorm":
         w = gradnorm.astype(np.float64)
         how = "gradnorm"
+    elif params.get("selection") == "per_point":
+        # Every requested point is ascended: a floor keeps points the mean gradient happens to favour in.
+        mag = np.sqrt(np.abs(influence.astype(np.float64)))
+        floor = float(np.quantile(mag, params["floor_quantile"]))
+        w = np.maximum(mag, floor if floor > 0 else max(float(mag.max()), 1.0) * 1e-6)
+        how = "influence per point"
     else:
         negative = np.flatnonzero(influence < 0)
         if len(negative) == 0:  # no point whose removal the influence favours: plain ascent on all

@@ -168,14 +168,16 @@ def test_hessian_matches_leave_one_out(logistic: dict) -> None:
 
 # --- LESS ---
 
-def brute_force_adam(model: nn.Module, data: ArraySet, checkpoints: list[Checkpoint]) -> np.ndarray:
+def brute_force_adam(model: nn.Module, data: ArraySet, checkpoints: list[Checkpoint],
+                     own_term: bool = False) -> np.ndarray:
     total = np.zeros(len(data))
     for ck in checkpoints:
         model.load_state_dict(ck.state_dict)
         b1, b2 = ck.betas
         for i, g in enumerate(per_sample_grads(model, data)):
             for name, gi in g.items():
-                m = (b1 * ck.exp_avg[name].double() + (1 - b1) * gi) / (1 - b1 ** ck.step)
+                shared = 0.0 if own_term else b1 * ck.exp_avg[name].double()
+                m = (shared + (1 - b1) * gi) / (1 - b1 ** ck.step)
                 v = (b2 * ck.exp_avg_sq[name].double() + (1 - b2) * gi ** 2) / (1 - b2 ** ck.step)
                 total[i] += ck.lr * float((m / (v.sqrt() + ck.eps) * gi).sum())
     return total
@@ -205,6 +207,31 @@ def test_less_adam_equals_brute_force(case: int, tmp_path) -> None:
     scores, info = less_self_influence(model, ds, device=CPU, checkpoints=loaded, batch_size=7)
     assert info["source"] == "checkpoints" and info["n"] == 2
     np.testing.assert_allclose(scores, brute_force_adam(model, ds, recorder.checkpoints), rtol=1e-4)
+    own, info = less_self_influence(model, ds, device=CPU, checkpoints=loaded, batch_size=7, own_term=True)
+    assert info["term"] == "own"
+    np.testing.assert_allclose(own, brute_force_adam(model, ds, recorder.checkpoints, own_term=True), rtol=1e-4)
+
+
+def test_less_own_term_is_never_negative_where_the_paper_form_is() -> None:
+    """The shared momentum makes the paper's LESS self-influence negative for points against it, and fills the
+    lowest decile with them; the own-term option (scorer "less_own") scores every point ≥ 0."""
+    d = load_digits()
+    ds = ArraySet((d.data[:500] / 16).astype(np.float32), d.target[:500])
+    torch.manual_seed(0)
+    model = build_model({"kind": "mlp", "hidden": [128]}, input_shape=(64,), n_classes=10)
+    recorder = CheckpointRecorder(epochs=60, k=3)  # trained to convergence: gradients small beside the momentum
+    train_model(model, ds, device=CPU, on_epoch_end=recorder,
+                recipe={"optimizer": "adam", "lr": 3e-3, "epochs": 60, "batch_size": 32, "seed": 0})
+    paper = compute_self_influence("less", model, ds, device=CPU, checkpoints=recorder.checkpoints)
+    own = compute_self_influence("less_own", model, ds, device=CPU, checkpoints=recorder.checkpoints)
+    assert (paper < 0).mean() > 0.03, (paper < 0).mean()  # 7.4% measured
+    assert (own >= 0).all()
+    # The own term tracks the gradient size; the paper form's lowest decile does not.
+    norms = gradnorm_self_influence(model, ds, device=CPU)
+    low = len(ds) // 10
+    own_low, paper_low = (np.argsort(s, kind="stable")[:low] for s in (own, paper))
+    assert spearmanr(own, norms)[0] > spearmanr(paper, norms)[0]
+    assert np.median(norms[own_low]) < np.median(norms[paper_low])
 
 
 def test_less_sgd_is_lr_weighted_squared_gradnorm(tmp_path) -> None:
@@ -242,7 +269,7 @@ def test_less_without_checkpoints_says_so() -> None:
 # --- registry, cache, and the cnn ---
 
 def test_registry_and_factor_cache(tmp_path) -> None:
-    assert {"gradnorm", "hessian", "less"} <= set(SCORERS)
+    assert {"gradnorm", "hessian", "less", "less_own"} <= set(SCORERS)
     torch.manual_seed(0)
     model = build_model({"kind": "cnn", "channels": [3], "hidden": 5}, input_shape=(2, 6, 6), n_classes=4)
     ds = random_set((2, 6, 6))

@@ -243,3 +243,46 @@ def test_gradient_restriction_recipe_option(digits: dict[str, ArraySet]) -> None
             p -= 0.1 * g
     for a, b, c in zip(models[0.5].parameters(), manual.parameters(), models[0.0].parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-6)
+
+
+# --- the per-point options (papers.md): the paper's forms stay the defaults ---
+
+def test_imu_per_point_selection_ascends_every_requested_point(
+        digits: dict[str, ArraySet], trained: torch.nn.Module) -> None:
+    paper = unlearn("imu", trained, forget=digits["forget"], retain=None, params={}, device=CPU)
+    per_point = unlearn("imu", trained, forget=digits["forget"], retain=None,
+                        params={"selection": "per_point"}, device=CPU)
+    assert paper.metrics["n_ascended"] < len(digits["forget"])
+    assert per_point.metrics["n_ascended"] == len(digits["forget"])
+    assert per_point.metrics["weighting"] == "influence per point"
+    xf, yf = torch.as_tensor(digits["forget"].x), torch.as_tensor(digits["forget"].y)
+    head = head_of(trained)
+    influence, gradnorm = head_influences(head, head_inputs(trained, head, xf), yf, 0.01)
+    w, _ = imu_weights(influence.numpy(), gradnorm.numpy(), validate_params("imu", {"selection": "per_point"}))
+    mag = np.sqrt(np.abs(influence.numpy()))
+    assert (w > 0).all() and w.min() >= np.quantile(mag, 0.1) - 1e-12 and w.max() <= np.quantile(mag, 1.0)
+
+
+def test_iau_scaled_step_grows_with_the_forget_set(digits: dict[str, ArraySet], trained: torch.nn.Module) -> None:
+    def moved(n: int, params: dict) -> tuple[float, dict]:
+        forget = ArraySet(digits["forget"].x[:n], digits["forget"].y[:n])
+        r = unlearn("iau", trained, forget=forget, retain=digits["retain"], params=params, device=CPU)
+        return float(sum(((a - b) ** 2).sum() for a, b in zip(trained.parameters(), r.model.parameters(),
+                                                               strict=True)).detach()) ** 0.5, r.metrics
+
+    adam = [moved(n, {})[0] for n in (6, 60)]
+    scaled = [moved(n, {"step": "scaled"}) for n in (6, 60)]
+    # The paper's step is a sign step: the same size for 6 points as for 60 (within 5%).
+    assert abs(adam[1] - adam[0]) < 0.05 * adam[0]
+    # The scaled one is eta·|F|/n (n = |F| + |R|): ten times the points, a ~10× scale and a longer step.
+    n_r = len(digits["retain"])
+    for n, (_, metrics) in zip((6, 60), scaled, strict=True):
+        assert metrics["step_scale"] == pytest.approx(3.0 * n / (n + n_r))
+    assert scaled[1][1]["step"] == "scaled" and scaled[1][0] > 2 * scaled[0][0]
+
+
+@pytest.mark.parametrize("algorithm,params", [("iau", {"step": "newton"}), ("imu", {"selection": "all"}),
+                                              ("imu", {"floor_quantile": 1.5})])
+def test_unknown_option_values_are_refused(algorithm: str, params: dict) -> None:
+    with pytest.raises(ValueError, match=f"invalid params for {algorithm}"):
+        validate_params(algorithm, params)
