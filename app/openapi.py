@@ -110,6 +110,59 @@ def _implied(route: APIRoute, path: str, method: str) -> set[int]:
     return statuses
 
 
+# What each operation does, in a reader's words (FastAPI's default is the function name: "Head", "Post Reference").
+SUMMARIES: dict[tuple[str, str], str] = {
+    ("get", "/healthz"): "Liveness: the process answers",
+    ("get", "/readyz"): "Readiness: database, broker and artifact store reachable",
+    ("post", "/datasets"): "Register a dataset (npz upload or by reference)",
+    ("get", "/datasets"): "List the tenant's datasets",
+    ("get", "/datasets/{name}"): "One dataset: size, splits, subjects, erasures",
+    ("post", "/models"): "Register a model lineage (dataset, architecture, recipe, policy)",
+    ("get", "/models"): "List the tenant's models",
+    ("get", "/models/kinds"): "List the installed model kinds (architectures)",
+    ("get", "/models/{name}"): "One model: current version, policy, reference pool status",
+    ("post", "/models/{name}/versions"): "Upload a version's weights (safetensors)",
+    ("get", "/models/{name}/versions"): "List a model's versions",
+    ("post", "/models/{name}/train"): "Train the model's first version with its recipe (a job)",
+    ("get", "/models/{name}/versions/{number}"): "One version: lineage, metrics, status",
+    ("get", "/models/{name}/versions/{number}/weights"): "Download a version's weights",
+    ("get", "/models/{name}/versions/{number}/influence"): "Page a version's self-influence scores",
+    ("post", "/models/{name}/versions/{number}/influence"): "Score a version's training points (a job)",
+    ("post", "/models/{name}/versions/{number}/calibrate"): "Retrain without the lowest-influence points (a job)",
+    ("post", "/models/{name}/versions/{number}/reference"): "Train the lineage's reference pool (a job)",
+    ("get", "/models/{name}/versions/{number}/calibration"): "A version's calibration result",
+    ("get", "/models/{name}/versions/{number}/calibration.png"): "A version's calibration plot",
+    ("post", "/forget"): "Forget points or subjects: free ones answered now, the rest unlearned by a job",
+    ("get", "/requests"): "List forget requests",
+    ("get", "/requests/{request_id}"): "One forget request: dispositions, job, status",
+    ("get", "/requests/{request_id}/evidence"): "Page a request's per-point evidence and audits",
+    ("get", "/requests/{request_id}/certificate"): "A request's signed deletion certificate",
+    ("post", "/requests/{request_id}/cancel"): "Cancel a request whose job has not finished",
+    ("get", "/jobs"): "List jobs",
+    ("get", "/jobs/{job_id}"): "One job: phase, progress, result, error",
+    ("get", "/ledger"): "Page the tamper-evident ledger",
+    ("get", "/ledger/verify"): "Re-verify the ledger's hash chain",
+    ("get", "/ledger/head"): "The ledger's newest entry and its hash",
+    ("get", "/ledger/checkpoints"): "Signed checkpoints of the ledger's head",
+    ("get", "/ledger/public-key"): "The Ed25519 key that signs checkpoints and certificates",
+    ("get", "/keys"): "List the tenant's API keys",
+    ("post", "/keys"): "Create an API key (shown once)",
+    ("delete", "/keys/{key_id}"): "Revoke an API key",
+    ("get", "/webhooks"): "List webhooks",
+    ("post", "/webhooks"): "Register a webhook (its signing secret shown once)",
+    ("get", "/webhooks/deliveries"): "Page webhook deliveries and their outcomes",
+    ("delete", "/webhooks/{webhook_id}"): "Delete a webhook",
+    ("post", "/webhooks/{webhook_id}/rotate"): "Rotate a webhook's signing secret",
+    ("get", "/opendsr/v1/discovery"): "OpenDSR discovery document",
+    ("get", "/opendsr/v1/certificate.pem"): "OpenDSR processor certificate (PEM)",
+    ("get", "/opendsr/v1/status"): "OpenDSR processor status",
+    ("post", "/opendsr/v1/opendsr_requests"): "Submit an OpenDSR erasure request",
+    ("get", "/opendsr/v1/opendsr_requests/{subject_request_id}"): "Status of an OpenDSR request",
+    ("delete", "/opendsr/v1/opendsr_requests/{subject_request_id}"): "Cancel an OpenDSR request",
+    ("get", "/metrics"): "Prometheus metrics (text exposition format)",
+}
+
+
 def document(app: FastAPI) -> None:
     """Complete every operation's error answers (see the module docstring) in the OpenAPI document."""
     generate = app.openapi
@@ -130,6 +183,8 @@ def document(app: FastAPI) -> None:
                   if isinstance(c.original_route, APIRoute) for m in c.methods or ()}
         for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
+                if (method, path) in SUMMARIES:
+                    op["summary"] = SUMMARIES[(method, path)]
                 route = routes.get((path, method.upper()))
                 responses = op.setdefault("responses", {})
                 for status in _implied(route, path, method.upper()) if route else ():

@@ -9,6 +9,8 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
+from app.openapi import SUMMARIES
+
 
 @pytest.fixture
 def client(sqlite_env: dict[str, str]) -> TestClient:
@@ -59,6 +61,8 @@ def test_every_operation_is_described_and_documents_its_errors(client: TestClien
         for field in ("summary", "description"):
             if not (op.get(field) or "").strip():
                 problems.append(f"{where}: no {field}")
+        if (method, path) not in SUMMARIES:
+            problems.append(f"{where}: no written summary in app/openapi.py SUMMARIES")
         errors = {int(c) for c in op["responses"] if c.isdigit() and int(c) >= 400}
         if not errors and (method, path) not in NO_ERRORS:
             problems.append(f"{where}: documents no error status")
