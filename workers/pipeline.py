@@ -43,7 +43,8 @@ from workers.engine.params import escalation
 
 log = logging.getLogger("lethe.pipeline")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
-# A retrain reference's seed is the recipe's plus this: never a pool model's (seed·1000 + 100 + m) nor a retrain's.
+# A retrain reference's seed is the recipe's plus this: apart from a retrain's (recipe seed) and, for any K below
+# 900, from the pool's (seed·1000 + 100 + m).
 REFERENCE_SEED_OFFSET = 10_007
 # job id -> the attempt number this process claimed; the final transactions check it (see _fence).
 _CLAIMS: dict[str, int] = {}
