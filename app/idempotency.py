@@ -279,16 +279,14 @@ async def _send_problem(send: Send, payload: dict[str, Any]) -> None:
 def document(app: FastAPI) -> None:
     """List the Idempotency-Key header on every POST the middleware serves (the OpenAPI document would
     otherwise show it only where a route declares it, POST /forget)."""
-    generate = app.openapi
+    from app.openapi import extend
+
     param = {"name": "Idempotency-Key", "in": "header", "required": False,
              "description": f"Replays the first 2xx answer for {get_settings().idempotency_ttl_hours:g} h; "
                             "another request under the same key is a 409 (see README: Retries).",
              "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY}}
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = generate()
+    def edit(schema: dict[str, Any]) -> None:
         for path, ops in schema.get("paths", {}).items():
             post = ops.get("post")
             if post is None or own_handling(path):
@@ -296,7 +294,5 @@ def document(app: FastAPI) -> None:
             params = post.setdefault("parameters", [])
             if not any(p.get("name", "").lower() == "idempotency-key" for p in params):
                 params.append(param)
-        app.openapi_schema = schema
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    extend(app, edit)

@@ -19,6 +19,7 @@ from app.idempotency import Idempotency, document
 from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
 from app.openapi import document as document_errors
+from app.openapi import extend as extend_openapi
 from app.opendsr.router import router as opendsr_router
 from app.registry.router import router as models_router
 from app.settings import get_settings
@@ -42,22 +43,12 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def _bearer(app: FastAPI) -> None:
+def _bearer(schema: dict[str, Any]) -> None:
     """Declare the API-key bearer scheme, so /docs offers 'Authorize' and every operation shows it needs a key."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = generate()
-        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
-            "type": "http", "scheme": "bearer",
-            "description": "An API key (`lethe_…`): `make run` prints the admin key, `lethe keys` makes more."}}
-        schema["security"] = [{"bearer": []}]
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key (`lethe_…`): `make run` prints the admin key, `lethe keys` makes more."}}
+    schema["security"] = [{"bearer": []}]
 
 
 def create_app() -> FastAPI:
@@ -73,5 +64,5 @@ def create_app() -> FastAPI:
         app.include_router(router)
     document(app)  # after the routes: the OpenAPI document lists Idempotency-Key on every POST
     document_errors(app)  # every error status each operation can answer, as problem details
-    _bearer(app)
+    extend_openapi(app, _bearer)
     return app

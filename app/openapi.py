@@ -10,6 +10,7 @@ except the OpenDSR routes', which keep their specification's error shape (`OpenD
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -65,6 +66,22 @@ NO_DATABASE = ("/healthz", "/readyz", "/ledger/public-key", "/opendsr/v1/discove
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route's own error statuses; `document` gives each its description and schema."""
     return {status: {"description": STATUSES[status][0]} for status in statuses}
+
+
+def extend(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Add a step to the app's OpenAPI document: `edit` changes the generated document in place, once (the
+    document is cached on the app as FastAPI caches its own)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        edit(schema)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _example(slug: str, status: int) -> dict[str, Any]:
@@ -165,12 +182,8 @@ SUMMARIES: dict[tuple[str, str], str] = {
 
 def document(app: FastAPI) -> None:
     """Complete every operation's error answers (see the module docstring) in the OpenAPI document."""
-    generate = app.openapi
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = generate()
+    def edit(schema: dict[str, Any]) -> None:
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(problem_schema.pop("$defs", {}))
@@ -211,7 +224,5 @@ def document(app: FastAPI) -> None:
                         response["content"] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"},
                                                             "example": _example(slug, status)}}
                 op["responses"] = dict(sorted(responses.items()))
-        app.openapi_schema = schema
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    extend(app, edit)
