@@ -52,7 +52,8 @@ METRICS: dict[str, dict[str, str]] = {
     "verdict": {"name": "audit verdict",
                 "meaning": "passed (inside the retrained range, with power), failed (outside it: side 'remembers' "
                            "or 'over-forgets', or accuracy fell beyond policy) or inconclusive (no valid pool, too "
-                           "little power, the unchanged parent would pass too, or a concentrated request)",
+                           "little power, the unchanged parent would pass too, or a concentrated request without a "
+                           "retrain reference)",
                 "basis": "statistic, null and power above, then retain and test accuracy against the parent"},
     "separation": {"name": "separation",
                    "meaning": "the point's own membership-inference (LiRA) AUC between pool models trained with and "

@@ -165,12 +165,3 @@ def list_entries(session: Session, *, tenant_id: str, event: str | None = None, 
     total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
     rows = session.execute(q.where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(limit)).scalars()
     return list(rows), total
-
-
-def entries_for(session: Session, *, tenant_id: str, subject_ids: list[str]) -> list[LedgerEntry]:
-    """Every entry about any of the given subjects (requests, jobs, versions), in order."""
-    return list(session.execute(
-        select(LedgerEntry)
-        .where(LedgerEntry.tenant_id == tenant_id, LedgerEntry.subject_id.in_(subject_ids))
-        .order_by(LedgerEntry.seq)
-    ).scalars())
