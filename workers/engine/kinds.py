@@ -59,8 +59,7 @@ class _Layered:
             widths = [math.prod(input_shape), *([hidden] if isinstance(hidden, int) else (hidden or [128])),
                       n_classes]
             return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
-        c, h, w = ([1, *input_shape] if len(input_shape) == 2 else list(input_shape) + [1] * (3 - len(input_shape))
-                   )[:3]
+        c, h, w = _chw(input_shape)
         total = 0
         for out in config.get("channels") or [16, 32]:
             total += (c * 9 + 1) * out

@@ -113,6 +113,9 @@ def test_the_torch_free_state_shapes_the_api_checks_uploads_with_are_the_built_m
     config = {k: v for k, v in spec.items() if k != "kind"}
     expected = plugins.plugin(spec["kind"]).state_shapes(config, input_shape=list(shape), n_classes=4)
     assert expected == {k: list(v.shape) for k, v in net.state_dict().items()}
+    # the size limits' torch-free arithmetic counts the same model (a flat input to a cnn is a square image)
+    count = plugins.plugin(spec["kind"]).parameter_count(config, input_shape=list(shape), n_classes=4)
+    assert count == sum(p.numel() for p in net.parameters())
 
 
 def test_a_kind_whose_loss_or_encode_the_engine_would_ignore_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
