@@ -30,8 +30,17 @@ lint: $(STAMP)
 
 # bench/influence.py runs Kronfluence side by side: it requires torchvision, which the engine does not
 # need, so it goes in without dependencies and what it imports is added with torch held at the pinned build.
+# Fashion-MNIST for the benchmarks, the demo and its tests: Debian's package, idx files under
+# /usr/share/datasets/fashion-mnist (nothing is downloaded at run time). Needs root or sudo.
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: data-deps
+data-deps:
+	@test -f $(FASHION) || $(SUDO) apt-get install -y -q dataset-fashion-mnist \
+		|| ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+
 .PHONY: bench-deps
-bench-deps: $(STAMP)
+bench-deps: $(STAMP) data-deps
 	echo 'torch==2.13.0' > $(VENV)/bench-constraints.txt
 	$(BIN)/pip install -q -c $(VENV)/bench-constraints.txt accelerate einconv einops opt_einsum tqdm
 	$(BIN)/pip install -q --no-deps -c $(VENV)/bench-constraints.txt kronfluence==1.0.1
