@@ -71,6 +71,14 @@ def test_models_and_versions_validation(client: TestClient, admin_headers: dict[
     body = assert_problem(bad, 422, kind="validation", detail="body.architecture")
     assert body["errors"] and {"loc", "msg", "type"} <= body["errors"][0].keys()
     assert body["errors"][0]["loc"][:2] == ["body", "architecture"]
+    scorer = assert_problem(client.post("/models", headers=admin_headers, json={
+        "name": "x", "dataset": "toy", "architecture": {"kind": "mlp"}, "policy": {"scorer": "gradnrom"}}),
+        422, kind="validation", detail="body.policy.scorer: Input should be", suggestions=["gradnorm"])
+    assert "did you mean 'gradnorm'?" in scorer["detail"] and "less_own" in scorer["choices"]
+    assert scorer["errors"][0]["suggestions"] == ["gradnorm"]
+    optimizer = client.post("/models", headers=admin_headers, json={
+        "name": "x", "dataset": "toy", "architecture": {"kind": "mlp"}, "recipe": {"optimizer": "adamw"}}).json()
+    assert optimizer["choices"] == ["adam", "sgd"] and optimizer["suggestions"] == ["adam"]
     create_model(client, admin_headers)
     not_st = upload_version(client, admin_headers, data=b"\x80\x04pickle-bytes")
     assert not_st.status_code == 422

@@ -69,6 +69,11 @@ def test_database_cut_answers_503_and_recovers_unaided(proxied: tuple[Server, Tc
                 assert check_problem(resp)["type"] in (PROBLEM_BASE + "database-unavailable",
                                                        PROBLEM_BASE + "database-busy"), resp.text
                 assert int(resp.headers["Retry-After"]) > 0
+            # the OpenDSR routes answer in their specification's error shape, also while the database is away
+            dsr, took = _timed(http, "GET", "/opendsr/v1/opendsr_requests/0b6c2b9e-6f3c-4a8e-9d55-1d2f0a7c3e11")
+            assert dsr.status_code == 503 and took < BOUND, (dsr.status_code, dsr.text)
+            assert dsr.json()["error"]["code"] == 503 and int(dsr.headers["Retry-After"]) > 0, dsr.text
+            assert dsr.json()["error"]["errors"][0]["reason"] in ("DatabaseUnavailable", "DatabaseBusy")
         assert http.get("/healthz").status_code == 200  # liveness does not depend on the database
 
         proxy.restore()
