@@ -103,6 +103,9 @@ def test_params_validated_and_escalation() -> None:
         validate_params("finetune", {"epochs": 0})
     with pytest.raises(ValueError, match="invalid params"):
         validate_params("neggrad", {"warp": 9})
+    with pytest.raises(ValueError, match=r"epoch: Extra inputs are not permitted \(did you mean 'epochs'\?\).*"
+                                         r"\(its params: epochs\)"):
+        validate_params("retrain", {"epoch": 3})
     with pytest.raises(ValueError, match="unknown algorithm"):
         validate_params("magic", {})
     ladder = escalation("finetune", {"epochs": 2})

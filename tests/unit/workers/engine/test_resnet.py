@@ -35,8 +35,10 @@ def test_resnet18_shapes_and_parameter_count_match_the_torch_free_arithmetic() -
 
 
 def test_unknown_kind_names_the_installed_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown architecture kind 'vit'; installed: .*resnet"):
+    with pytest.raises(ValueError, match=r"unknown architecture kind 'vit' \(installed: .*resnet"):
         build_model({"kind": "vit"}, input_shape=(4,), n_classes=2)
+    with pytest.raises(ValueError, match=r"unknown architecture kind 'mpl'; did you mean 'mlp'\? \(installed"):
+        build_model({"kind": "mpl"}, input_shape=(4,), n_classes=2)
     assert {"linear", "mlp", "cnn", "resnet"} <= set(plugins.installed_kinds())
     with pytest.raises(ValueError, match="blocks"):
         build_model({"kind": "resnet", "blocks": []}, input_shape=(64,), n_classes=2)
