@@ -1,5 +1,5 @@
 """Examples in the OpenAPI document: answers of a real `make run` session (the digits demo), trimmed to one
-item per list. tests/integration/test_docs.py validates each against its schema, so they cannot drift."""
+item per list. tests/app/test_docs.py validates each against its schema, so they cannot drift."""
 
 from typing import Any
 
