@@ -61,7 +61,7 @@ VERDICTS = ("passed", "failed", "inconclusive")
 JOB_FINAL = ("completed", "failed", "cancelled")
 REQUEST_FINAL = ("completed", "failed", "cancelled")
 DISPOSITIONS = ("free", "pruned", "unlearned", "already_forgotten", "failed", "cancelled")
-# Phases each kind of job records in Job.timings (workers/pipeline.py), and the attempts folded into one.
+# Phases each kind of job records in Job.timings (workers/jobs/), and the attempts folded into one.
 KIND_PHASES = {
     "train": ("training", "registering"),
     "score": ("scoring",),

@@ -1,6 +1,6 @@
-"""The pipeline's view of the engine: numpy arrays and paths in, networks and plain dicts out.
+"""The job modules' view of the engine: numpy arrays and paths in, networks and plain dicts out.
 
-Kept apart from pipeline.py so that importing the pipeline (API process, tests) does not import torch.
+Kept apart from workers/jobs/ so that importing a job module (API process, tests) does not import torch.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
           settings: Settings | None = None, retrained: bool = False,
           policy: dict[str, Any] | None = None, reference: torch.nn.Module | None = None) -> dict[str, Any]:
     """Audit the new network against its parent on the request's points: `passed` says whether retain and test
-    accuracy stayed within the policy's max_acc_drop (the pool's verdict is the pipeline's, on top). The MIAs
+    accuracy stayed within the policy's max_acc_drop (the pool's verdict is workers/jobs/verdict.py's, on top). The MIAs
     are reported as informational. With a retrain `reference` (a model retrained without the forget set) the
     report adds its numbers and the gap of each metric to them."""
     settings = settings or get_settings()

@@ -261,16 +261,39 @@ def finish_pool(session: Session, *, pool: ReferencePool, uri: str, sha256: str,
                                                            ReferencePool.status == "completed")):
         old.status = "superseded"
         if old.uri:
-            session.info.setdefault("delete_after_commit", []).append(old.uri)
+            artifacts.delete_after_commit(session, old.uri)
     for failed in session.scalars(select(ReferencePool.id).where(ReferencePool.model_id == pool.model_id,
                                                                  ReferencePool.status == "failed")):
-        # a failed pool job's per-model φ cache (workers/pipeline.py keeps it for re-runs)
-        session.info.setdefault("delete_after_commit", []).append(f"pools/{failed}.partial")
+        # a failed pool job's per-model φ cache (workers/jobs/reference.py keeps it for re-runs)
+        artifacts.delete_after_commit(session, artifacts.pool_cache_uri(failed))
     ledger.append(session, tenant_id=pool.tenant_id, event="pool.completed", subject_type="model",
                   subject_id=pool.model_id, data={
                       "pool_id": pool.id, "k": pool.k, "sha256": sha256, "n_points": n_points,
                       "n_certified": n_certified, "certified_set": report.get("certified_set"),
                       "shift": report.get("shift"), "limits": report.get("limits")})
+
+
+def has_pool(session: Session, *, model_id: str) -> bool:
+    """Whether the lineage has a pool queued, fitting or fitted (a lineage's first training starts one)."""
+    return session.scalar(select(ReferencePool.id).where(
+        ReferencePool.model_id == model_id, ReferencePool.status.in_(("queued", "running", "completed"))
+    ).limit(1)) is not None
+
+
+def pool_running(session: Session, *, pool_id: str) -> ReferencePool:
+    """A worker started (or restarted) fitting the pool."""
+    pool = session.get(ReferencePool, pool_id)
+    pool.status = "running"
+    return pool
+
+
+def fail_pool(session: Session, *, pool_id: str | None) -> None:
+    """The pool's job failed: the pool is failed and its arrays (if any were saved) deleted after commit; its
+    per-model φ cache stays for a re-run until a pool of the lineage completes."""
+    pool = session.get(ReferencePool, pool_id) if pool_id else None
+    if pool is not None and pool.status in ACTIVE:
+        pool.status = "failed"
+        artifacts.delete_after_commit(session, artifacts.pool_uri(pool.id))
 
 
 def erase_rows(session: Session, *, dataset_id: str, rows: list[int]) -> None:

@@ -23,6 +23,7 @@ from app.identity import keyed_hash
 from app.jobs import service as jobs
 from app.jobs.tables import Job, JobRequest
 from app.ledger import service as ledger
+from app.opendsr import hooks as opendsr
 from app.registry import service as registry
 from app.registry.schemas import ALGORITHMS
 from app.registry.tables import Model, Version
@@ -272,15 +273,51 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                       subject_id=request.id, data={"job_id": job.id, "coalesced": coalesced})
         request.job_id = job.id
         request.response = {"body": body_out | {"job_id": job.id}, "status": 202}
-    else:
-        counts = dict(Counter(r.disposition for r in rows))
-        ledger.append(session, tenant_id=model.tenant_id, event="request.completed", subject_type="request",
-                      subject_id=request.id, data={"counts": counts})
-        webhooks.emit(session, tenant_id=model.tenant_id, event_type="request.completed",
-                      data={"request_id": request.id, "model": model.name, "counts": counts,
-                            "ref": registry.ref(model, version.number)}, callback_url=request.callback_url)
+    else:  # answered at once: completed as it is created (status and completed_at set above)
+        _ended(session, request=request, model=model, counts=dict(Counter(r.disposition for r in rows)),
+               version=version.number)
     session.flush()
     return request
+
+
+def _ended(session: Session, *, request: ForgetRequest, model: Model, counts: dict[str, int],
+           version: int | None) -> None:
+    """A request reached its end (completed, failed): its ledger entry and webhook event, written here only."""
+    ledger.append(session, tenant_id=request.tenant_id, event=f"request.{request.status}", subject_type="request",
+                  subject_id=request.id, data={"counts": counts, "version": version})
+    webhooks.emit(session, tenant_id=request.tenant_id, event_type=f"request.{request.status}",
+                  data={"request_id": request.id, "model": model.name, "counts": counts,
+                        "ref": registry.ref(model, version) if version else None}, callback_url=request.callback_url)
+
+
+def open_requests(session: Session, *, job_id: str) -> list[ForgetRequest]:
+    """The accepted (not yet closed) requests a job serves."""
+    rows = (session.get(ForgetRequest, i) for i in jobs.request_ids(session, job_id=job_id))
+    return [r for r in rows if r is not None and r.status == "accepted"]
+
+
+def close(session: Session, *, request: ForgetRequest, status: str, version: int | None,
+          outcome: dict[int, str] | None = None) -> None:
+    """Close an accepted request: its pending points take `outcome` (point pk → pruned | unlearned, with the
+    version that removed them), or `failed` when it failed; then its status, ledger entry, webhook event and
+    the OpenDSR requests built on it (signed callbacks)."""
+    counts: dict[str, int] = {}
+    for d in session.scalars(select(Disposition).where(Disposition.request_id == request.id)):
+        if d.disposition == "pending":
+            d.disposition = (outcome or {}).get(d.point_pk, "failed" if status == "failed" else d.disposition)
+            if d.disposition in ("pruned", "unlearned"):
+                d.version = version
+        counts[d.disposition] = counts.get(d.disposition, 0) + 1
+    request.status, request.completed_at = status, utcnow()
+    _ended(session, request=request, model=session.get(Model, request.model_id), counts=counts, version=version)
+    opendsr.request_changed(session, request_id=request.id)
+
+
+def close_all(session: Session, *, job_id: str, status: str, version: int | None = None,
+              outcome: dict[int, str] | None = None) -> None:
+    """Close every accepted request a job serves (see close)."""
+    for request in open_requests(session, job_id=job_id):
+        close(session, request=request, status=status, version=version, outcome=outcome)
 
 
 def _job_for(session: Session, *, model: Model, algorithm: str, params: dict[str, Any]) -> tuple[Job, bool]:
@@ -325,9 +362,7 @@ def cancel(session: Session, *, tenant_id: str, request_id: str) -> ForgetReques
         session.execute(JobRequest.__table__.delete().where(JobRequest.job_id == job.id,
                                                             JobRequest.request_id == request.id))
         if not jobs.request_ids(session, job_id=job.id):
-            job.status, job.finished_at = "cancelled", utcnow()
-            ledger.append(session, tenant_id=tenant_id, event="job.cancelled", subject_type="job",
-                          subject_id=job.id, data={})
+            jobs.cancel(session, job=job)
     ledger.append(session, tenant_id=tenant_id, event="request.cancelled", subject_type="request",
                   subject_id=request.id, data={"n_points": len(pending)})
     session.flush()

@@ -89,6 +89,16 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
     return entry
 
 
+def append_once(session: Session, *, tenant_id: str, event: str, subject_type: str, subject_id: str,
+                data: dict[str, Any] | None = None) -> None:
+    """append, unless the chain already holds this event for this subject (a re-run job records it once)."""
+    lock_chain(session, tenant_id=tenant_id)
+    if session.scalar(select(LedgerEntry.id).where(LedgerEntry.tenant_id == tenant_id, LedgerEntry.event == event,
+                                                   LedgerEntry.subject_id == subject_id).limit(1)) is None:
+        append(session, tenant_id=tenant_id, event=event, subject_type=subject_type, subject_id=subject_id,
+               data=data)
+
+
 @event.listens_for(Session, "after_commit")
 @event.listens_for(Session, "after_soft_rollback")
 def _release_chains(session: Session, *_: Any) -> None:

@@ -77,7 +77,7 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
         raise Unprocessable("multipart form needs a 'weights' file (safetensors)")
     # A path no other upload can choose: a file named after its version number could be overwritten by a
     # concurrent upload (another API process) that picked the same number before either registered it.
-    uri = f"models/{model.id}/{new_id()}.safetensors"
+    uri = artifacts.upload_uri(model.id, new_id())
     sha, _ = store_upload(upload, uri=uri)
     try:
         service.check_weights(session, model=model, path=artifacts.path_of(uri))

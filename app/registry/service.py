@@ -26,11 +26,6 @@ from app.webhooks import service as webhooks
 from workers.engine import plugins
 
 
-def checkpoints_uri(weights_uri: str) -> str:
-    """Where a trained version's LESS checkpoints live: beside its weights, purged with them."""
-    return weights_uri.removesuffix(".safetensors") + ".ckpt"
-
-
 def ref(model: Model, number: int) -> str:
     return f"{model.name}@{number}"
 
@@ -129,14 +124,6 @@ def list_versions(session: Session, *, model: Model, offset: int, limit: int) ->
 def models_on_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> list[Model]:
     return list(session.scalars(select(Model).where(Model.tenant_id == tenant_id, Model.dataset_id == dataset_id)
                                 .order_by(Model.name)))
-
-
-def weights_uri(model: Model, number: int) -> str:
-    return f"models/{model.id}/v{number}.safetensors"
-
-
-def scores_uri(version: Version, method: str) -> str:
-    return f"scores/{version.id}/{method}"
 
 
 # Formats refused by their leading bytes, with why: each can run code when loaded, and none loads strictly
@@ -261,12 +248,12 @@ def revoke(session: Session, *, model: Model, version: Version) -> None:
     """Purge a superseded version's weights and cached scores; its weights answer 410 from now on."""
     purged = []
     if version.uri:
-        purged += [uri for uri in (version.uri, checkpoints_uri(version.uri)) if artifacts.delete(uri)]
+        purged += [uri for uri in (version.uri, artifacts.checkpoints_uri(version.uri)) if artifacts.delete(uri)]
     for run in session.scalars(select(InfluenceRun).where(InfluenceRun.version_id == version.id)):
         if run.uri and artifacts.delete(run.uri):
             purged.append(run.uri)
-    if artifacts.delete(f"scores/{version.id}"):  # K-FAC factors and anything else cached for the version
-        purged.append(f"scores/{version.id}")
+    if artifacts.delete(artifacts.scores_dir(version.id)):  # K-FAC factors and all else cached for the version
+        purged.append(artifacts.scores_dir(version.id))
     version.status = "revoked"
     version.revoked_at = utcnow()
     ledger.append(session, tenant_id=model.tenant_id, event="version.revoked", subject_type="version",
@@ -341,6 +328,46 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
                                                "n": int(len(scores)), "computed_by": info or {}})
     session.flush()
     return run
+
+
+def scoring_running(session: Session, *, version: Version, method: str) -> bool:
+    """Mark the version's run of `method` running; True, changing nothing, when its scores are already stored
+    (an earlier attempt whose worker died before completing its job, or another job, computed them)."""
+    run = influence_run(session, version=version, method=method)
+    if run is not None and run.status == "completed" and load_scores(run) is not None:
+        return True
+    if run is not None:
+        run.status = "running"
+    return False
+
+
+def scoring_failed(session: Session, *, version: Version, method: str) -> None:
+    """The job computing the version's run of `method` failed."""
+    run = influence_run(session, version=version, method=method)
+    if run is not None:
+        run.status = "failed"
+
+
+def record_calibration(session: Session, *, model: Model, version: Version, summary: dict[str, Any]) -> None:
+    """A calibration's outcome: the free threshold and budget (when it calibrated the policy's scorer), the
+    prune threshold and the curves on the version, with its ledger entry."""
+    if summary["method"] == model.policy.get("scorer", "gradnorm"):
+        version.threshold, version.budget = summary["threshold"], summary["n_free"]
+    version.metrics = {**(version.metrics or {}), "prune_threshold": summary["prune_threshold"],
+                       "calibration": summary}
+    ledger.append(session, tenant_id=model.tenant_id, event="calibration.completed", subject_type="version",
+                  subject_id=version.id, data={k: v for k, v in summary.items() if k != "curves"})
+
+
+def settle_budget(session: Session, *, model: Model, version: Version, job_id: str, algorithm: str) -> dict[str, Any]:
+    """A job's retain-only repair settled the lineage's spent free budget: record it and reset the budget."""
+    settled = {"free_points": model.free_spent}
+    ledger.append(session, tenant_id=model.tenant_id, event="budget.settled", subject_type="model",
+                  subject_id=model.id, data={"free_points": model.free_spent, "job_id": job_id,
+                                             "repair": f"retain-only ({algorithm})",
+                                             "ref": ref(model, version.number)})
+    model.free_spent = 0
+    return settled
 
 
 def influence_items(session: Session, *, model: Model, run: InfluenceRun, offset: int,

@@ -132,7 +132,7 @@ def count(table: Any) -> int:
 
 def test_erasure_fans_out_completes_and_calls_back(client: TestClient, admin_headers: dict[str, str],
                                                    controller: Controller) -> None:
-    from workers import pipeline
+    from workers.jobs import runner
 
     h = admin_headers
     d = controller.discovery
@@ -159,10 +159,10 @@ def test_erasure_fans_out_completes_and_calls_back(client: TestClient, admin_hea
     assert requests["total"] == 2 and {r["model"] for r in requests["items"]} == {"digits", "churn"}
 
     first, second = queued_unlearn_jobs()
-    pipeline.run_inline(first)
+    runner.run_inline(first)
     mid = client.get(f"/opendsr/v1/opendsr_requests/{srid}", headers=h).json()
     assert mid["request_status"] == "in_progress"
-    pipeline.run_inline(second)
+    runner.run_inline(second)
     drain()
     done = client.get(f"/opendsr/v1/opendsr_requests/{srid}", headers=h)
     assert controller.valid(done.headers, done.content)
