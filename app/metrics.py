@@ -49,25 +49,29 @@ from sqlalchemy.orm import Session, aliased
 from app.db import session_scope, utcnow
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
+from app.forget.enums import ENDED as REQUEST_ENDED
+from app.forget.enums import DispositionStatus
 from app.forget.tables import Disposition, ForgetRequest
+from app.jobs.enums import FINAL as JOB_ENDED
+from app.jobs.enums import JobKind, Verdict
 from app.jobs.tables import Audit, Job, JobRequest
 from app.registry.schemas import ALGORITHMS, SCORERS
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 
 # Fixed vocabularies (DESIGN.md "Statuses"); values outside them are folded into "other".
-JOB_KINDS = ("train", "score", "reference", "unlearn", "calibrate")
-VERDICTS = ("passed", "failed", "inconclusive")
-JOB_FINAL = ("completed", "failed", "cancelled")
-REQUEST_FINAL = ("completed", "failed", "cancelled")
-DISPOSITIONS = ("free", "pruned", "unlearned", "already_forgotten", "failed", "cancelled")
+JOB_KINDS = tuple(JobKind)
+VERDICTS = tuple(Verdict)
+JOB_FINAL = JOB_ENDED
+REQUEST_FINAL = REQUEST_ENDED
+DISPOSITIONS = tuple(d for d in DispositionStatus if d != DispositionStatus.PENDING)
 # Phases each kind of job records in Job.timings (workers/jobs/), and the attempts folded into one.
 KIND_PHASES = {
-    "train": ("training", "registering"),
-    "score": ("scoring",),
-    "calibrate": ("scoring", "retraining", "registering"),
-    "unlearn": ("scoring", "pruning", "unlearning", "auditing", "registering"),
-    "reference": ("training", "certifying", "registering"),
+    JobKind.TRAIN: ("training", "registering"),
+    JobKind.SCORE: ("scoring",),
+    JobKind.CALIBRATE: ("scoring", "retraining", "registering"),
+    JobKind.UNLEARN: ("scoring", "pruning", "unlearning", "auditing", "registering"),
+    JobKind.REFERENCE: ("training", "certifying", "registering"),
 }
 PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering")
 MAX_ATTEMPTS = 4  # "unlearning", "unlearning#2" … "unlearning#4" are one observation (escalation ladder ≤ 3)
@@ -415,16 +419,25 @@ def finished_job_sums(s: Session, dialect: str) -> GroupSums:
     return total
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+_COLLECTORS: dict[type, Collector] = {}
+
+
+def register(collector: Collector) -> None:
+    """Serve `collector` at GET /metrics, once per process per kind: each domain's collector registers itself
+    when its module is imported (app.opendsr.metrics does)."""
+    if type(collector) not in _COLLECTORS:
+        REGISTRY.register(collector)
+        _COLLECTORS[type(collector)] = collector
+
+
 COLLECTOR = LetheCollector()
-REGISTRY.register(COLLECTOR)
+register(COLLECTOR)
 
 
 def exported_names() -> set[str]:
     """Every sample name a scrape can contain (counters' _total, histograms' _bucket/_sum/_count)."""
-    from app.opendsr.metrics import DeadlineCollector
-
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    families = [*COLLECTOR.describe(), *DeadlineCollector().describe()]
+    families = [fam for c in _COLLECTORS.values() for fam in c.describe()]
     return {fam.name + sfx for fam in families for sfx in suffixes[fam.type]}
 
 

@@ -15,6 +15,7 @@ import torch
 from app.settings import Settings, get_settings
 from workers.engine import audit as audit_mod
 from workers.engine.architectures import build_model
+from workers.engine.catalog import DEFAULT_REFERENCE_MARGIN
 from workers.engine.data import ArraySet, load_npz
 from workers.engine.device import resolve_device
 from workers.engine.influence import compute_self_influence
@@ -141,7 +142,7 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
                               "avg_gap": round(float(np.mean(list(gap.values()))), 6) if gap else None}
         if (ref.get("mia") or {}).get("status") == "ok":
             rule["reference_auc"] = ref["mia"]["auc"]
-            rule["reference_margin"] = (policy or {}).get("reference_margin") or 0.03
+            rule["reference_margin"] = (policy or {}).get("reference_margin") or DEFAULT_REFERENCE_MARGIN
             mia_reference = "retrain reference (retrained without the forget set in this job)"
     # Accuracy decides here; the loss-MIA (forget vs test) and the SVC efficacy are informational: forget and
     # test points differ in class and difficulty, so they pass doing nothing and fail correct retrains.

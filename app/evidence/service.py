@@ -24,6 +24,8 @@ from app.errors import Conflict, Gone, Unprocessable
 from app.evidence.tables import ReferencePool
 from app.forget.tables import Disposition
 from app.jobs import service as jobs
+from app.jobs.enums import JobKind
+from app.jobs.params import ReferenceParams
 from app.jobs.tables import Job
 from app.ledger import service as ledger
 from app.registry.tables import Model, Version
@@ -41,7 +43,7 @@ def limits() -> ev.Limits:
 
 def pool_k(model: Model) -> int:
     """Shadow models of the lineage's pool: the policy's reference.k, else LETHE_REFERENCE_K (0: none)."""
-    k = ((model.policy or {}).get("reference") or {}).get("k")
+    k = model.settings.reference.k
     return int(get_settings().reference_k if k is None else k)
 
 
@@ -61,9 +63,9 @@ def start_pool(session: Session, *, model: Model, version: Version, reason: str)
                          report={})
     session.add(pool)
     session.flush()
-    shift = int(((model.policy or {}).get("reference") or {}).get("shift_models", 4))
-    job = jobs.create(session, tenant_id=model.tenant_id, kind="reference", model_id=model.id,
-                      version=version.number, params={"pool_id": pool.id, "k": k, "shift_models": shift})
+    params = ReferenceParams(pool_id=pool.id, k=k, shift_models=model.settings.reference.shift_models)
+    job = jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.REFERENCE, model_id=model.id,
+                      version=version.number, params=params.model_dump())
     pool.job_id = job.id
     ledger.append(session, tenant_id=model.tenant_id, event="pool.queued", subject_type="model", subject_id=model.id,
                   data={"pool_id": pool.id, "k": k, "version": version.number, "reason": reason, "job_id": job.id})

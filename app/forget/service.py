@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,23 +17,26 @@ from app.datasets.tables import Point
 from app.db import new_id, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.evidence import service as evidence
+from app.forget.enums import ENDED, LIVE, REMOVED, DispositionStatus, RequestStatus
 from app.forget.schemas import ForgetCreate, PointDisposition, RequestRead, RequestSummary
 from app.forget.tables import Disposition, ForgetRequest
 from app.forget.triage import Candidate, triage
 from app.identity import keyed_hash
 from app.jobs import service as jobs
+from app.jobs.enums import JobKind, JobStatus
+from app.jobs.params import UnlearnParams
 from app.jobs.tables import Job, JobRequest
 from app.ledger import service as ledger
-from app.opendsr import hooks as opendsr
 from app.registry import service as registry
-from app.registry.schemas import ALGORITHMS
+from app.registry.schemas import ALGORITHMS, Policy
 from app.registry.tables import Model, Version
 from app.settings import get_settings
 from app.webhooks import service as webhooks
 from workers.engine.params import validate_params
 
-FINAL = ("free", "pruned", "unlearned")
-LIVE = FINAL + ("pending",)
+# Called as listener(session, request_id=...) in the transaction that closed a request: OpenDSR registers its
+# status refresh (signed callbacks) here, so this domain never imports the protocols built on it.
+_ON_CLOSE: list[Callable[..., None]] = []
 CHUNK = 10_000
 
 
@@ -70,14 +74,14 @@ def _live_dispositions(session: Session, *, model_id: str, point_pks: list[int])
         for d in session.scalars(select(Disposition).where(Disposition.model_id == model_id,
                                                            Disposition.point_pk.in_(chunk),
                                                            Disposition.disposition.in_(LIVE))):
-            if d.point_pk not in out or d.disposition in FINAL:
+            if d.point_pk not in out or d.disposition in REMOVED:
                 out[d.point_pk] = d
     return out
 
 
 def _deciding_scores(session: Session, *, model: Model, version: Version) -> tuple[Version | None, Any]:
     """Scores of the current version, else of its nearest scored ancestor (they decide until ours land)."""
-    method = model.policy.get("scorer", "gradnorm")
+    method = model.settings.scorer
     v: Version | None = version
     while v is not None:
         run = registry.influence_run(session, version=v, method=method)
@@ -88,16 +92,16 @@ def _deciding_scores(session: Session, *, model: Model, version: Version) -> tup
     return None, None
 
 
-def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, policy: dict[str, Any]) -> tuple[
+def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, policy: Policy) -> tuple[
         str, dict[str, Any]]:
     """The request's algorithm and params, defaulting to the model's policy; 422 when unknown."""
-    algo = algorithm or policy.get("algorithm", "finetune")
+    algo = algorithm or policy.algorithm
     if algo not in ALGORITHMS:
         suggestions = closest(algo, ALGORITHMS)
         raise Unprocessable(f"unknown algorithm '{algo}'{did_you_mean(suggestions)} (one of {list(ALGORITHMS)})",
                             choices=list(ALGORITHMS), suggestions=suggestions)
     if params is None:
-        params = dict(policy.get("params") or {}) if algo == policy.get("algorithm") else {}
+        params = dict(policy.params) if algo == policy.algorithm else {}
     try:
         return algo, validate_params(algo, params)
     except ValueError as exc:
@@ -152,7 +156,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
         current = registry.ref(model, model.current_version)
         raise Conflict(f"'{body.model}' is not the current version ({current}): deletions apply to what is served; "
                        f"name '{model.name}' or '{current}'", current=current)
-    algorithm, params = validate_algorithm(body.algorithm, body.params, model.policy)
+    algorithm, params = validate_algorithm(body.algorithm, body.params, model.settings)
     if body.callback_url:
         webhooks.check_url(str(body.callback_url))
 
@@ -172,7 +176,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
     linked = []
     for other in registry.models_on_dataset(session, tenant_id=tenant_id, dataset_id=model.dataset_id):
         if other.id != model.id and other.current_version is not None and points:
-            lalgo, lparams = validate_algorithm(None, None, other.policy)
+            lalgo, lparams = validate_algorithm(None, None, other.settings)
             linked.append(_open(session, model=other, points=list(points.values()), body=body, algorithm=lalgo,
                                 params=lparams, unknown_subjects=[], linked_from=request.id))
     if get_settings().erasure_interval == 0:  # else the relay's sweep erases them, batched
@@ -194,7 +198,7 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     costs one INSERT, not an INSERT and UPDATEs."""
     version = registry.get_version(session, model=model, number=model.current_version)
     existing = _live_dispositions(session, model_id=model.id, point_pks=[p.id for p in points])
-    already = [p for p in points if p.id in existing and existing[p.id].disposition in FINAL]
+    already = [p for p in points if p.id in existing and existing[p.id].disposition in REMOVED]
     todo = [p for p in points if p not in already]
     fresh = [p for p in todo if p.id not in existing]  # points pending in an earlier request stay with its job
     measured = evidence.triage(session, model=model, candidates={p.id: p.row for p in fresh})
@@ -216,7 +220,8 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
     # The request row is built whole (id, answer) before it is added: a free answer costs one INSERT.
     request_id, opened = new_id(), utcnow()  # one instant: an answer given at once completes as it is created
     body_out = {
-        "request_id": request_id, "status": "accepted" if pending else "completed", "model": model.name,
+        "request_id": request_id, "status": RequestStatus.ACCEPTED if pending else RequestStatus.COMPLETED,
+        "model": model.name,
         "version": version.number, "ref": registry.ref(model, version.number),
         "free": [p.point_id for p in free], "pending": sorted(p.point_id for p in pending),
         "already_forgotten": sorted(p.point_id for p in already), "unknown_subjects": unknown_subjects,
@@ -241,9 +246,9 @@ def _open(session: Session, *, model: Model, points: list[Point], body: ForgetCr
                         disposition=d, version=v, score=score_of.get(p.id),
                         separation=measured.separation.get(p.id),
                         pool_id=measured.pool_id if p.id in measured.separation else None)
-            for p, d, v in ([(p, "already_forgotten", existing[p.id].version) for p in already]
-                            + [(p, "free", version.number) for p in todo if p.id in free_keys]
-                            + [(p, "pending", None) for p in pending])]
+            for p, d, v in ([(p, DispositionStatus.ALREADY_FORGOTTEN, existing[p.id].version) for p in already]
+                            + [(p, DispositionStatus.FREE, version.number) for p in todo if p.id in free_keys]
+                            + [(p, DispositionStatus.PENDING, None) for p in pending])]
     session.add_all(rows)
     for p in points:
         p.tombstoned_at = p.tombstoned_at or now
@@ -290,31 +295,39 @@ def _ended(session: Session, *, request: ForgetRequest, model: Model, counts: di
                         "ref": registry.ref(model, version) if version else None}, callback_url=request.callback_url)
 
 
+def on_close(listener: Callable[..., None]) -> None:
+    """Call `listener(session, request_id=...)` whenever a request closes (completed or failed by its job)."""
+    if listener not in _ON_CLOSE:
+        _ON_CLOSE.append(listener)
+
+
 def open_requests(session: Session, *, job_id: str) -> list[ForgetRequest]:
     """The accepted (not yet closed) requests a job serves."""
     rows = (session.get(ForgetRequest, i) for i in jobs.request_ids(session, job_id=job_id))
-    return [r for r in rows if r is not None and r.status == "accepted"]
+    return [r for r in rows if r is not None and r.status == RequestStatus.ACCEPTED]
 
 
-def close(session: Session, *, request: ForgetRequest, status: str, version: int | None,
-          outcome: dict[int, str] | None = None) -> None:
+def close(session: Session, *, request: ForgetRequest, status: RequestStatus, version: int | None,
+          outcome: dict[int, DispositionStatus] | None = None) -> None:
     """Close an accepted request: its pending points take `outcome` (point pk → pruned | unlearned, with the
     version that removed them), or `failed` when it failed; then its status, ledger entry, webhook event and
-    the OpenDSR requests built on it (signed callbacks)."""
+    the listeners (the OpenDSR requests built on it: signed callbacks)."""
     counts: dict[str, int] = {}
     for d in session.scalars(select(Disposition).where(Disposition.request_id == request.id)):
-        if d.disposition == "pending":
-            d.disposition = (outcome or {}).get(d.point_pk, "failed" if status == "failed" else d.disposition)
-            if d.disposition in ("pruned", "unlearned"):
+        if d.disposition == DispositionStatus.PENDING:
+            failed = status == RequestStatus.FAILED
+            d.disposition = (outcome or {}).get(d.point_pk, DispositionStatus.FAILED if failed else d.disposition)
+            if d.disposition in (DispositionStatus.PRUNED, DispositionStatus.UNLEARNED):
                 d.version = version
         counts[d.disposition] = counts.get(d.disposition, 0) + 1
     request.status, request.completed_at = status, utcnow()
     _ended(session, request=request, model=session.get(Model, request.model_id), counts=counts, version=version)
-    opendsr.request_changed(session, request_id=request.id)
+    for listener in _ON_CLOSE:
+        listener(session, request_id=request.id)
 
 
-def close_all(session: Session, *, job_id: str, status: str, version: int | None = None,
-              outcome: dict[int, str] | None = None) -> None:
+def close_all(session: Session, *, job_id: str, status: RequestStatus, version: int | None = None,
+              outcome: dict[int, DispositionStatus] | None = None) -> None:
     """Close every accepted request a job serves (see close)."""
     for request in open_requests(session, job_id=job_id):
         close(session, request=request, status=status, version=version, outcome=outcome)
@@ -322,11 +335,12 @@ def close_all(session: Session, *, job_id: str, status: str, version: int | None
 
 def _job_for(session: Session, *, model: Model, algorithm: str, params: dict[str, Any]) -> tuple[Job, bool]:
     """The lineage's queued job when it runs the same algorithm (coalescing: True), else a new one."""
+    wanted = UnlearnParams(algorithm=algorithm, params=params)
     queued = jobs.queued_unlearn_job(session, model_id=model.id)
-    if queued is not None and queued.params.get("algorithm") == algorithm and queued.params.get("params") == params:
+    if queued is not None and UnlearnParams.model_validate(queued.params) == wanted:
         return queued, True
-    return jobs.create(session, tenant_id=model.tenant_id, kind="unlearn", model_id=model.id,
-                       version=model.current_version, params={"algorithm": algorithm, "params": params}), False
+    return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.UNLEARN, model_id=model.id,
+                       version=model.current_version, params=wanted.model_dump()), False
 
 
 def get_request(session: Session, *, tenant_id: str, request_id: str) -> ForgetRequest:
@@ -341,15 +355,15 @@ def cancel(session: Session, *, tenant_id: str, request_id: str) -> ForgetReques
     """Cancel while the request's job has not started; free answers stay done."""
     ledger.lock_chain(session, tenant_id=tenant_id)
     request = get_request(session, tenant_id=tenant_id, request_id=request_id)
-    if request.status != "accepted":
+    if request.status != RequestStatus.ACCEPTED:
         raise Conflict(f"request is {request.status}; only accepted requests can be cancelled")
     job = session.get(Job, request.job_id) if request.job_id else None
-    if job is not None and (job.status != "queued" or job.started_at is not None):
+    if job is not None and (job.status != JobStatus.QUEUED or job.started_at is not None):
         raise Conflict(f"its job {job.id} has started; it can no longer be cancelled")
     pending = list(session.scalars(select(Disposition).where(Disposition.request_id == request.id,
-                                                             Disposition.disposition == "pending")))
+                                                             Disposition.disposition == DispositionStatus.PENDING)))
     for d in pending:
-        d.disposition = "cancelled"
+        d.disposition = DispositionStatus.CANCELLED
     session.flush()
     # Lift tombstones no other live disposition (in any lineage) still needs.
     for d in pending:
@@ -357,7 +371,7 @@ def cancel(session: Session, *, tenant_id: str, request_id: str) -> ForgetReques
             Disposition.point_pk == d.point_pk, Disposition.disposition.in_(LIVE)))
         if not still:
             session.get(Point, d.point_pk).tombstoned_at = None
-    request.status, request.completed_at = "cancelled", utcnow()
+    request.status, request.completed_at = RequestStatus.CANCELLED, utcnow()
     if job is not None:
         session.execute(JobRequest.__table__.delete().where(JobRequest.job_id == job.id,
                                                             JobRequest.request_id == request.id))
@@ -387,7 +401,7 @@ def request_read(session: Session, *, request: ForgetRequest) -> RequestRead:
         cleared = set()
         for chunk in _chunks(pks):
             cleared |= set(session.scalars(select(Disposition.point_pk).where(
-                Disposition.model_id == m.id, Disposition.point_pk.in_(chunk), Disposition.disposition.in_(FINAL))))
+                Disposition.model_id == m.id, Disposition.point_pk.in_(chunk), Disposition.disposition.in_(REMOVED))))
         for pk in pks:
             if pk not in cleared:
                 held.setdefault(pk, []).append(m.name)
@@ -458,7 +472,7 @@ def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
     from app.jobs.tables import Audit
     from app.ledger import signing
 
-    if request.status not in ("completed", "failed", "cancelled"):
+    if request.status not in ENDED:
         raise Conflict(f"request is {request.status}: a certificate is issued once it has ended")
     read = request_read(session, request=request)
     job_ids = read.jobs

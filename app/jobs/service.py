@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 from app import artifacts
 from app.db import utcnow
 from app.errors import NotFound
+from app.jobs.enums import JobKind, JobStatus
 from app.jobs.tables import Audit, Job, JobRequest, Outbox
 from app.ledger import service as ledger
 from app.settings import get_settings
 
 RUN_JOB = "lethe.run_job"
-ACTIVE = ("queued", "running")
 
 
 class Superseded(Exception):  # noqa: N818 - a state, not a failure
@@ -31,10 +31,10 @@ def lease() -> timedelta:
     return timedelta(seconds=get_settings().job_lease_seconds)
 
 
-def create(session: Session, *, tenant_id: str, kind: str, model_id: str, version: int | None,
+def create(session: Session, *, tenant_id: str, kind: JobKind, model_id: str, version: int | None,
            params: dict[str, Any] | None = None, deadline: datetime | None = None) -> Job:
     """A queued job plus its outbox row, in the caller's transaction."""
-    job = Job(tenant_id=tenant_id, kind=kind, model_id=model_id, version=version, status="queued",
+    job = Job(tenant_id=tenant_id, kind=kind, model_id=model_id, version=version, status=JobStatus.QUEUED,
               params=params or {}, timings={}, deadline=deadline)
     session.add(job)
     session.flush()
@@ -73,15 +73,16 @@ def request_ids(session: Session, *, job_id: str) -> list[str]:
 
 def queued_unlearn_job(session: Session, *, model_id: str) -> Job | None:
     """The lineage's next unlearning job, if one is queued and not started: new requests join it."""
-    return session.scalar(select(Job).where(Job.model_id == model_id, Job.kind == "unlearn",
-                                            Job.status == "queued", Job.started_at.is_(None))
+    return session.scalar(select(Job).where(Job.model_id == model_id, Job.kind == JobKind.UNLEARN,
+                                            Job.status == JobStatus.QUEUED, Job.started_at.is_(None))
                           .order_by(Job.created_at).limit(1))
 
 
 def lineage_busy(session: Session, *, job: Job) -> bool:
     """Another unlearning job of this lineage holds a live lease: one job per lineage at a time."""
-    return session.scalar(select(Job.id).where(Job.model_id == job.model_id, Job.kind == "unlearn", Job.id != job.id,
-                                               Job.status == "running", Job.lease_until > utcnow())) is not None
+    return session.scalar(select(Job.id).where(
+        Job.model_id == job.model_id, Job.kind == JobKind.UNLEARN, Job.id != job.id, Job.status == JobStatus.RUNNING,
+        Job.lease_until > utcnow())) is not None
 
 
 def claim(session: Session, *, job_id: str, worker: str) -> Job | None:
@@ -95,8 +96,8 @@ def claim(session: Session, *, job_id: str, worker: str) -> Job | None:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id,
-               or_(Job.status == "queued", (Job.status == "running") & (Job.lease_until < now)))
-        .values(status="running", lease_until=now + lease(), worker=worker, attempts=Job.attempts + 1,
+               or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.lease_until < now)))
+        .values(status=JobStatus.RUNNING, lease_until=now + lease(), worker=worker, attempts=Job.attempts + 1,
                 started_at=func.coalesce(Job.started_at, now))
         .execution_options(synchronize_session=False)
     )
@@ -120,14 +121,14 @@ def pending_outbox(session: Session, *, limit: int = 100) -> list[Outbox]:
 
 def lapsed_jobs(session: Session) -> list[str]:
     """Running jobs whose lease ran out: their worker died mid-job."""
-    return list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_until < utcnow())))
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_until < utcnow())))
 
 
 def renew(session: Session, *, job_id: str, attempt: int | None = None, **values: Any) -> bool:
     """Extend a running job's lease (and set `values`, e.g. progress) unless another attempt owns it now; True
     when renewed. A plain UPDATE: heartbeats and shard workers never read the row."""
     ours = Job.attempts == attempt if attempt is not None else true()
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", ours)
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, ours)
                              .values(lease_until=utcnow() + lease(), **values)
                              .execution_options(synchronize_session=False))
     return result.rowcount == 1
@@ -160,7 +161,7 @@ def fence(session: Session, *, job_id: str, attempt: int | None) -> None:
         return
     ledger.lock_chain(session, tenant_id=session.scalar(select(Job.tenant_id).where(Job.id == job_id)))
     status, attempts = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one()
-    if status != "running" or attempts != attempt:
+    if status != JobStatus.RUNNING or attempts != attempt:
         raise Superseded(job_id)
 
 
@@ -171,7 +172,7 @@ def complete(session: Session, *, job: Job, result: dict[str, Any], attempt: int
     fence(session, job_id=job.id, attempt=attempt)
     if timing is not None:
         job.timings = {**(job.timings or {}), timing[0]: timing[1]}
-    job.status, job.result, job.progress, job.finished_at, job.phase = "completed", result, 1.0, utcnow(), None
+    job.status, job.result, job.progress, job.finished_at, job.phase = JobStatus.COMPLETED, result, 1.0, utcnow(), None
     ledger.append(session, tenant_id=job.tenant_id, event="job.completed", subject_type="job", subject_id=job.id,
                   data={"kind": job.kind, "timings": job.timings, **{k: v for k, v in result.items()
                                                                      if k in ("version", "ref", "method")}})
@@ -183,7 +184,7 @@ def fail(session: Session, *, job: Job, error: str, attempt: int | None, result:
     it), with its ledger entry. The requests it served are closed by the caller (forget.close_all)."""
     ledger.lock_chain(session, tenant_id=job.tenant_id)
     fence(session, job_id=job.id, attempt=attempt)
-    job.status, job.error, job.finished_at = "failed", artifacts.redact(error), utcnow()
+    job.status, job.error, job.finished_at = JobStatus.FAILED, artifacts.redact(error), utcnow()
     if result is not None:
         job.result = result
     ledger.append(session, tenant_id=job.tenant_id, event="job.failed", subject_type="job", subject_id=job.id,
@@ -192,7 +193,7 @@ def fail(session: Session, *, job: Job, error: str, attempt: int | None, result:
 
 def cancel(session: Session, *, job: Job) -> None:
     """Cancel a queued job that no longer serves any request, with its ledger entry."""
-    job.status, job.finished_at = "cancelled", utcnow()
+    job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
     ledger.append(session, tenant_id=job.tenant_id, event="job.cancelled", subject_type="job", subject_id=job.id,
                   data={})
 

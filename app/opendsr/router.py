@@ -16,7 +16,7 @@ from app.auth import Forgetter, Reader
 from app.db import SessionDep
 from app.errors import LetheError
 from app.jobs.outbox import kick
-from app.opendsr import callbacks, metrics, schemas, service
+from app.opendsr import callbacks, schemas, service
 from app.opendsr.service import OpenDsrError
 from app.settings import get_settings
 
@@ -56,7 +56,6 @@ class SpecRoute(APIRoute):
 
 
 router = APIRouter(prefix="/opendsr/v1", tags=["opendsr"], route_class=SpecRoute)
-metrics.register()
 
 
 async def raw_body(request: Request) -> bytes:

@@ -29,6 +29,7 @@ from app.registry.schemas import (
 )
 from app.uploads import store_upload
 from workers.engine import plugins
+from workers.engine.catalog import DEFAULT_SCORER
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -132,7 +133,7 @@ def get_weights(name: str, number: int, caller: Reader, session: SessionDep) -> 
 @router.get("/{name}/versions/{number}/influence", response_model=InfluencePage)
 def get_influence(name: str, number: int, caller: Reader, session: SessionDep,
                   page: Annotated[PageParams, Depends(page_params)],
-                  method: Scorer = "gradnorm") -> InfluencePage:
+                  method: Scorer = DEFAULT_SCORER) -> InfluencePage:
     """Self-influence scores of the version's live points, lowest first."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     version = service.get_version(session, model=model, number=number)

@@ -16,6 +16,8 @@ from app.datasets.tables import Dataset, Point
 from app.db import utcnow
 from app.errors import Conflict, Gone, NotFound, Unprocessable, closest, did_you_mean
 from app.jobs import service as jobs
+from app.jobs.enums import ACTIVE, JobKind
+from app.jobs.params import ScoreParams, TrainParams
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
 from app.registry.schemas import InfluenceSummary, ModelCreate, ModelRead, VersionRead
@@ -224,7 +226,7 @@ def register_version(session: Session, *, model: Model, source: str, sha256: str
                                                "request_id": request_id, "job_id": job_id})
     if promote:
         promote_version(session, model=model, version=version, revoke_older=source == "unlearn")
-    score_job = start_scoring(session, model=model, version=version, method=model.policy.get("scorer", "gradnorm"))
+    score_job = start_scoring(session, model=model, version=version, method=model.settings.scorer)
     return version, score_job
 
 
@@ -262,11 +264,11 @@ def revoke(session: Session, *, model: Model, version: Version) -> None:
 
 def start_training(session: Session, *, model: Model, promote: bool) -> Job:
     """Queue a train job on the dataset's live (non-tombstoned) points."""
-    if session.scalar(select(Job.id).where(Job.model_id == model.id, Job.kind == "train",
-                                           Job.status.in_(jobs.ACTIVE))):
+    if session.scalar(select(Job.id).where(Job.model_id == model.id, Job.kind == JobKind.TRAIN,
+                                           Job.status.in_(ACTIVE))):
         raise Conflict(f"model '{model.name}' is already training")
-    return jobs.create(session, tenant_id=model.tenant_id, kind="train", model_id=model.id, version=None,
-                       params={"promote": promote})
+    return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.TRAIN, model_id=model.id, version=None,
+                       params=TrainParams(promote=promote).model_dump())
 
 
 def start_scoring(session: Session, *, model: Model, version: Version, method: str) -> Job:
@@ -275,10 +277,10 @@ def start_scoring(session: Session, *, model: Model, version: Version, method: s
                                                     InfluenceRun.method == method))
     if run is not None and run.status in ("queued", "running", "completed") and run.job_id:
         existing = session.get(Job, run.job_id)
-        if existing is not None and (run.status == "completed" or existing.status in jobs.ACTIVE):
+        if existing is not None and (run.status == "completed" or existing.status in ACTIVE):
             return existing
-    job = jobs.create(session, tenant_id=model.tenant_id, kind="score", model_id=model.id,
-                      version=version.number, params={"method": method})
+    job = jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.SCORE, model_id=model.id,
+                      version=version.number, params=ScoreParams(method=method).model_dump())
     if run is None:
         run = InfluenceRun(version_id=version.id, method=method, status="queued", summary={})
         session.add(run)
@@ -319,7 +321,7 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
                    "seconds": round(seconds, 4), "quantile": settings.free_quantile} if len(live) else {}
     run.summary["computed_by"] = info or {}  # which approximation, factors reused or fitted, checkpoints or not
     run.completed_at = utcnow()
-    if method == model.policy.get("scorer", "gradnorm") and "calibration" not in (version.metrics or {}):
+    if method == model.settings.scorer and "calibration" not in (version.metrics or {}):
         version.threshold = threshold
         version.budget = int(math.floor(settings.free_budget * ds.n_points))
     ledger.append(session, tenant_id=model.tenant_id, event="scores.computed", subject_type="version",
@@ -351,7 +353,7 @@ def scoring_failed(session: Session, *, version: Version, method: str) -> None:
 def record_calibration(session: Session, *, model: Model, version: Version, summary: dict[str, Any]) -> None:
     """A calibration's outcome: the free threshold and budget (when it calibrated the policy's scorer), the
     prune threshold and the curves on the version, with its ledger entry."""
-    if summary["method"] == model.policy.get("scorer", "gradnorm"):
+    if summary["method"] == model.settings.scorer:
         version.threshold, version.budget = summary["threshold"], summary["n_free"]
     version.metrics = {**(version.metrics or {}), "prune_threshold": summary["prune_threshold"],
                        "calibration": summary}
@@ -436,7 +438,7 @@ def start_calibration(session: Session, *, model: Model, version: Version, param
         raise Unprocessable(f"dataset '{ds.name}' has no test split (x_test, y_test): calibration needs one")
     if version.status != "active":
         raise Gone(f"{ref(model, version.number)} was revoked")
-    return jobs.create(session, tenant_id=model.tenant_id, kind="calibrate", model_id=model.id,
+    return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.CALIBRATE, model_id=model.id,
                        version=version.number, params=params)
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import Float, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
+from app.registry.schemas import Policy
 
 
 class Model(Base):
@@ -25,6 +26,11 @@ class Model(Base):
     # Free deletions answered since the lineage's budget last reset.
     free_spent: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def settings(self) -> Policy:
+        """The policy parsed into its pydantic model: every default lives in app/registry/schemas.Policy only."""
+        return Policy.model_validate(self.policy or {})
 
 
 class Version(Base):

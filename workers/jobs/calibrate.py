@@ -11,6 +11,8 @@ from app import artifacts
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import session_scope
+from app.jobs.enums import JobStatus
+from app.jobs.params import CalibrateParams
 from app.jobs.tables import Job
 from app.registry import service as registry
 from app.registry.schemas import SCORERS
@@ -47,20 +49,19 @@ class CalibrateJob:
             model = s.get(Model, job.model_id)
             version = registry.get_version(s, model=model, number=job.version)
             ds = s.get(Dataset, model.dataset_id)
-            p = job.params
-            method = p.get("method") or model.policy.get("scorer", "gradnorm")
+            p = CalibrateParams.model_validate(job.params)
+            method = p.method or model.settings.scorer
             live = np.array(datasets.live_rows(s, dataset_id=ds.id))
-            compare = list(SCORERS) if p.get("compare") is None else p["compare"]
+            compare = list(SCORERS) if p.compare is None else p.compare
             methods = [method] + [m for m in compare if m != method]
             missing = [m for m in methods if (run := registry.influence_run(s, version=version, method=m)) is None
                        or registry.load_scores(run) is None]
-            grid = sorted({int(n) for n in (p.get("grid") or []) if 0 < int(n) < len(live)})
+            grid = sorted({int(n) for n in (p.grid or []) if 0 < int(n) < len(live)})
             return cls(model_id=model.id, arch=model.architecture, recipe=model.recipe, number=version.number,
                        version_id=version.id, uri=version.uri, ds_uri=ds.uri, shape=tuple(ds.input_shape),
                        n_classes=ds.n_classes, ref=registry.ref(model, version.number), method=method,
                        methods=methods, missing=missing, live=live, grid=grid,
-                       epsilon=float(p.get("epsilon", 0.01)), prune_epsilon=float(p.get("prune_epsilon", 0.03)),
-                       auc_max=float(p.get("auc_max", 0.55)))
+                       epsilon=p.epsilon, prune_epsilon=p.prune_epsilon, auc_max=p.auc_max)
 
 
 def threshold_for(sorted_scores: np.ndarray, n: int) -> float:
@@ -124,4 +125,4 @@ def run(ctx: JobContext) -> str:
                                         summary=summary)
             complete(s, job, {"version": c.number, "ref": c.ref, "method": c.method,
                               **{k: summary[k] for k in ("n_free", "n_prune", "threshold", "prune_threshold")}})
-    return "completed"
+    return JobStatus.COMPLETED

@@ -13,6 +13,8 @@ from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
+from app.jobs.enums import JobStatus
+from app.jobs.params import ReferenceParams
 from app.jobs.tables import Job
 from app.ledger import service as ledger
 from app.registry import service as registry
@@ -43,12 +45,13 @@ class ReferenceJob:
         with session_scope() as s:
             job = s.get(Job, job_id)
             model = s.get(Model, job.model_id)
-            pool = evidence.pool_running(s, pool_id=job.params["pool_id"])
+            p = ReferenceParams.model_validate(job.params)
+            pool = evidence.pool_running(s, pool_id=p.pool_id)
             version = registry.get_version(s, model=model, number=job.version)
             ds = s.get(Dataset, model.dataset_id)
             return cls(model_id=model.id, tenant_id=model.tenant_id, arch=model.architecture, recipe=model.recipe,
                        ds_uri=ds.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes, n_test=ds.n_test,
-                       pool_id=pool.id, k=pool.k, shift_models=int(job.params.get("shift_models", 4)),
+                       pool_id=pool.id, k=pool.k, shift_models=p.shift_models,
                        w_uri=version.uri if version.status == "active" else None,
                        live=datasets.live_rows(s, dataset_id=ds.id))
 
@@ -99,9 +102,9 @@ def run(ctx: JobContext) -> str:
         complete(s, job, {"version": job.version, "ref": registry.ref(model, job.version), "pool_id": pool.id,
                           "k": pool.k, "n_points": pool.n_points, "n_certified": pool.n_certified,
                           "certified_set": report["certified_set"], "shift": shift})
-    return "completed"
+    return JobStatus.COMPLETED
 
 
 def on_fail(s: object, job: Job) -> None:
     """The pool this job fitted is failed."""
-    evidence.fail_pool(s, pool_id=(job.params or {}).get("pool_id"))
+    evidence.fail_pool(s, pool_id=(job.params or {}).get("pool_id"))  # raw: the job may have failed on its params

@@ -11,7 +11,9 @@ from sqlalchemy import select
 
 from app.db import session_scope, utcnow
 from app.forget import service as forget
+from app.forget.enums import RequestStatus
 from app.jobs import service as jobs
+from app.jobs.enums import JobKind, JobStatus
 from app.jobs.outbox import safe_relay
 from app.jobs.service import Superseded
 from app.jobs.tables import Job, Outbox
@@ -21,13 +23,13 @@ from workers.jobs.context import JobContext, claim_held, claimed
 
 log = logging.getLogger("lethe.jobs")
 
-RUN: dict[str, Callable[[JobContext], str]] = {
-    "train": train.run, "score": score.run, "unlearn": unlearn.run, "calibrate": calibrate.run,
-    "reference": reference.run,
+RUN: dict[JobKind, Callable[[JobContext], str]] = {
+    JobKind.TRAIN: train.run, JobKind.SCORE: score.run, JobKind.UNLEARN: unlearn.run,
+    JobKind.CALIBRATE: calibrate.run, JobKind.REFERENCE: reference.run,
 }
 # What a kind leaves behind when its job fails (the rows it was producing, its unregistered files).
-ON_FAIL: dict[str, Callable[[Any, Job], None]] = {
-    "score": score.on_fail, "reference": reference.on_fail, "unlearn": unlearn.on_fail,
+ON_FAIL: dict[JobKind, Callable[[Any, Job], None]] = {
+    JobKind.SCORE: score.on_fail, JobKind.REFERENCE: reference.on_fail, JobKind.UNLEARN: unlearn.on_fail,
 }
 
 
@@ -37,12 +39,12 @@ def _claim(job_id: str, worker: str) -> tuple[str, int] | str:
         job = s.get(Job, job_id)
         if job is None:
             return "skipped"
-        if job.kind == "unlearn" and jobs.lineage_busy(s, job=job):
+        if job.kind == JobKind.UNLEARN and jobs.lineage_busy(s, job=job):
             return "busy"
         job = jobs.claim(s, job_id=job_id, worker=worker)
         if job is None:
             return "skipped"
-        if job.kind == "unlearn":
+        if job.kind == JobKind.UNLEARN:
             opendsr.job_started(s, job_id=job.id)  # OpenDSR requests it serves become in_progress
         return job.kind, job.attempts
 
@@ -86,7 +88,7 @@ def fail(job_id: str, error: str, trace: str) -> str:
             return "superseded"
         if job.kind in ON_FAIL:
             ON_FAIL[job.kind](s, job)
-        forget.close_all(s, job_id=job_id, status="failed")
+        forget.close_all(s, job_id=job_id, status=RequestStatus.FAILED)
         jobs.fail(s, job=job, error=error, attempt=claimed(job_id))
     log.debug(trace)
-    return "failed"
+    return JobStatus.FAILED

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.db import session_scope
+from app.jobs.enums import JobStatus
+from app.jobs.params import ScoreParams
 from app.jobs.tables import Job
 from app.registry import service as registry
 from app.registry.tables import Model
@@ -22,8 +24,8 @@ class ScoreJob:
 
     @classmethod
     def of(cls, job: Job) -> ScoreJob:
-        return cls(job_id=job.id, model_id=job.model_id, number=job.version, method=job.params.get("method",
-                                                                                                    "gradnorm"))
+        return cls(job_id=job.id, model_id=job.model_id, number=job.version,
+                   method=ScoreParams.model_validate(job.params).method)
 
 
 def _under_celery() -> bool:
@@ -38,7 +40,7 @@ def _finish(p: ScoreJob, **result: object) -> str:
         model = s.get(Model, p.model_id)
         complete(s, s.get(Job, p.job_id), {"version": p.number, "ref": registry.ref(model, p.number),
                                            "method": p.method, **result})
-    return "completed"
+    return JobStatus.COMPLETED
 
 
 def run(ctx: JobContext) -> str:
@@ -63,4 +65,4 @@ def run(ctx: JobContext) -> str:
 def on_fail(s: object, job: Job) -> None:
     """The run this job computed is failed."""
     version = registry.get_version(s, model=s.get(Model, job.model_id), number=job.version)
-    registry.scoring_failed(s, version=version, method=job.params.get("method", "gradnorm"))
+    registry.scoring_failed(s, version=version, method=ScoreJob.of(job).method)

@@ -22,6 +22,8 @@ from celery import chord, group
 from app import artifacts
 from app.db import session_scope, utcnow
 from app.jobs import service as jobs
+from app.jobs.enums import JobStatus
+from app.jobs.params import ScoreParams
 from app.jobs.tables import Job
 from app.ledger import service as ledger
 from app.registry import service as registry
@@ -49,10 +51,10 @@ def _job_spec(job_id: str) -> dict[str, Any] | None:
     """The running job's scoring parameters, or None when it is no longer running (nothing to do)."""
     with session_scope(readonly=True) as s:
         job = s.get(Job, job_id)
-        if job is None or job.status != "running":
+        if job is None or job.status != JobStatus.RUNNING:
             return None
-        return {"model_id": job.model_id, "number": job.version, "method": job.params.get("method", "gradnorm"),
-                "shards": (job.result or {}).get("shards")}
+        return {"model_id": job.model_id, "number": job.version,
+                "method": ScoreParams.model_validate(job.params).method, "shards": (job.result or {}).get("shards")}
 
 
 def dispatch(job_id: str, c: scoring.ScoringInputs, *, method: str) -> str:
@@ -139,7 +141,7 @@ def join(job_id: str) -> str:
     with session_scope() as s:
         job = s.get(Job, job_id)
         ledger.lock_chain(s, tenant_id=job.tenant_id)
-        if job.status != "running":
+        if job.status != JobStatus.RUNNING:
             return "skipped"
         model = s.get(Model, c.model_id)
         started = job.started_at.replace(tzinfo=UTC) if job.started_at and job.started_at.tzinfo is None \
@@ -149,4 +151,4 @@ def join(job_id: str) -> str:
                           "method": method, "seconds": round(seconds, 4), "wall_seconds": wall},
                  timing=("scoring", round(wall or seconds, 4)))
     artifacts.delete(artifacts.shards_dir(c.version_id, method))
-    return "completed"
+    return JobStatus.COMPLETED

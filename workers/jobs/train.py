@@ -10,6 +10,8 @@ from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.evidence import service as evidence
+from app.jobs.enums import JobStatus
+from app.jobs.params import TrainParams
 from app.jobs.tables import Job
 from app.registry import service as registry
 from app.registry.tables import Model
@@ -36,7 +38,8 @@ class TrainJob:
             ds = s.get(Dataset, model.dataset_id)
             return cls(job_id=job_id, model_id=model.id, arch=model.architecture, recipe=model.recipe,
                        ds_uri=ds.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes,
-                       live=datasets.live_rows(s, dataset_id=ds.id), promote=job.params.get("promote", True))
+                       live=datasets.live_rows(s, dataset_id=ds.id),
+                       promote=TrainParams.model_validate(job.params).promote)
 
 
 def run(ctx: JobContext) -> str:
@@ -65,4 +68,4 @@ def run(ctx: JobContext) -> str:
             complete(s, job, {"version": version.number, "ref": registry.ref(model, version.number),
                               "metrics": metrics, "score_job_id": score_job.id,
                               "reference_job_id": pool_job.id if pool_job else None})
-    return "completed"
+    return JobStatus.COMPLETED

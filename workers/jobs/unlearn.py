@@ -21,11 +21,15 @@ from app.datasets.tables import Dataset, Point
 from app.db import session_scope
 from app.evidence import service as evidence
 from app.forget import service as forget
+from app.forget.enums import REMOVED, DispositionStatus, RequestStatus
 from app.forget.tables import Disposition
 from app.jobs import service as jobs
+from app.jobs.enums import JobStatus
+from app.jobs.params import UnlearnParams
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
 from app.registry import service as registry
+from app.registry.schemas import Policy
 from app.registry.tables import Model, Version
 from app.settings import get_settings
 from workers.engine.params import escalation
@@ -46,7 +50,7 @@ class UnlearnJob:
     tenant_id: str
     arch: dict
     recipe: dict
-    policy: dict
+    policy: Policy
     parent: int
     parent_id: str
     parent_uri: str
@@ -97,12 +101,12 @@ def _rows(s: Any, *, model: Model, ds: Dataset, request_ids: list[str]) -> tuple
     disp = list(s.scalars(select(Disposition).where(Disposition.request_id.in_(request_ids))))
     rows_of = dict(s.execute(select(Point.id, Point.row).where(Point.dataset_id == ds.id,
                                                                Point.id.in_({d.point_pk for d in disp}))).all())
-    pending_pks = sorted({d.point_pk for d in disp if d.disposition == "pending"})
-    audit_pks = sorted({d.point_pk for d in disp if d.disposition != "already_forgotten"})
+    pending_pks = sorted({d.point_pk for d in disp if d.disposition == DispositionStatus.PENDING})
+    audit_pks = sorted({d.point_pk for d in disp if d.disposition != DispositionStatus.ALREADY_FORGOTTEN})
     # Small audit sets are pooled with the lineage's earlier forgotten points (DESIGN: audit policy).
     if len(audit_pks) < get_settings().audit_min_points:
         earlier = s.execute(select(Point.id, Point.row).join(Disposition, Disposition.point_pk == Point.id).where(
-            Disposition.model_id == model.id, Disposition.disposition.in_(("free", "pruned", "unlearned")),
+            Disposition.model_id == model.id, Disposition.disposition.in_(REMOVED),
             Point.erased_at.is_(None))).all()
         rows_of.update(dict(earlier))
         audit_pks = sorted(set(audit_pks) | {pk for pk, _ in earlier})
@@ -123,15 +127,15 @@ def _read(job_id: str) -> UnlearnJob | None:
         ds = s.get(Dataset, model.dataset_id)
         req_ids = [r.id for r in requests]
         pending_pks, rows_of, audit_pks = _rows(s, model=model, ds=ds, request_ids=req_ids)
-        method = model.policy.get("scorer", "gradnorm")
+        policy, p = model.settings, UnlearnParams.model_validate(job.params)
+        method = policy.scorer
         run = registry.influence_run(s, version=parent, method=method)
         pool_state = evidence.state(s, model=model)
-        audit_policy = model.policy.get("audit") or {}
         return UnlearnJob(
             job_id=job_id, model_id=model.id, tenant_id=model.tenant_id, arch=model.architecture,
-            recipe=model.recipe, policy=model.policy, parent=parent.number, parent_id=parent.id,
+            recipe=model.recipe, policy=policy, parent=parent.number, parent_id=parent.id,
             parent_uri=parent.uri, ds_uri=ds.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes,
-            algorithm=job.params["algorithm"], params=job.params.get("params") or {}, method=method,
+            algorithm=p.algorithm, params=p.params, method=method,
             request_ids=req_ids,
             # Settlement: once the lineage's free budget is spent, this job's retain-only repair covers the
             # earlier free points (they are tombstoned, so already out of its retain set) and the budget resets.
@@ -139,9 +143,9 @@ def _read(job_id: str) -> UnlearnJob | None:
             pool=({"id": pool_state.pool.id, "uri": pool_state.pool.uri, "k": pool_state.pool.k}
                   if pool_state.valid else None),
             pool_why=pool_state.why,
-            on_inconclusive=audit_policy.get("on_inconclusive") or settings.audit_on_inconclusive,
-            audit_rule={"alpha": audit_policy.get("alpha") or settings.audit_alpha,
-                        "min_power": audit_policy.get("min_power") or settings.audit_min_power},
+            on_inconclusive=policy.audit.on_inconclusive or settings.audit_on_inconclusive,
+            audit_rule={"alpha": policy.audit.alpha or settings.audit_alpha,
+                        "min_power": policy.audit.min_power or settings.audit_min_power},
             have_scores=registry.load_scores(run) is not None if run else False,
             pending_pks=pending_pks, rows_of=rows_of, forget_rows=[rows_of[pk] for pk in pending_pks],
             audit_rows=[rows_of[pk] for pk in audit_pks], retain_rows=datasets.live_rows(s, dataset_id=ds.id))
@@ -206,7 +210,7 @@ def _prune(ctx: JobContext, c: UnlearnJob, scores: np.ndarray, bound: float | No
     alone."""
     settings = get_settings()
     with ctx.phase("pruning", 0.15, 0.2):
-        q_f, q_r = float(c.policy.get("q_forget", 0.0)), float(c.policy.get("q_retain", 0.0))
+        q_f, q_r = c.policy.q_forget, c.policy.q_retain
         eligible, basis = _prunable(c)
         _, forget_pruned = prune(scores, eligible, q_f, bound if basis == "provisional" else None)
         gone = set(forget_pruned)
@@ -232,7 +236,7 @@ def _retrain_reference(ctx: JobContext, c: UnlearnJob, parent_net: Any, x: np.nd
     Retrained on the whole retain set (never pruned: it is the gold standard the audit measures against), kept
     until the job ends so a re-run reuses it. Its own seed: an escalated retrain (recipe seed) must be judged
     against an independent draw, not itself."""
-    if not (c.policy.get("audit") or {}).get("retrain_reference") or c.algorithm == "retrain":
+    if not c.policy.audit.retrain_reference or c.algorithm == "retrain":
         return None, None, 0.2
     eng = engine()
     ref_uri = artifacts.job_weights_uri(c.model_id, ctx.job_id, "reference")
@@ -276,7 +280,7 @@ class _Runner:
         report = engine().audit(net, self.parent_net, forget=(x[c.audit_rows], y[c.audit_rows]),
                                 retain=(x[self.pruned.retain_kept], y[self.pruned.retain_kept]),
                                 test=(a.get("x_test"), a.get("y_test")), settings=get_settings(),
-                                retrained=algorithm == "retrain", policy=c.policy.get("audit"),
+                                retrained=algorithm == "retrain", policy=c.policy.audit.model_dump(),
                                 reference=self.reference_net)
         pool_verdict = verdict.evidence_audit(c.pool, c.pool_why, c.audit_rule, a, c.audit_rows, net=net,
                                               parent=self.parent_net, reference=self.reference_net)
@@ -321,11 +325,11 @@ def _failed(ctx: JobContext, c: UnlearnJob, run: _Runner, out: Attempt, result: 
         ledger.lock_chain(s, tenant_id=c.tenant_id)
         fence(s, ctx.job_id)
         artifacts.delete_after_commit(s, run.uri, *([run.ref_uri] if run.ref_uri else []))
-        forget.close_all(s, job_id=ctx.job_id, status="failed")
+        forget.close_all(s, job_id=ctx.job_id, status=RequestStatus.FAILED)
         jobs.fail(s, job=s.get(Job, ctx.job_id), error="audit failed: " + "; ".join(out.report["reasons"]),
                   attempt=claimed(ctx.job_id), result=result | {"version": None, "ref": None},
                   data={"audit_id": out.audit_id})
-    return "failed"
+    return JobStatus.FAILED
 
 
 def _register(ctx: JobContext, c: UnlearnJob, run: _Runner, out: Attempt, result: dict[str, Any]) -> str:
@@ -343,20 +347,21 @@ def _register(ctx: JobContext, c: UnlearnJob, run: _Runner, out: Attempt, result
         s.get(Audit, out.audit_id).version = version.number
         if run.ref_uri:  # the reference has served its audits
             artifacts.delete_after_commit(s, run.ref_uri)
-        outcome = {pk: ("pruned" if c.rows_of[pk] in pruned_rows else "unlearned") for pk in c.pending_pks}
-        forget.close_all(s, job_id=job.id, status="completed", version=version.number, outcome=outcome)
+        outcome = {pk: DispositionStatus.PRUNED if c.rows_of[pk] in pruned_rows else DispositionStatus.UNLEARNED
+                   for pk in c.pending_pks}
+        forget.close_all(s, job_id=job.id, status=RequestStatus.COMPLETED, version=version.number, outcome=outcome)
         if c.settle:
             result["settlement"] = registry.settle_budget(s, model=model, version=version, job_id=job.id,
                                                           algorithm=out.algorithm)
         complete(s, job, result | {"version": version.number, "ref": registry.ref(model, version.number)})
         datasets.erase_cleared(s, dataset_id=model.dataset_id)
-    return "completed"
+    return JobStatus.COMPLETED
 
 
 def run(ctx: JobContext) -> str:
     c = _read(ctx.job_id)
     if c is None:
-        return "completed"
+        return JobStatus.COMPLETED
     scores, bound = _scores(ctx, c)
     pruned = _prune(ctx, c, scores, bound)
     runner = _Runner(ctx, c, pruned)

@@ -10,6 +10,7 @@ import numpy as np
 from app import artifacts
 from app.db import session_scope
 from app.jobs import service as jobs
+from app.jobs.enums import Verdict
 from workers.jobs.context import engine
 
 
@@ -21,7 +22,7 @@ def evidence_audit(pool_info: dict[str, Any] | None, pool_why: str | None, rule:
     from workers.engine import evidence as ev
 
     if pool_info is None:
-        return {"verdict": "inconclusive", "basis": "unmeasured", "pool_id": None, "side": None, "power": None,
+        return {"verdict": Verdict.INCONCLUSIVE, "basis": "unmeasured", "pool_id": None, "side": None, "power": None,
                 "why": f"no valid reference pool for this lineage ({pool_why})"}
     pool = ev.load_pool(artifacts.path_of(pool_info["uri"]))
     rows = np.asarray(audit_rows, dtype=np.int64)
@@ -32,7 +33,7 @@ def evidence_audit(pool_info: dict[str, Any] | None, pool_why: str | None, rule:
     base = {"basis": "measured", "pool_id": pool_info["id"], "n_request": len(audit_rows),
             "n_unmeasured": int((~keep).sum())}
     if not len(cols):
-        return base | {"verdict": "inconclusive", "side": None, "power": None,
+        return base | {"verdict": Verdict.INCONCLUSIVE, "side": None, "power": None,
                        "why": "none of the request's points was measured by the pool"}
     x, y = arrays["x"], arrays["y"]
     eng = engine()
@@ -56,17 +57,17 @@ def judge(report: dict[str, Any], evidence_report: dict[str, Any], *, algorithm:
     """The decision table: accuracy outside policy → failed; then the pool's verdict. A candidate is promoted when
     it passed, when the policy accepts an inconclusive audit (labelled), or when it is a retrain (exact by
     construction; its verdict is recorded all the same: retrains that fail are the audit's false alarms)."""
-    verdict = "failed" if report["reasons"] else evidence_report["verdict"]
+    verdict = Verdict.FAILED if report["reasons"] else evidence_report["verdict"]
     reasons = list(report["reasons"])
-    if not reasons and verdict != "passed":
+    if not reasons and verdict != Verdict.PASSED:
         reasons.append(f"{verdict}: {evidence_report.get('why')}")
-    accepted = verdict == "inconclusive" and on_inconclusive == "accept"
-    promoted = verdict == "passed" or accepted or algorithm == "retrain"
+    accepted = verdict == Verdict.INCONCLUSIVE and on_inconclusive == "accept"
+    promoted = verdict == Verdict.PASSED or accepted or algorithm == "retrain"
     return report | {"passed": promoted, "verdict": verdict, "reasons": reasons,
                      "accuracy": {"passed": not report["reasons"], "reasons": report["reasons"]},
                      "evidence": evidence_report | {"accepted": accepted,
                                                     "promoted_as_retrain": algorithm == "retrain"
-                                                    and verdict != "passed"}}
+                                                    and verdict != Verdict.PASSED}}
 
 
 def ledger_summary(report: dict[str, Any], *, algorithm: str, params: dict[str, Any], attempt: int) -> dict[str, Any]:
