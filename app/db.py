@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -230,9 +230,28 @@ def _delete_after_commit(session: Session) -> None:
         artifacts.delete(uri)
 
 
+@event.listens_for(Session, "after_commit")
+def _run_on_commit(session: Session) -> None:
+    """Work that must only start once its rows are committed (publishing the outbox, waking the webhook
+    senders): registered with on_commit, run once per transaction, never on rollback, never raising."""
+    for fn in session.info.pop("on_commit", []):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the transaction committed; a missed wake is caught up later
+            logging.getLogger("lethe.db").warning("after-commit %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def on_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Call `fn()` once after this session's transaction commits (not at all if it rolls back)."""
+    pending = session.info.setdefault("on_commit", [])
+    if fn not in pending:
+        pending.append(fn)
+
+
 @event.listens_for(Session, "after_rollback")
 def _keep_on_rollback(session: Session) -> None:
     session.info.pop("delete_after_commit", None)
+    session.info.pop("on_commit", None)
 
 
 def session_factory(readonly: bool = False) -> sessionmaker[Session]:

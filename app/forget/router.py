@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
@@ -10,7 +10,6 @@ from app.auth import Forgetter, Reader
 from app.db import SessionDep, session_scope
 from app.forget import service
 from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
-from app.jobs.outbox import kick
 from app.ledger import signing
 from app.openapi import problems
 from app.opendsr import hooks as opendsr
@@ -21,7 +20,7 @@ router = APIRouter(tags=["forget"])
 
 @router.post("/forget", response_model=ForgetResponse, status_code=202,
              responses={200: {"model": ForgetResponse, "description": "nothing needed a job"}} | problems(404, 409))
-def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, background: BackgroundTasks,
+def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
     """Forget points or data subjects: free ones are answered now, the rest go to an unlearning job."""
     if idempotency_key:
@@ -31,7 +30,7 @@ def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, backgroun
             if prior is not None:
                 checkpoint = signing.current_checkpoint(read, tenant_id=caller.tenant_id)
         if prior is not None:
-            return _answer(prior[0] | {"checkpoint": checkpoint}, prior[1], background)
+            return _answer(prior[0] | {"checkpoint": checkpoint}, prior[1])
     try:
         response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
                                           idempotency_key=idempotency_key)
@@ -47,15 +46,14 @@ def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, backgroun
                                           idempotency_key=idempotency_key)
         session.rollback()
         response = response | {"checkpoint": signing.latest(session, tenant_id=caller.tenant_id)}
-    return _answer(response, status, background)
+    return _answer(response, status)
 
 
-def _answer(response: dict, status: int, background: BackgroundTasks) -> JSONResponse:
+def _answer(response: dict, status: int) -> JSONResponse:
     headers = {}
     if response.get("job_id"):
         headers["Location"] = f"/jobs/{response['job_id']}"
-        background.add_task(kick)  # publish after commit (outbox); the relay thread retries
-    return JSONResponse(response, status_code=status, headers=headers, background=background)
+    return JSONResponse(response, status_code=status, headers=headers)
 
 
 @router.get("/requests", response_model=Page[RequestSummary])

@@ -14,12 +14,11 @@ from sqlalchemy.orm import Session
 from app import artifacts
 from app.db import utcnow
 from app.errors import NotFound
+from app.jobs import outbox
 from app.jobs.enums import JobKind, JobStatus
 from app.jobs.tables import Audit, Job, JobRequest, Outbox
 from app.ledger import service as ledger
 from app.settings import get_settings
-
-RUN_JOB = "lethe.run_job"
 
 
 class Superseded(Exception):  # noqa: N818 - a state, not a failure
@@ -33,12 +32,13 @@ def lease() -> timedelta:
 
 def create(session: Session, *, tenant_id: str, kind: JobKind, model_id: str, version: int | None,
            params: dict[str, Any] | None = None, deadline: datetime | None = None) -> Job:
-    """A queued job plus its outbox row, in the caller's transaction."""
+    """A queued job plus its outbox row, in the caller's transaction (published once it commits)."""
     job = Job(tenant_id=tenant_id, kind=kind, model_id=model_id, version=version, status=JobStatus.QUEUED,
               params=params or {}, timings={}, deadline=deadline)
     session.add(job)
     session.flush()
-    session.add(Outbox(task=RUN_JOB, job_id=job.id, payload={"job_id": job.id}, deadline=deadline))
+    session.add(Outbox(task=outbox.RUN_JOB, job_id=job.id, payload={"job_id": job.id}, deadline=deadline))
+    outbox.publish_after_commit(session)
     ledger.append(session, tenant_id=tenant_id, event="job.queued", subject_type="job", subject_id=job.id,
                   data={"kind": kind, "model_id": model_id, "version": version})
     return job
@@ -109,19 +109,6 @@ def claim(session: Session, *, job_id: str, worker: str) -> Job | None:
     ledger.append(session, tenant_id=job.tenant_id, event="job.started", subject_type="job", subject_id=job.id,
                   data={"kind": job.kind, "attempt": job.attempts, "worker": worker})
     return job
-
-
-def pending_outbox(session: Session, *, limit: int = 100) -> list[Outbox]:
-    """Unpublished outbox rows, earliest deadline first, then oldest."""
-    return list(session.scalars(
-        select(Outbox).where(Outbox.published_at.is_(None))
-        .order_by(Outbox.deadline.is_(None), Outbox.deadline, Outbox.id).limit(limit)
-    ))
-
-
-def lapsed_jobs(session: Session) -> list[str]:
-    """Running jobs whose lease ran out: their worker died mid-job."""
-    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_until < utcnow())))
 
 
 def renew(session: Session, *, job_id: str, attempt: int | None = None, **values: Any) -> bool:

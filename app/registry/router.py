@@ -10,7 +10,6 @@ from app import artifacts
 from app.auth import Modeller, Reader
 from app.db import SessionDep, new_id
 from app.errors import Unprocessable
-from app.jobs.outbox import kick
 from app.openapi import problems
 from app.paging import Page, PageParams, next_cursor, page_params
 from app.registry import service
@@ -88,7 +87,6 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
     except BaseException:
         artifacts.delete(uri)
         raise
-    kick()
     return VersionCreated(version=version.number, ref=service.ref(model, version.number), sha256=sha,
                           current=model.current_version, score_job_id=job.id)
 
@@ -99,7 +97,6 @@ def train(name: str, caller: Modeller, session: SessionDep, body: TrainCreate | 
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     job = service.start_training(session, model=model, promote=(body or TrainCreate()).promote)
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -156,7 +153,6 @@ def post_influence(name: str, number: int, body: InfluenceCreate, caller: Modell
     version = service.get_version(session, model=model, number=number)
     job = service.start_scoring(session, model=model, version=version, method=body.method)
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -170,7 +166,6 @@ def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
     job = service.start_calibration(session, model=model, version=version,
                                     params=(body or CalibrateCreate()).model_dump(exclude_none=True))
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -185,7 +180,6 @@ def post_reference(name: str, number: int, caller: Modeller, session: SessionDep
     version = service.get_version(session, model=model, number=number)
     job = evidence.request_pool(session, model=model, version=version)
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 

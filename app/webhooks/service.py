@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app import keys
-from app.db import new_id, session_scope, utcnow
+from app.db import new_id, on_commit, session_scope, utcnow
 from app.errors import LetheError, NotFound, Unprocessable, closest, did_you_mean
 from app.ledger import signing
 from app.settings import get_settings
@@ -28,6 +29,7 @@ from app.webhooks.tables import Delivery, Webhook
 log = logging.getLogger("lethe.webhooks")
 EVENTS = ("request.completed", "request.failed", "version.promoted")
 MAX_ATTEMPTS = 8
+DUE = threading.Event()  # set once a transaction that queued deliveries commits: the sender loop runs at once
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ def emit(session: Session, *, tenant_id: str, event_type: str, data: dict[str, A
     for hook_id, url in targets:
         session.add(Delivery(tenant_id=tenant_id, webhook_id=hook_id, url=url, event_id=event["id"],
                              event_type=event_type, payload=json.loads(json.dumps(event, default=str))))
+    if targets:
+        on_commit(session, DUE.set)
 
 
 def due(*, limit: int = 50, skip_tenants: frozenset[str] = frozenset()) -> list[tuple[int, str]]:

@@ -325,19 +325,18 @@ def test_malformed_requests_are_400_and_record_nothing(client: TestClient, admin
 def test_earlier_deadlines_are_published_first(client: TestClient, admin_headers: dict[str, str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from app.db import session_scope
-    from app.jobs import service as jobs
+    from app.jobs import outbox
     from app.jobs.tables import Job
-    from app.opendsr import router
     from app.registry.tables import Model
 
     h = admin_headers
     setup_models(client, h)
-    monkeypatch.setattr(router, "kick", lambda: None)  # keep the outbox rows unpublished to look at their order
+    monkeypatch.setattr(outbox, "kick", lambda: None)  # keep the outbox rows unpublished to look at their order
     ccpa = post(client, h, erasure(DIGITS_ONLY, regulation="ccpa")).json()
     gdpr = post(client, h, erasure(CHURN_ONLY, regulation="gdpr")).json()
     assert ccpa["expected_completion_time"] > gdpr["expected_completion_time"]  # 45 days against 30
     with session_scope() as s:
-        rows = [(s.get(Job, r.job_id), r.deadline) for r in jobs.pending_outbox(s)]
+        rows = [(s.get(Job, r.job_id), r.deadline) for r in outbox.pending_outbox(s)]
         order = [(s.get(Model, job.model_id).name, deadline, job.deadline) for job, deadline in rows
                  if job.kind == "unlearn"]
     assert [name for name, _, _ in order] == ["churn", "digits"]  # the later request, nearer its deadline, first

@@ -14,7 +14,6 @@ from app.forget import service as forget
 from app.forget.enums import RequestStatus
 from app.jobs import service as jobs
 from app.jobs.enums import JobKind, JobStatus
-from app.jobs.outbox import safe_relay
 from app.jobs.service import Superseded
 from app.jobs.tables import Job, Outbox
 from app.opendsr import hooks as opendsr
@@ -65,7 +64,6 @@ def run_job(job_id: str, *, worker: str) -> str:
         except Exception as exc:  # noqa: BLE001 - any failure ends the job visibly, never silently
             log.exception("job %s failed", job_id)
             status = fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
-    safe_relay()  # publish what the job queued (scoring of a new version)
     return status
 
 
