@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event, exc
+from sqlalchemy import JSON, DateTime, MetaData, Select, TypeDecorator, create_engine, event, exc, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -252,6 +252,16 @@ def on_commit(session: Session, fn: Callable[[], None]) -> None:
 def _keep_on_rollback(session: Session) -> None:
     session.info.pop("delete_after_commit", None)
     session.info.pop("on_commit", None)
+
+
+def count(session: Session, query: Select[Any]) -> int:
+    """How many rows a query returns (a list page's `total`)."""
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+def page(session: Session, query: Select[Any], *order_by: Any, offset: int = 0, limit: int) -> tuple[list[Any], int]:
+    """One page of a query's rows in `order_by`, and how many rows it has in all."""
+    return list(session.scalars(query.order_by(*order_by).offset(offset).limit(limit))), count(session, query)
 
 
 def session_factory(readonly: bool = False) -> sessionmaker[Session]:

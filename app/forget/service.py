@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app import idempotency
 from app.datasets import service as datasets
 from app.datasets.tables import Point
-from app.db import new_id, utcnow
+from app.db import count, new_id, page, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.evidence import service as evidence
 from app.forget.enums import ENDED, LIVE, REMOVED, DispositionStatus, RequestStatus
@@ -429,7 +429,7 @@ def list_requests(session: Session, *, tenant_id: str, status: str | None, offse
         ForgetRequest.tenant_id == tenant_id)
     if status:
         q = q.where(ForgetRequest.status == status)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    total = count(session, q)
     rows = session.execute(q.order_by(ForgetRequest.created_at.desc(), ForgetRequest.id).offset(offset).limit(limit))
     return [RequestSummary(id=r.id, status=r.status, model=name, version=r.version, job_id=r.job_id,
                            counts=_counts(session, request_id=r.id), created_at=r.created_at,
@@ -456,8 +456,7 @@ def _audits_of(session: Session, *, job_ids: list[str]) -> list[dict[str, Any]]:
 def evidence_page(session: Session, *, request: ForgetRequest, offset: int, limit: int) -> dict[str, Any]:
     """Per-point evidence (separation, pool) of a request, paged, with the request-level evidence and audits."""
     q = select(Disposition).where(Disposition.request_id == request.id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    rows = session.scalars(q.order_by(Disposition.point_id).offset(offset).limit(limit))
+    rows, total = page(session, q, Disposition.point_id, offset=offset, limit=limit)
     job_ids = list(session.scalars(select(JobRequest.job_id).where(JobRequest.request_id == request.id)))
     ev = request.evidence or {"free_basis": "unmeasured", "why": "recorded before evidence was kept"}
     return {"request_id": request.id, "free_basis": ev.get("free_basis", "unmeasured"), "evidence": ev,

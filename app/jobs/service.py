@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from app import artifacts
-from app.db import utcnow
+from app.db import page, utcnow
 from app.errors import NotFound
 from app.jobs import outbox
 from app.jobs.enums import JobKind, JobStatus
@@ -60,9 +60,7 @@ def list_jobs(session: Session, *, tenant_id: str, status: str | None, kind: str
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    rows = session.scalars(q.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit))
-    return list(rows), total
+    return page(session, q, Job.created_at.desc(), Job.id, offset=offset, limit=limit)
 
 
 def request_ids(session: Session, *, job_id: str) -> list[str]:

@@ -7,10 +7,10 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import count, utcnow
 from app.ledger.tables import LedgerEntry
 from app.tenants.tables import Tenant
 from app.timestamps import rfc3339
@@ -172,6 +172,6 @@ def list_entries(session: Session, *, tenant_id: str, event: str | None = None, 
         q = q.where(LedgerEntry.event == event)
     if subject_id:
         q = q.where(LedgerEntry.subject_id == subject_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    total = count(session, q)
     rows = session.execute(q.where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(limit)).scalars()
     return list(rows), total

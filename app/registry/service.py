@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app import artifacts
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset, Point
-from app.db import utcnow
+from app.db import page, utcnow
 from app.errors import Conflict, Gone, NotFound, Unprocessable, closest, did_you_mean
 from app.jobs import service as jobs
 from app.jobs.enums import ACTIVE, JobKind
@@ -112,15 +112,13 @@ def current_version(session: Session, *, model: Model) -> Version | None:
 def list_models(session: Session, *, tenant_id: str, offset: int, limit: int) -> tuple[list[Model], int]:
     """The tenant's models by name."""
     q = select(Model).where(Model.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Model.name).offset(offset).limit(limit))), total
+    return page(session, q, Model.name, offset=offset, limit=limit)
 
 
 def list_versions(session: Session, *, model: Model, offset: int, limit: int) -> tuple[list[Version], int]:
     """The model's versions, newest first."""
     q = select(Version).where(Version.model_id == model.id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Version.number.desc()).offset(offset).limit(limit))), total
+    return page(session, q, Version.number.desc(), offset=offset, limit=limit)
 
 
 def models_on_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> list[Model]:

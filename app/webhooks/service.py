@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import keys
-from app.db import new_id, on_commit, session_scope, utcnow
+from app.db import new_id, on_commit, page, session_scope, utcnow
 from app.errors import LetheError, NotFound, Unprocessable, closest, did_you_mean
 from app.ledger import signing
 from app.settings import get_settings
@@ -232,5 +232,4 @@ def deliver_due(*, limit: int = 50) -> int:
 
 def deliveries(session: Session, *, tenant_id: str, limit: int = 100) -> tuple[list[Delivery], int]:
     q = select(Delivery).where(Delivery.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Delivery.id.desc()).limit(limit))), total
+    return page(session, q, Delivery.id.desc(), limit=limit)
