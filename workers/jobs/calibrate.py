@@ -9,7 +9,6 @@ import numpy as np
 
 from app import artifacts
 from app.datasets import service as datasets
-from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.jobs.enums import JobStatus
 from app.jobs.params import CalibrateParams
@@ -18,20 +17,14 @@ from app.registry import service as registry
 from app.registry.schemas import SCORERS
 from app.registry.tables import Model, Version
 from workers.jobs import scoring
-from workers.jobs.context import JobContext, complete, engine
+from workers.jobs.context import JobContext, ModelInputs, complete, engine, job_rows
 
 
 @dataclass(frozen=True)
-class CalibrateJob:
-    model_id: str
-    arch: dict
-    recipe: dict
+class CalibrateJob(ModelInputs):
     number: int
     version_id: str
     uri: str
-    ds_uri: str
-    shape: tuple[int, ...]
-    n_classes: int
     ref: str
     method: str
     methods: list[str]  # the method first, then the others compared with it
@@ -45,10 +38,8 @@ class CalibrateJob:
     @classmethod
     def read(cls, job_id: str) -> CalibrateJob:
         with session_scope() as s:
-            job = s.get(Job, job_id)
-            model = s.get(Model, job.model_id)
+            job, model, ds = job_rows(s, job_id)
             version = registry.get_version(s, model=model, number=job.version)
-            ds = s.get(Dataset, model.dataset_id)
             p = CalibrateParams.model_validate(job.params)
             method = p.method or model.settings.scorer
             live = np.array(datasets.live_rows(s, dataset_id=ds.id))
@@ -57,9 +48,8 @@ class CalibrateJob:
             missing = [m for m in methods if (run := registry.influence_run(s, version=version, method=m)) is None
                        or registry.load_scores(run) is None]
             grid = sorted({int(n) for n in (p.grid or []) if 0 < int(n) < len(live)})
-            return cls(model_id=model.id, arch=model.architecture, recipe=model.recipe, number=version.number,
-                       version_id=version.id, uri=version.uri, ds_uri=ds.uri, shape=tuple(ds.input_shape),
-                       n_classes=ds.n_classes, ref=registry.ref(model, version.number), method=method,
+            return cls(**ModelInputs.of(model, ds), number=version.number, version_id=version.id, uri=version.uri,
+                       ref=registry.ref(model, version.number), method=method,
                        methods=methods, missing=missing, live=live, grid=grid,
                        epsilon=p.epsilon, prune_epsilon=p.prune_epsilon, auc_max=p.auc_max)
 

@@ -12,11 +12,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.jobs.tables import Job
+from app.registry.tables import Model
 
 log = logging.getLogger("lethe.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
@@ -117,3 +120,29 @@ def engine() -> Any:
     from workers import engine_facade
 
     return engine_facade
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What every job reads of its model and its dataset (each kind's inputs extend it)."""
+
+    model_id: str
+    tenant_id: str
+    arch: dict
+    recipe: dict
+    ds_uri: str
+    shape: tuple[int, ...]
+    n_classes: int
+
+    @staticmethod
+    def of(model: Model, ds: Dataset) -> dict[str, Any]:
+        """These fields, for a subclass's constructor."""
+        return {"model_id": model.id, "tenant_id": model.tenant_id, "arch": model.architecture,
+                "recipe": model.recipe, "ds_uri": ds.uri, "shape": tuple(ds.input_shape), "n_classes": ds.n_classes}
+
+
+def job_rows(s: Any, job_id: str) -> tuple[Job, Model, Dataset]:
+    """A job's row, its model's and its dataset's."""
+    job = s.get(Job, job_id)
+    model = s.get(Model, job.model_id)
+    return job, model, s.get(Dataset, model.dataset_id)

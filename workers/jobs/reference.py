@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from app import artifacts
 from app.datasets import service as datasets
-from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
@@ -20,18 +19,11 @@ from app.ledger import service as ledger
 from app.registry import service as registry
 from app.registry.tables import Model
 from app.settings import get_settings
-from workers.jobs.context import JobContext, complete, engine, fence
+from workers.jobs.context import JobContext, ModelInputs, complete, engine, fence, job_rows
 
 
 @dataclass(frozen=True)
-class ReferenceJob:
-    model_id: str
-    tenant_id: str
-    arch: dict
-    recipe: dict
-    ds_uri: str
-    shape: tuple[int, ...]
-    n_classes: int
+class ReferenceJob(ModelInputs):
     n_test: int
     pool_id: str
     k: int
@@ -43,14 +35,11 @@ class ReferenceJob:
     def start(cls, job_id: str) -> ReferenceJob:
         """Read the job's inputs and mark its pool running, in one transaction."""
         with session_scope() as s:
-            job = s.get(Job, job_id)
-            model = s.get(Model, job.model_id)
+            job, model, ds = job_rows(s, job_id)
             p = ReferenceParams.model_validate(job.params)
             pool = evidence.pool_running(s, pool_id=p.pool_id)
             version = registry.get_version(s, model=model, number=job.version)
-            ds = s.get(Dataset, model.dataset_id)
-            return cls(model_id=model.id, tenant_id=model.tenant_id, arch=model.architecture, recipe=model.recipe,
-                       ds_uri=ds.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes, n_test=ds.n_test,
+            return cls(**ModelInputs.of(model, ds), n_test=ds.n_test,
                        pool_id=pool.id, k=pool.k, shift_models=p.shift_models,
                        w_uri=version.uri if version.status == "active" else None,
                        live=datasets.live_rows(s, dataset_id=ds.id))

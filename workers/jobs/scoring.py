@@ -13,21 +13,16 @@ from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.registry import service as registry
 from app.registry.tables import Model
-from workers.jobs.context import Progress, engine
+from workers.jobs.context import ModelInputs, Progress, engine
 
 
 @dataclass(frozen=True)
-class ScoringInputs:
+class ScoringInputs(ModelInputs):
     """What computing a version's scores needs, read in one short transaction."""
 
-    model_id: str
     number: int
     version_id: str
-    arch: dict
-    ds_uri: str
     w_uri: str
-    shape: tuple[int, ...]
-    n_classes: int
     n_rows: int
     live: list[int]
 
@@ -37,8 +32,7 @@ class ScoringInputs:
             model = s.get(Model, model_id)
             version = registry.get_version(s, model=model, number=number)
             ds = s.get(Dataset, model.dataset_id)
-            return cls(model_id=model.id, number=number, version_id=version.id, arch=model.architecture,
-                       ds_uri=ds.uri, w_uri=version.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes,
+            return cls(**ModelInputs.of(model, ds), number=number, version_id=version.id, w_uri=version.uri,
                        n_rows=ds.n_points, live=datasets.live_rows(s, dataset_id=ds.id))
 
 

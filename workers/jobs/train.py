@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from app import artifacts
 from app.datasets import service as datasets
-from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.evidence import service as evidence
 from app.jobs.enums import JobStatus
@@ -15,30 +14,19 @@ from app.jobs.params import TrainParams
 from app.jobs.tables import Job
 from app.registry import service as registry
 from app.registry.tables import Model
-from workers.jobs.context import JobContext, complete, engine
+from workers.jobs.context import JobContext, ModelInputs, complete, engine, job_rows
 
 
 @dataclass(frozen=True)
-class TrainJob:
-    job_id: str
-    model_id: str
-    arch: dict
-    recipe: dict
-    ds_uri: str
-    shape: tuple[int, ...]
-    n_classes: int
+class TrainJob(ModelInputs):
     live: list[int]
     promote: bool
 
     @classmethod
     def read(cls, job_id: str) -> TrainJob:
         with session_scope() as s:
-            job = s.get(Job, job_id)
-            model = s.get(Model, job.model_id)
-            ds = s.get(Dataset, model.dataset_id)
-            return cls(job_id=job_id, model_id=model.id, arch=model.architecture, recipe=model.recipe,
-                       ds_uri=ds.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes,
-                       live=datasets.live_rows(s, dataset_id=ds.id),
+            job, model, ds = job_rows(s, job_id)
+            return cls(**ModelInputs.of(model, ds), live=datasets.live_rows(s, dataset_id=ds.id),
                        promote=TrainParams.model_validate(job.params).promote)
 
 

@@ -34,7 +34,7 @@ from app.registry.tables import Model, Version
 from app.settings import get_settings
 from workers.engine.params import escalation
 from workers.jobs import scoring, verdict
-from workers.jobs.context import JobContext, Progress, claimed, complete, engine, fence
+from workers.jobs.context import JobContext, ModelInputs, Progress, claimed, complete, engine, fence, job_rows
 
 # A retrain reference's seed is the recipe's plus this: apart from a retrain's (recipe seed) and, for any K below
 # 900, from the pool's (seed·1000 + 100 + m).
@@ -42,21 +42,14 @@ REFERENCE_SEED_OFFSET = 10_007
 
 
 @dataclass(frozen=True)
-class UnlearnJob:
+class UnlearnJob(ModelInputs):
     """What the job works on, read in one transaction."""
 
     job_id: str
-    model_id: str
-    tenant_id: str
-    arch: dict
-    recipe: dict
     policy: Policy
     parent: int
     parent_id: str
     parent_uri: str
-    ds_uri: str
-    shape: tuple[int, ...]
-    n_classes: int
     algorithm: str
     params: dict
     method: str  # the policy's scorer
@@ -117,14 +110,12 @@ def _read(job_id: str) -> UnlearnJob | None:
     """The job's inputs; None (the job completed with nothing to do) when it serves no live request."""
     settings = get_settings()
     with session_scope() as s:
-        job = s.get(Job, job_id)
-        model = s.get(Model, job.model_id)
+        job, model, ds = job_rows(s, job_id)
         requests = forget.open_requests(s, job_id=job.id)
         if not requests:
             complete(s, job, {"version": None, "ref": None, "note": "no live requests"})
             return None
         parent = registry.current_version(s, model=model)
-        ds = s.get(Dataset, model.dataset_id)
         req_ids = [r.id for r in requests]
         pending_pks, rows_of, audit_pks = _rows(s, model=model, ds=ds, request_ids=req_ids)
         policy, p = model.settings, UnlearnParams.model_validate(job.params)
@@ -132,9 +123,8 @@ def _read(job_id: str) -> UnlearnJob | None:
         run = registry.influence_run(s, version=parent, method=method)
         pool_state = evidence.state(s, model=model)
         return UnlearnJob(
-            job_id=job_id, model_id=model.id, tenant_id=model.tenant_id, arch=model.architecture,
-            recipe=model.recipe, policy=policy, parent=parent.number, parent_id=parent.id,
-            parent_uri=parent.uri, ds_uri=ds.uri, shape=tuple(ds.input_shape), n_classes=ds.n_classes,
+            **ModelInputs.of(model, ds), job_id=job_id, policy=policy, parent=parent.number, parent_id=parent.id,
+            parent_uri=parent.uri,
             algorithm=p.algorithm, params=p.params, method=method,
             request_ids=req_ids,
             # Settlement: once the lineage's free budget is spent, this job's retain-only repair covers the
