@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.auth import Forgetter, Reader
 from app.db import SessionDep, session_scope
-from app.forget import service
+from app.forget import reads, service
 from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
 from app.ledger import signing
 from app.openapi import problems
@@ -60,7 +60,7 @@ def _answer(response: dict, status: int) -> JSONResponse:
 def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
                   status: Annotated[str | None, Query()] = None) -> Page[RequestSummary]:
     """The tenant's forget requests, newest first, a page at a time; filter by status."""
-    items, total = service.list_requests(session, tenant_id=caller.tenant_id, status=status,
+    items, total = reads.list_requests(session, tenant_id=caller.tenant_id, status=status,
                                          offset=page.offset, limit=page.limit)
     return Page(items=items, total=total, next=next_cursor(page, total))
 
@@ -68,7 +68,7 @@ def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParam
 @router.get("/requests/{request_id}", response_model=RequestRead)
 def get_request(request_id: str, caller: Reader, session: SessionDep) -> RequestRead:
     """One forget request: its points' dispositions (free, pending, forgotten), its jobs and status."""
-    return service.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
+    return reads.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
                                                                      request_id=request_id))
 
 
@@ -78,14 +78,14 @@ def get_evidence(request_id: str, caller: Reader, session: SessionDep,
     """What each point's answer rests on: its separation in the reference pool, the pool, the certified set's
     bounds, and the audits of the jobs that served the request."""
     request = service.get_request(session, tenant_id=caller.tenant_id, request_id=request_id)
-    body = service.evidence_page(session, request=request, offset=page.offset, limit=page.limit)
+    body = reads.evidence_page(session, request=request, offset=page.offset, limit=page.limit)
     return EvidencePage(**body, next=next_cursor(page, body["total"]))
 
 
 @router.get("/requests/{request_id}/certificate", responses=problems(409))
 def get_certificate(request_id: str, caller: Reader, session: SessionDep) -> dict:
     """A signed deletion certificate for a privacy officer to hand to an auditor."""
-    return service.certificate(session, request=service.get_request(session, tenant_id=caller.tenant_id,
+    return reads.certificate(session, request=service.get_request(session, tenant_id=caller.tenant_id,
                                                                     request_id=request_id))
 
 
@@ -95,4 +95,4 @@ def cancel_request(request_id: str, caller: Forgetter, session: SessionDep) -> R
     request = service.cancel(session, tenant_id=caller.tenant_id, request_id=request_id)
     opendsr.request_changed(session, request_id=request.id)  # an OpenDSR request on it is called back
     session.commit()
-    return service.request_read(session, request=request)
+    return reads.request_read(session, request=request)
