@@ -98,7 +98,7 @@ def scores_dir(version_id: str) -> str:
 
 
 def scores_uri(version_id: str, method: str) -> str:
-    """One method's scores of a version (written and read by workers.engine.influence.cache)."""
+    """One method's scores of a version (written and read by workers.engine.cache)."""
     return f"{scores_dir(version_id)}/{method}"
 
 

@@ -16,6 +16,7 @@ from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
 from app.keys import private_file
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Recipe
 from app.registry.tables import Model
@@ -93,7 +94,7 @@ def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
         version = registry.current_version(s, model=model)
         if version is None:
             raise RuntimeError("demo model has no version (is another process training it?)")
-        run = registry.influence_run(s, version=version, method="gradnorm")
+        run = runs.influence_run(s, version=version, method="gradnorm")
         score_job = run.job_id if run and run.status in ("queued", "running") else None
         ref = registry.ref(model, version.number)
     if score_job:

@@ -15,11 +15,11 @@ import torch
 from app.settings import Settings, get_settings
 from workers.engine import audit as audit_mod
 from workers.engine.architectures import build_model
+from workers.engine.cache import save_scores as _save_scores
 from workers.engine.catalog import DEFAULT_REFERENCE_MARGIN
 from workers.engine.data import ArraySet, load_npz
 from workers.engine.device import resolve_device
 from workers.engine.influence import compute_self_influence
-from workers.engine.influence.cache import save_scores as _save_scores
 from workers.engine.influence.less import CheckpointRecorder
 from workers.engine.model_hooks import norm_record
 from workers.engine.training import DEFAULT_RECIPE, train_model

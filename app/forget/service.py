@@ -29,6 +29,7 @@ from app.jobs.enums import JobKind, JobStatus
 from app.jobs.params import UnlearnParams
 from app.jobs.tables import Job, JobRequest
 from app.ledger import service as ledger
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import ALGORITHMS, Policy
 from app.registry.tables import Model, Version
@@ -50,8 +51,8 @@ def _deciding_scores(session: Session, *, model: Model, version: Version) -> tup
     method = model.settings.scorer
     v: Version | None = version
     while v is not None:
-        run = registry.influence_run(session, version=v, method=method)
-        scores = registry.load_scores(run) if run else None
+        run = runs.influence_run(session, version=v, method=method)
+        scores = runs.load_scores(run) if run else None
         if scores is not None and v.threshold is not None:
             return v, scores
         v = session.get(Version, v.parent_id) if v.parent_id else None

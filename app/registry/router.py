@@ -12,6 +12,7 @@ from app.db import SessionDep, new_id
 from app.errors import Unprocessable
 from app.openapi import problems
 from app.paging import Page, PageParams, next_cursor, page_params
+from app.registry import scores as runs
 from app.registry import service
 from app.registry.schemas import (
     CalibrateCreate,
@@ -134,8 +135,8 @@ def get_influence(name: str, number: int, caller: Reader, session: SessionDep,
     """Self-influence scores of the version's live points, lowest first."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     version = service.get_version(session, model=model, number=number)
-    run = service.influence_run(session, version=version, method=method)
-    items, total = service.influence_items(session, model=model, run=run, offset=page.offset,
+    run = runs.influence_run(session, version=version, method=method)
+    items, total = runs.influence_items(session, model=model, run=run, offset=page.offset,
                                            limit=page.limit) if run else ([], 0)
     return InfluencePage(
         method=method, status=run.status if run else "absent", version=number, ref=service.ref(model, number),
@@ -187,12 +188,12 @@ def post_reference(name: str, number: int, caller: Modeller, session: SessionDep
 def get_calibration(name: str, number: int, caller: Reader, session: SessionDep) -> dict:
     """The calibration curve (JSON): accuracy on removed points per n, per method, and what was chosen."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
-    return service.calibration_of(service.get_version(session, model=model, number=number))
+    return runs.calibration_of(service.get_version(session, model=model, number=number))
 
 
 @router.get("/{name}/versions/{number}/calibration.png", response_class=FileResponse)
 def get_calibration_png(name: str, number: int, caller: Reader, session: SessionDep) -> FileResponse:
     """The calibration curves of the version as a PNG plot (404 until calibrated)."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
-    cal = service.calibration_of(service.get_version(session, model=model, number=number))
+    cal = runs.calibration_of(service.get_version(session, model=model, number=number))
     return FileResponse(artifacts.path_of(cal["png"]), media_type="image/png")

@@ -13,6 +13,7 @@ from app.db import session_scope
 from app.jobs.enums import JobStatus
 from app.jobs.params import CalibrateParams
 from app.jobs.tables import Job
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import SCORERS
 from app.registry.tables import Model, Version
@@ -45,8 +46,8 @@ class CalibrateJob(ModelInputs):
             live = np.array(datasets.live_rows(s, dataset_id=ds.id))
             compare = list(SCORERS) if p.compare is None else p.compare
             methods = [method] + [m for m in compare if m != method]
-            missing = [m for m in methods if (run := registry.influence_run(s, version=version, method=m)) is None
-                       or registry.load_scores(run) is None]
+            missing = [m for m in methods if (run := runs.influence_run(s, version=version, method=m)) is None
+                       or runs.load_scores(run) is None]
             grid = sorted({int(n) for n in (p.grid or []) if 0 < int(n) < len(live)})
             return cls(**ModelInputs.of(model, ds), number=version.number, version_id=version.id, uri=version.uri,
                        ref=registry.ref(model, version.number), method=method,
@@ -68,7 +69,7 @@ def _scores(ctx: JobContext, c: CalibrateJob) -> dict[str, np.ndarray]:
             scoring.score_version(model_id=c.model_id, number=c.number, method=m, progress=progress)
         with session_scope() as s:
             version = s.get(Version, c.version_id)
-            return {m: np.asarray(registry.load_scores(registry.influence_run(s, version=version, method=m)))
+            return {m: np.asarray(runs.load_scores(runs.influence_run(s, version=version, method=m)))
                     for m in c.methods}
 
 
@@ -111,7 +112,7 @@ def run(ctx: JobContext) -> str:
         summary = _summary(c, curves, grid, every[c.method][live])
         with session_scope() as s:
             job = s.get(Job, ctx.job_id)
-            registry.record_calibration(s, model=s.get(Model, c.model_id), version=s.get(Version, c.version_id),
+            runs.record_calibration(s, model=s.get(Model, c.model_id), version=s.get(Version, c.version_id),
                                         summary=summary)
             complete(s, job, {"version": c.number, "ref": c.ref, "method": c.method,
                               **{k: summary[k] for k in ("n_free", "n_prune", "threshold", "prune_threshold")}})

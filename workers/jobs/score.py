@@ -8,6 +8,7 @@ from app.db import session_scope
 from app.jobs.enums import JobStatus
 from app.jobs.params import ScoreParams
 from app.jobs.tables import Job
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.tables import Model
 from app.settings import get_settings
@@ -48,7 +49,7 @@ def run(ctx: JobContext) -> str:
         job = s.get(Job, ctx.job_id)
         p = ScoreJob.of(job)
         version = registry.get_version(s, model=s.get(Model, p.model_id), number=p.number)
-        done = registry.scoring_running(s, version=version, method=p.method)
+        done = runs.scoring_running(s, version=version, method=p.method)
     if done:  # an earlier attempt (its worker died before completing the job) or another job scored it
         return _finish(p, seconds=0.0, reused=True)
     if _under_celery():
@@ -65,4 +66,4 @@ def run(ctx: JobContext) -> str:
 def on_fail(s: object, job: Job) -> None:
     """The run this job computed is failed."""
     version = registry.get_version(s, model=s.get(Model, job.model_id), number=job.version)
-    registry.scoring_failed(s, version=version, method=ScoreJob.of(job).method)
+    runs.scoring_failed(s, version=version, method=ScoreJob.of(job).method)

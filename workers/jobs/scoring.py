@@ -11,6 +11,7 @@ from app import artifacts
 from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import session_scope
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.tables import Model
 from workers.jobs.context import ModelInputs, Progress, engine
@@ -58,7 +59,7 @@ def store(c: ScoringInputs, *, method: str, scores: np.ndarray, seconds: float, 
     with session_scope() as s:
         model = s.get(Model, c.model_id)
         version = registry.get_version(s, model=model, number=c.number)
-        registry.finish_scoring(s, model=model, version=version, method=method,
+        runs.finish_scoring(s, model=model, version=version, method=method,
                                 uri=artifacts.scores_uri(c.version_id, method), sha256=meta["sha256"],
                                 scores=scores, live_rows=c.live, seconds=seconds, info=info)
 

@@ -28,6 +28,7 @@ from app.jobs.enums import JobStatus
 from app.jobs.params import UnlearnParams
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import Policy
 from app.registry.tables import Model, Version
@@ -120,7 +121,7 @@ def _read(job_id: str) -> UnlearnJob | None:
         pending_pks, rows_of, audit_pks = _rows(s, model=model, ds=ds, request_ids=req_ids)
         policy, p = model.settings, UnlearnParams.model_validate(job.params)
         method = policy.scorer
-        run = registry.influence_run(s, version=parent, method=method)
+        run = runs.influence_run(s, version=parent, method=method)
         pool_state = evidence.state(s, model=model)
         return UnlearnJob(
             **ModelInputs.of(model, ds), job_id=job_id, policy=policy, parent=parent.number, parent_id=parent.id,
@@ -136,7 +137,7 @@ def _read(job_id: str) -> UnlearnJob | None:
             on_inconclusive=policy.audit.on_inconclusive or settings.audit_on_inconclusive,
             audit_rule={"alpha": policy.audit.alpha or settings.audit_alpha,
                         "min_power": policy.audit.min_power or settings.audit_min_power},
-            have_scores=registry.load_scores(run) is not None if run else False,
+            have_scores=runs.load_scores(run) is not None if run else False,
             pending_pks=pending_pks, rows_of=rows_of, forget_rows=[rows_of[pk] for pk in pending_pks],
             audit_rows=[rows_of[pk] for pk in audit_pks], retain_rows=datasets.live_rows(s, dataset_id=ds.id))
 
@@ -148,7 +149,7 @@ def _scores(ctx: JobContext, c: UnlearnJob) -> tuple[np.ndarray | None, float | 
             scoring.score_version(model_id=c.model_id, number=c.parent, method=c.method, progress=progress)
         with session_scope() as s:
             parent = s.get(Version, c.parent_id)
-            scores = registry.load_scores(registry.influence_run(s, version=parent, method=c.method))
+            scores = runs.load_scores(runs.influence_run(s, version=parent, method=c.method))
             bound = (parent.metrics or {}).get("prune_threshold")
             if bound is None and scores is not None and c.retain_rows:
                 bound = float(np.quantile(np.asarray(scores)[c.retain_rows], get_settings().prune_quantile))
