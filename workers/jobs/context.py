@@ -20,6 +20,7 @@ from app.db import session_scope
 from app.jobs import service as jobs
 from app.jobs.tables import Job
 from app.registry.tables import Model
+from app.settings import get_settings
 
 log = logging.getLogger("lethe.jobs")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
@@ -119,7 +120,15 @@ def engine() -> Any:
     """The engine facade, imported lazily: importing a job module (API process, tests) never imports torch."""
     from workers import engine_facade
 
+    engine_facade.use(get_settings().device)
     return engine_facade
+
+
+def audit_limits() -> dict[str, float]:
+    """The deployment's audit limits (LETHE_AUDIT_*), which a model's audit policy may override."""
+    settings = get_settings()
+    return {"max_acc_drop": settings.audit_max_acc_drop, "mia_auc_max": settings.audit_mia_auc_max,
+            "mia_alpha": settings.audit_mia_alpha}
 
 
 @dataclass(frozen=True)

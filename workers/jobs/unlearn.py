@@ -35,7 +35,17 @@ from app.registry.tables import Model, Version
 from app.settings import get_settings
 from workers.engine.params import escalation
 from workers.jobs import scoring, verdict
-from workers.jobs.context import JobContext, ModelInputs, Progress, claimed, complete, engine, fence, job_rows
+from workers.jobs.context import (
+    JobContext,
+    ModelInputs,
+    Progress,
+    audit_limits,
+    claimed,
+    complete,
+    engine,
+    fence,
+    job_rows,
+)
 
 # A retrain reference's seed is the recipe's plus this: apart from a retrain's (recipe seed) and, for any K below
 # 900, from the pool's (seed·1000 + 100 + m).
@@ -270,7 +280,8 @@ class _Runner:
         x, y, c, a = self.arrays["x"], self.arrays["y"], self.c, self.arrays
         report = engine().audit(net, self.parent_net, forget=(x[c.audit_rows], y[c.audit_rows]),
                                 retain=(x[self.pruned.retain_kept], y[self.pruned.retain_kept]),
-                                test=(a.get("x_test"), a.get("y_test")), settings=get_settings(),
+                                test=(a.get("x_test"), a.get("y_test")), rule=audit_limits(),
+                                min_points=get_settings().audit_min_points,
                                 retrained=algorithm == "retrain", policy=c.policy.audit.model_dump(),
                                 reference=self.reference_net)
         pool_verdict = verdict.evidence_audit(c.pool, c.pool_why, c.audit_rule, a, c.audit_rows, net=net,
