@@ -14,6 +14,7 @@ from app.openapi import problems
 from app.paging import Page, PageParams, next_cursor, page_params
 from app.registry import scores as runs
 from app.registry import service
+from app.registry.enums import VersionSource
 from app.registry.schemas import (
     CalibrateCreate,
     InfluenceCreate,
@@ -82,7 +83,7 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
     sha, _ = store_upload(upload, uri=uri)
     try:
         service.check_weights(session, model=model, path=artifacts.path_of(uri))
-        version, job = service.register_version(session, model=model, source="upload", sha256=sha, uri=uri,
+        version, job = service.register_version(session, model=model, source=VersionSource.UPLOAD, sha256=sha, uri=uri,
                                                 promote=promote)
         session.commit()
     except BaseException:

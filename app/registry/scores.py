@@ -15,6 +15,7 @@ from app.datasets.tables import Dataset, Point
 from app.db import utcnow
 from app.errors import NotFound
 from app.ledger import service as ledger
+from app.registry.enums import RunStatus
 from app.registry.service import ref
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
@@ -28,7 +29,7 @@ def influence_run(session: Session, *, version: Version, method: str) -> Influen
 
 def load_scores(run: InfluenceRun) -> np.ndarray | None:
     """The run's scores (one per dataset row, memory-mapped), or None if absent."""
-    if run.status != "completed" or not run.uri:
+    if run.status != RunStatus.COMPLETED or not run.uri:
         return None
     path = artifacts.path_of(run.uri)  # <version scores>/<method>, as workers.engine.cache wrote it
     return cache.load_scores(path.parent, path.name)
@@ -40,7 +41,7 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
     """Record completed scores and set the version's (pre-calibration) free threshold and budget."""
     settings = get_settings()
     run = influence_run(session, version=version, method=method)
-    if run is not None and run.status == "completed" and run.sha256 == sha256:
+    if run is not None and run.status == RunStatus.COMPLETED and run.sha256 == sha256:
         return run  # the same scores again (a concurrent or re-run computation): recorded once
     if run is None:
         run = InfluenceRun(version_id=version.id, method=method, summary={})
@@ -48,7 +49,8 @@ def finish_scoring(session: Session, *, model: Model, version: Version, method: 
     live = np.asarray(scores)[live_rows] if live_rows else np.asarray(scores)
     threshold = float(np.quantile(live, settings.free_quantile)) if len(live) else None
     ds = session.get(Dataset, model.dataset_id)
-    run.status, run.uri, run.sha256, run.n, run.threshold = "completed", uri, sha256, int(len(scores)), threshold
+    run.status, run.uri, run.sha256 = RunStatus.COMPLETED, uri, sha256
+    run.n, run.threshold = int(len(scores)), threshold
     run.summary = {"min": float(live.min()), "median": float(np.median(live)), "max": float(live.max()),
                    "seconds": round(seconds, 4), "quantile": settings.free_quantile} if len(live) else {}
     run.summary["computed_by"] = info or {}  # which approximation, factors reused or fitted, checkpoints or not
@@ -68,10 +70,10 @@ def scoring_running(session: Session, *, version: Version, method: str) -> bool:
     """Mark the version's run of `method` running; True, changing nothing, when its scores are already stored
     (an earlier attempt whose worker died before completing its job, or another job, computed them)."""
     run = influence_run(session, version=version, method=method)
-    if run is not None and run.status == "completed" and load_scores(run) is not None:
+    if run is not None and run.status == RunStatus.COMPLETED and load_scores(run) is not None:
         return True
     if run is not None:
-        run.status = "running"
+        run.status = RunStatus.RUNNING
     return False
 
 
@@ -79,7 +81,7 @@ def scoring_failed(session: Session, *, version: Version, method: str) -> None:
     """The job computing the version's run of `method` failed."""
     run = influence_run(session, version=version, method=method)
     if run is not None:
-        run.status = "failed"
+        run.status = RunStatus.FAILED
 
 
 def record_calibration(session: Session, *, model: Model, version: Version, summary: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from app.jobs.enums import ACTIVE, JobKind
 from app.jobs.params import ScoreParams, TrainParams
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
+from app.registry.enums import RunStatus, VersionSource, VersionStatus
 from app.registry.schemas import InfluenceSummary, ModelCreate, ModelRead, VersionRead
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
@@ -204,7 +205,7 @@ def next_number(session: Session, *, model: Model) -> int:
     return (session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id)) or 0) + 1
 
 
-def register_version(session: Session, *, model: Model, source: str, sha256: str, uri: str,
+def register_version(session: Session, *, model: Model, source: VersionSource, sha256: str, uri: str,
                      parent: Version | None = None, request_id: str | None = None, job_id: str | None = None,
                      n_train: int | None = None, metrics: dict[str, Any] | None = None,
                      promote: bool = True) -> tuple[Version, Job]:
@@ -213,7 +214,7 @@ def register_version(session: Session, *, model: Model, source: str, sha256: str
     number = next_number(session, model=model)
     version = Version(model_id=model.id, number=number, parent_id=parent.id if parent else None,
                       request_id=request_id, job_id=job_id, source=source, sha256=sha256, uri=uri,
-                      status="active", n_train=n_train, metrics=metrics or {})
+                      status=VersionStatus.ACTIVE, n_train=n_train, metrics=metrics or {})
     session.add(version)
     session.flush()
     ledger.append(session, tenant_id=model.tenant_id, event="version.registered", subject_type="version",
@@ -221,7 +222,7 @@ def register_version(session: Session, *, model: Model, source: str, sha256: str
                                                "parent": parent.number if parent else None,
                                                "request_id": request_id, "job_id": job_id})
     if promote:
-        promote_version(session, model=model, version=version, revoke_older=source == "unlearn")
+        promote_version(session, model=model, version=version, revoke_older=source == VersionSource.UNLEARN)
     score_job = start_scoring(session, model=model, version=version, method=model.settings.scorer)
     return version, score_job
 
@@ -238,7 +239,7 @@ def promote_version(session: Session, *, model: Model, version: Version, revoke_
     if revoke_older:
         for old in session.scalars(select(Version).where(Version.model_id == model.id,
                                                          Version.number < version.number,
-                                                         Version.status == "active")):
+                                                         Version.status == VersionStatus.ACTIVE)):
             revoke(session, model=model, version=old)
 
 
@@ -252,7 +253,7 @@ def revoke(session: Session, *, model: Model, version: Version) -> None:
             purged.append(run.uri)
     if artifacts.delete(artifacts.scores_dir(version.id)):  # K-FAC factors and all else cached for the version
         purged.append(artifacts.scores_dir(version.id))
-    version.status = "revoked"
+    version.status = VersionStatus.REVOKED
     version.revoked_at = utcnow()
     ledger.append(session, tenant_id=model.tenant_id, event="version.revoked", subject_type="version",
                   subject_id=version.id, data={"ref": ref(model, version.number), "purged": purged})
@@ -271,16 +272,16 @@ def start_scoring(session: Session, *, model: Model, version: Version, method: s
     """Queue (or return the queued) scoring job of `method` for a version."""
     run = session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
                                                     InfluenceRun.method == method))
-    if run is not None and run.status in ("queued", "running", "completed") and run.job_id:
+    if run is not None and run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED) and run.job_id:
         existing = session.get(Job, run.job_id)
-        if existing is not None and (run.status == "completed" or existing.status in ACTIVE):
+        if existing is not None and (run.status == RunStatus.COMPLETED or existing.status in ACTIVE):
             return existing
     job = jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.SCORE, model_id=model.id,
                       version=version.number, params=ScoreParams(method=method).model_dump())
     if run is None:
-        run = InfluenceRun(version_id=version.id, method=method, status="queued", summary={})
+        run = InfluenceRun(version_id=version.id, method=method, status=RunStatus.QUEUED, summary={})
         session.add(run)
-    run.status, run.job_id = "queued", job.id
+    run.status, run.job_id = RunStatus.QUEUED, job.id
     session.flush()
     return job
 
@@ -299,7 +300,7 @@ def settle_budget(session: Session, *, model: Model, version: Version, job_id: s
 def weights_path(session: Session, *, model: Model, number: int) -> Path:
     """The file of a live version; 410 when the version was revoked and purged."""
     version = get_version(session, model=model, number=number)
-    if version.status == "revoked" or not version.uri:
+    if version.status == VersionStatus.REVOKED or not version.uri:
         raise Gone(f"{ref(model, number)} was revoked: its weights were purged")
     path = artifacts.path_of(version.uri)
     if not path.exists():
@@ -348,7 +349,7 @@ def start_calibration(session: Session, *, model: Model, version: Version, param
     ds = session.get(Dataset, model.dataset_id)
     if ds.n_test == 0:
         raise Unprocessable(f"dataset '{ds.name}' has no test split (x_test, y_test): calibration needs one")
-    if version.status != "active":
+    if version.status != VersionStatus.ACTIVE:
         raise Gone(f"{ref(model, version.number)} was revoked")
     return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.CALIBRATE, model_id=model.id,
                        version=version.number, params=params)

@@ -17,6 +17,7 @@ from app.jobs.params import ReferenceParams
 from app.jobs.tables import Job
 from app.ledger import service as ledger
 from app.registry import service as registry
+from app.registry.enums import VersionStatus
 from app.registry.tables import Model
 from app.settings import get_settings
 from workers.jobs.context import JobContext, ModelInputs, complete, engine, fence, job_rows
@@ -41,7 +42,7 @@ class ReferenceJob(ModelInputs):
             version = registry.get_version(s, model=model, number=job.version)
             return cls(**ModelInputs.of(model, ds), n_test=ds.n_test,
                        pool_id=pool.id, k=pool.k, shift_models=p.shift_models,
-                       w_uri=version.uri if version.status == "active" else None,
+                       w_uri=version.uri if version.status == VersionStatus.ACTIVE else None,
                        live=datasets.live_rows(s, dataset_id=ds.id))
 
 

@@ -13,6 +13,7 @@ from app.jobs.enums import JobStatus
 from app.jobs.params import TrainParams
 from app.jobs.tables import Job
 from app.registry import service as registry
+from app.registry.enums import VersionSource
 from app.registry.tables import Model
 from workers.jobs.context import JobContext, ModelInputs, complete, engine, job_rows
 
@@ -48,7 +49,7 @@ def run(ctx: JobContext) -> str:
             job = s.get(Job, ctx.job_id)
             model = s.get(Model, p.model_id)
             version, score_job = registry.register_version(
-                s, model=model, source="train", sha256=sha, uri=uri, job_id=job.id, n_train=len(p.live),
+                s, model=model, source=VersionSource.TRAIN, sha256=sha, uri=uri, job_id=job.id, n_train=len(p.live),
                 metrics=metrics, promote=p.promote)
             pool_job = None
             if p.promote and has_test and not evidence.has_pool(s, model_id=model.id):

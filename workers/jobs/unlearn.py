@@ -30,6 +30,7 @@ from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
 from app.registry import scores as runs
 from app.registry import service as registry
+from app.registry.enums import VersionSource
 from app.registry.schemas import Policy
 from app.registry.tables import Model, Version
 from app.settings import get_settings
@@ -343,8 +344,8 @@ def _register(ctx: JobContext, c: UnlearnJob, run: _Runner, out: Attempt, result
         job = s.get(Job, ctx.job_id)
         model = s.get(Model, c.model_id)
         version, _ = registry.register_version(
-            s, model=model, source="unlearn", sha256=out.sha, uri=run.uri, parent=s.get(Version, c.parent_id),
-            request_id=c.request_ids[0], job_id=job.id, n_train=len(c.retain_rows),
+            s, model=model, source=VersionSource.UNLEARN, sha256=out.sha, uri=run.uri,
+            parent=s.get(Version, c.parent_id), request_id=c.request_ids[0], job_id=job.id, n_train=len(c.retain_rows),
             metrics={"audit": out.report["after"]}, promote=True)
         s.get(Audit, out.audit_id).version = version.number
         if run.ref_uri:  # the reference has served its audits
