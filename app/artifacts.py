@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from app.settings import get_settings
 
@@ -65,3 +66,57 @@ def redact(text: str) -> str:
                         (settings.resolved_data_dir, "<data>")):
         text = text.replace(str(path), label)
     return text
+
+
+def delete_after_commit(session: Any, *uris: str) -> None:
+    """Delete these artifacts once the session's transaction commits (never on rollback: app.db's hook)."""
+    session.info.setdefault("delete_after_commit", []).extend(uris)
+
+
+# ----------------------------------------------------------------------------- where each artifact lives
+# Every URI the service writes is built here, so a reader finds the layout of the store in one place.
+
+def upload_uri(model_id: str, upload_id: str) -> str:
+    """An uploaded version's weights."""
+    return f"models/{model_id}/{upload_id}.safetensors"
+
+
+def job_weights_uri(model_id: str, job_id: str, part: str = "") -> str:
+    """Weights a job produced: a trained version, an unlearning candidate between unlearning, audit and
+    registration, or (`part` "reference") its retrain reference."""
+    return f"models/{model_id}/job-{job_id}{'-' + part if part else ''}.safetensors"
+
+
+def checkpoints_uri(weights_uri: str) -> str:
+    """Where a trained version's LESS checkpoints live: beside its weights, purged with them."""
+    return weights_uri.removesuffix(".safetensors") + ".ckpt"
+
+
+def scores_dir(version_id: str) -> str:
+    """A version's score cache: one folder per method, plus what scorers fit once (K-FAC factors)."""
+    return f"scores/{version_id}"
+
+
+def scores_uri(version_id: str, method: str) -> str:
+    """One method's scores of a version (written and read by workers.engine.cache)."""
+    return f"{scores_dir(version_id)}/{method}"
+
+
+def shards_dir(version_id: str, method: str) -> str:
+    """The shard files of a sharded scoring job, deleted once joined."""
+    return f"{scores_dir(version_id)}/{method}.shards"
+
+
+def pool_uri(pool_id: str) -> str:
+    """A reference pool's arrays."""
+    return f"pools/{pool_id}"
+
+
+def pool_cache_uri(pool_id: str) -> str:
+    """A reference pool's per-model φ cache while it trains (a re-run trains only what is missing)."""
+    return f"pools/{pool_id}.partial"
+
+
+def calibration_png_uri(version_id: str, method: str) -> str:
+    """A calibration's removal-curve plot."""
+    return f"calibration/{version_id}-{method}.png"

@@ -231,7 +231,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     from app import migrate as m
-    from app.jobs.outbox import Relay
+    from app.background import Background
     from app.settings import get_settings
 
     m.upgrade()
@@ -241,7 +241,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
         child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel",
                                   "INFO" if loud else "WARNING", *([] if loud else ["--quiet"])],
                                  preexec_fn=_die_with_parent)
-    relay = Relay(get_settings().relay_interval)
+    relay = Background(get_settings().relay_interval)
     relay.start()
     from app.demo import admin_key
 

@@ -30,11 +30,12 @@ from typing import Any
 import httpx
 
 from app.forget.schemas import ForgetResponse, RequestRead
+from app.jobs.enums import FINAL as JOB_FINAL
 from app.jobs.schemas import JobRead
 from app.ledger.schemas import LedgerVerify
 from app.registry.schemas import ModelRead
 
-FINAL = ("completed", "failed", "cancelled")
+FINAL = JOB_FINAL
 
 
 TOLERANCE = 300  # seconds: the replay window receivers should allow (clock skew + delivery latency)

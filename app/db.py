@@ -10,14 +10,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator, create_engine, event, exc
+from sqlalchemy import JSON, DateTime, MetaData, Select, TypeDecorator, create_engine, event, exc, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -230,9 +230,38 @@ def _delete_after_commit(session: Session) -> None:
         artifacts.delete(uri)
 
 
+@event.listens_for(Session, "after_commit")
+def _run_on_commit(session: Session) -> None:
+    """Work that must only start once its rows are committed (publishing the outbox, waking the webhook
+    senders): registered with on_commit, run once per transaction, never on rollback, never raising."""
+    for fn in session.info.pop("on_commit", []):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the transaction committed; a missed wake is caught up later
+            logging.getLogger("lethe.db").warning("after-commit %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def on_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Call `fn()` once after this session's transaction commits (not at all if it rolls back)."""
+    pending = session.info.setdefault("on_commit", [])
+    if fn not in pending:
+        pending.append(fn)
+
+
 @event.listens_for(Session, "after_rollback")
 def _keep_on_rollback(session: Session) -> None:
     session.info.pop("delete_after_commit", None)
+    session.info.pop("on_commit", None)
+
+
+def count(session: Session, query: Select[Any]) -> int:
+    """How many rows a query returns (a list page's `total`)."""
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+def page(session: Session, query: Select[Any], *order_by: Any, offset: int = 0, limit: int) -> tuple[list[Any], int]:
+    """One page of a query's rows in `order_by`, and how many rows it has in all."""
+    return list(session.scalars(query.order_by(*order_by).offset(offset).limit(limit))), count(session, query)
 
 
 def session_factory(readonly: bool = False) -> sessionmaker[Session]:

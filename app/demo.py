@@ -16,6 +16,7 @@ from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
 from app.keys import private_file
+from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Recipe
 from app.registry.tables import Model
@@ -59,7 +60,7 @@ def digits_npz(seed: int = 0, test_fraction: float = 0.2) -> bytes:
 def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
     """Register dataset and model `digits` and train + score version 1, unless already there."""
     from app import migrate
-    from workers import pipeline
+    from workers.jobs import runner
 
     migrate.upgrade()
     key = admin_key()
@@ -85,7 +86,7 @@ def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
             train_job = (active or registry.start_training(s, model=model, promote=True)).id
     if train_job:
         echo("training digits@1 …")
-        status = pipeline.run_inline(train_job)
+        status = runner.run_inline(train_job)
         if status not in ("completed", "skipped"):
             raise RuntimeError(f"demo training job {train_job} ended {status}")
     with session_scope() as s:
@@ -93,12 +94,12 @@ def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
         version = registry.current_version(s, model=model)
         if version is None:
             raise RuntimeError("demo model has no version (is another process training it?)")
-        run = registry.influence_run(s, version=version, method="gradnorm")
+        run = runs.influence_run(s, version=version, method="gradnorm")
         score_job = run.job_id if run and run.status in ("queued", "running") else None
         ref = registry.ref(model, version.number)
     if score_job:
         echo(f"scoring {ref} (gradnorm self-influence) …")
-        pipeline.run_inline(score_job)
+        runner.run_inline(score_job)
     with session_scope() as s:
         pool = s.scalar(select(ReferencePool).where(ReferencePool.model_id == model_id,
                                                     ReferencePool.status.in_(("queued", "running"))).limit(1))
@@ -109,7 +110,7 @@ def run_demo(*, echo=print) -> dict[str, str]:  # noqa: ANN001
             pool_job, k = (job.id, evidence.pool_k(model)) if job else (None, 0)
     if pool_job:
         echo(f"measuring {ref}: reference pool of {k} shadow models (the evidence behind 'free' and audits) …")
-        pipeline.run_inline(pool_job)
+        runner.run_inline(pool_job)
     with session_scope() as s:
         state = evidence.pool_read(s, model=s.get(Model, model_id)) or {}
         if state.get("status") == "completed":

@@ -133,11 +133,6 @@ class TooLarge(LetheError):
     slug = "too-large"
 
 
-class Unavailable(LetheError):
-    status_code = 503
-    slug = "unavailable"
-
-
 class RateLimited(LetheError):
     status_code = 429
     slug = "rate-limited"

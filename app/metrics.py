@@ -36,43 +36,45 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Float, and_, case, cast, exists, func, literal, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
 
+from app import job_sums
 from app.db import session_scope, utcnow
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
+from app.forget.enums import ENDED as REQUEST_ENDED
+from app.forget.enums import DispositionStatus
 from app.forget.tables import Disposition, ForgetRequest
-from app.jobs.tables import Audit, Job, JobRequest
+from app.job_sums import BUCKETS, NO_ALGORITHM, PHASES
+from app.jobs.enums import FINAL as JOB_ENDED
+from app.jobs.enums import JobKind, Verdict
+from app.jobs.tables import Audit, Job
 from app.registry.schemas import ALGORITHMS, SCORERS
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 
 # Fixed vocabularies (DESIGN.md "Statuses"); values outside them are folded into "other".
-JOB_KINDS = ("train", "score", "reference", "unlearn", "calibrate")
-VERDICTS = ("passed", "failed", "inconclusive")
-JOB_FINAL = ("completed", "failed", "cancelled")
-REQUEST_FINAL = ("completed", "failed", "cancelled")
-DISPOSITIONS = ("free", "pruned", "unlearned", "already_forgotten", "failed", "cancelled")
-# Phases each kind of job records in Job.timings (workers/pipeline.py), and the attempts folded into one.
+JOB_KINDS = tuple(JobKind)
+VERDICTS = tuple(Verdict)
+JOB_FINAL = JOB_ENDED
+REQUEST_FINAL = REQUEST_ENDED
+DISPOSITIONS = tuple(d for d in DispositionStatus if d != DispositionStatus.PENDING)
+# Phases each kind of job records in Job.timings (workers/jobs/), and the attempts folded into one.
 KIND_PHASES = {
-    "train": ("training", "registering"),
-    "score": ("scoring",),
-    "calibrate": ("scoring", "retraining", "registering"),
-    "unlearn": ("scoring", "pruning", "unlearning", "auditing", "registering"),
-    "reference": ("training", "certifying", "registering"),
+    JobKind.TRAIN: ("training", "registering"),
+    JobKind.SCORE: ("scoring",),
+    JobKind.CALIBRATE: ("scoring", "retraining", "registering"),
+    JobKind.UNLEARN: ("scoring", "pruning", "unlearning", "auditing", "registering"),
+    JobKind.REFERENCE: ("training", "certifying", "registering"),
 }
-PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering")
-MAX_ATTEMPTS = 4  # "unlearning", "unlearning#2" … "unlearning#4" are one observation (escalation ladder ≤ 3)
-BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
-NO_ALGORITHM = "none"
 
 _LABEL = re.compile(r"^[a-z0-9_]{1,32}$")
 
@@ -80,30 +82,6 @@ _LABEL = re.compile(r"^[a-z0-9_]{1,32}$")
 def _bounded(value: Any, allowed: Iterable[str]) -> str:
     value = str(value) if value is not None else ""
     return value if value in set(allowed) and _LABEL.match(value) else "other"
-
-
-# ----------------------------------------------------------------------------- SQL helpers
-
-def _float(col: Any, *path: str) -> Any:
-    """A number inside a JSON column (SQLite json_extract, Postgres ->> / #>>), cast to float."""
-    return col[path if len(path) > 1 else path[0]].as_float()
-
-
-def _text(col: Any, *path: str) -> Any:
-    return col[path if len(path) > 1 else path[0]].as_string()
-
-
-def _seconds_between(start: Any, end: Any, dialect: str) -> Any:
-    if dialect == "postgresql":
-        return cast(func.extract("epoch", end - start), Float)
-    return (func.julianday(end) - func.julianday(start)) * 86400.0  # SQLite stores ISO text
-
-
-def _phase_seconds(phase: str, job: Any = Job) -> Any:
-    """A job's seconds in `phase`, its retry attempts (`phase#2` …) folded in; NULL when it has none."""
-    first = _float(job.timings, phase)
-    retries = [func.coalesce(_float(job.timings, f"{phase}#{n}"), 0.0) for n in range(2, MAX_ATTEMPTS + 1)]
-    return sum(retries, first) if phase in ("unlearning", "auditing") else first
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -234,14 +212,14 @@ class LetheCollector(Collector):
                 for p in kind_phases:
                     phases[(kind, p, algorithm)] = list(zero)
         compute = {k: 0.0 for k in JOB_KINDS}
-        saved = {"pruning": 0.0, "free": _spared_jobs(s)}
+        saved = {"pruning": 0.0, "free": job_sums.spared_jobs(s)}
         pruned = {"forget": 0.0, "retain": 0.0}
 
         def add(acc: list[float], values: list[float]) -> None:
             for i, v in enumerate(values):
                 acc[i] += v
 
-        for (kind, status, algorithm), values in finished_job_sums(s, dialect).items():
+        for (kind, status, algorithm), values in job_sums.finished_job_sums(s, dialect).items():
             kind = _bounded(kind, JOB_KINDS)
             algorithm = _bounded(algorithm, ALGORITHMS) if kind == "unlearn" else NO_ALGORITHM
             if status == "completed":
@@ -304,7 +282,7 @@ class LetheCollector(Collector):
             Disposition.disposition == "free")) or 0
         f["lethe_free_points"].add_metric(["measured"], int(measured))
         f["lethe_free_points"].add_metric(["provisional"], int(total_free - measured))
-        auc = _float(Version.metrics, "audit", "mia", "auc")
+        auc = job_sums.json_float(Version.metrics, "audit", "mia", "auc")
         lo, mean, hi, n = s.execute(
             select(func.min(auc), func.avg(auc), func.max(auc), func.count(auc))
             .select_from(Model).join(Version, and_(Version.model_id == Model.id,
@@ -320,7 +298,8 @@ class LetheCollector(Collector):
         points = {m: 0.0 for m in SCORERS}
         seconds = {m: 0.0 for m in SCORERS}
         for method, n, secs in s.execute(
-                select(InfluenceRun.method, func.sum(InfluenceRun.n), func.sum(_float(InfluenceRun.summary, "seconds")))
+                select(InfluenceRun.method, func.sum(InfluenceRun.n),
+                       func.sum(job_sums.json_float(InfluenceRun.summary, "seconds")))
                 .where(InfluenceRun.status == "completed").group_by(InfluenceRun.method)):
             m = _bounded(method, SCORERS)
             points[m] = points.get(m, 0.0) + float(n or 0)
@@ -330,101 +309,26 @@ class LetheCollector(Collector):
             f["lethe_scoring_seconds"].add_metric([m], seconds[m])
 
 
-def _spared_jobs(s: Session) -> float:
-    """Requests answered entirely free, each valued at its lineage's first completed unlearning job."""
-    free_only = dict(s.execute(
-        select(ForgetRequest.model_id, func.count())
-        .where(ForgetRequest.job_id.is_(None), ForgetRequest.status == "completed",
-               exists().where(Disposition.request_id == ForgetRequest.id, Disposition.disposition == "free"))
-        .group_by(ForgetRequest.model_id)).all())
-    if not free_only:
-        return 0.0
-    first = (select(Job.model_id, func.min(Job.finished_at).label("at"))
-             .where(Job.kind == "unlearn", Job.status == "completed", Job.model_id.in_(free_only))
-             .group_by(Job.model_id).subquery())
-    j = aliased(Job)
-    cost = sum((func.coalesce(_phase_seconds(p, j), 0.0) for p in ("unlearning", "auditing", "registering")),
-               literal(0.0))
-    per_model = dict(s.execute(
-        select(j.model_id, func.max(cost))
-        .join(first, and_(first.c.model_id == j.model_id, first.c.at == j.finished_at))
-        .where(j.kind == "unlearn", j.status == "completed").group_by(j.model_id)).all())
-    return sum(n * float(per_model.get(m) or 0.0) for m, n in free_only.items())
-
-
-GroupSums = dict[tuple[str, str, str], list[float]]
-# Jobs that finished over an hour ago never change again (a job's row is final once it finished): their sums are
-# memoised per process and per database, checked on every scrape by a cheap fingerprint (count, latest finish)
-# that a truncated or restored database changes. Only recent jobs have their JSON read on every scrape.
-SETTLED_AFTER = timedelta(hours=1)
-_settled: dict[str, tuple[datetime, tuple[Any, ...], GroupSums]] = {}
-
-
-def _group_sums(s: Session, dialect: str, where: Any) -> GroupSums:
-    """One aggregate over finished jobs matching `where`: per (kind, status, algorithm) the bucket counts,
-    count and sum of the latency and of each phase, then the savings and pruned points."""
-    done_unlearn = and_(Job.kind == "unlearn", Job.status == "completed")
-
-    def unlearn_only(expr: Any) -> Any:
-        return case((done_unlearn, func.coalesce(expr, 0.0)), else_=0.0)
-
-    free_in_job = (select(func.count()).select_from(Disposition)
-                   .join(JobRequest, JobRequest.request_id == Disposition.request_id)
-                   .where(JobRequest.job_id == Job.id, Disposition.disposition == "free")
-                   .correlate(Job).scalar_subquery())
-    # Each JSON field is extracted once per row into the materialised CTE; the outer query aggregates.
-    rows = select(
-        Job.kind.label("kind"), Job.status.label("status"),
-        func.coalesce(_text(Job.params, "algorithm"), literal(NO_ALGORITHM)).label("algorithm"),
-        case((Job.status == "completed", _seconds_between(Job.created_at, Job.finished_at, dialect)),
-             else_=None).label("latency"),
-        *[_phase_seconds(p).label(p) for p in PHASES],
-        unlearn_only(_float(Job.result, "metrics", "n_forget_kept")).label("kept_f"),
-        unlearn_only(_float(Job.result, "metrics", "n_retain_kept")).label("kept_r"),
-        unlearn_only(_float(Job.result, "pruned", "forget", "n")).label("pruned_f"),
-        unlearn_only(_float(Job.result, "pruned", "retain", "n")).label("pruned_r"),
-        case((done_unlearn, free_in_job), else_=0).label("free"),
-    ).where(Job.status.in_(JOB_FINAL), where).cte("finished").prefix_with("MATERIALIZED")
-    per_point = func.coalesce(rows.c.unlearning, 0.0) / func.nullif(rows.c.kept_f + rows.c.kept_r, 0.0)
-
-    def hist(col: Any) -> list[Any]:
-        return [func.sum(case((col <= b, 1), else_=0)) for b in BUCKETS] + [func.count(col), func.sum(col)]
-
-    cols = [rows.c.latency, *[rows.c[p] for p in PHASES]]
-    agg = select(rows.c.kind, rows.c.status, rows.c.algorithm, *[x for c in cols for x in hist(c)],
-                 func.sum(per_point * (rows.c.pruned_f + rows.c.pruned_r)), func.sum(per_point * rows.c.free),
-                 func.sum(rows.c.pruned_f), func.sum(rows.c.pruned_r)
-                 ).group_by(rows.c.kind, rows.c.status, rows.c.algorithm)
-    return {(r[0], r[1], r[2]): [float(v or 0) for v in r[3:]] for r in s.execute(agg)}
-
-
-def finished_job_sums(s: Session, dialect: str) -> GroupSums:
-    """_group_sums of every finished job: the memoised settled part plus the recent part."""
-    horizon = utcnow().replace(minute=0, second=0, microsecond=0) - SETTLED_AFTER
-    old = Job.finished_at < horizon
-    fingerprint = tuple(s.execute(select(func.count(), func.max(Job.finished_at))
-                                  .where(Job.status.in_(JOB_FINAL), old)).one())
-    key = s.get_bind().url.render_as_string(hide_password=True)
-    cached = _settled.get(key)
-    if cached is None or cached[:2] != (horizon, fingerprint):
-        cached = (horizon, fingerprint, _group_sums(s, dialect, old) if fingerprint[0] else {})
-        _settled[key] = cached
-    total = {k: list(v) for k, v in cached[2].items()}
-    for k, v in _group_sums(s, dialect, or_(Job.finished_at.is_(None), Job.finished_at >= horizon)).items():
-        total[k] = [a + b for a, b in zip(total[k], v, strict=True)] if k in total else v
-    return total
-
 REGISTRY = CollectorRegistry(auto_describe=True)
+_COLLECTORS: dict[type, Collector] = {}
+
+
+def register(collector: Collector) -> None:
+    """Serve `collector` at GET /metrics, once per process per kind: each domain's collector registers itself
+    when its module is imported (app.opendsr.metrics does)."""
+    if type(collector) not in _COLLECTORS:
+        REGISTRY.register(collector)
+        _COLLECTORS[type(collector)] = collector
+
+
 COLLECTOR = LetheCollector()
-REGISTRY.register(COLLECTOR)
+register(COLLECTOR)
 
 
 def exported_names() -> set[str]:
     """Every sample name a scrape can contain (counters' _total, histograms' _bucket/_sum/_count)."""
-    from app.opendsr.metrics import DeadlineCollector
-
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    families = [*COLLECTOR.describe(), *DeadlineCollector().describe()]
+    families = [fam for c in _COLLECTORS.values() for fam in c.describe()]
     return {fam.name + sfx for fam in families for sfx in suffixes[fam.type]}
 
 

@@ -69,7 +69,7 @@ def drain(max_rounds: int = 20) -> list[str]:
 
     from app.db import session_scope
     from app.jobs.tables import Job
-    from workers import pipeline
+    from workers.jobs import runner
 
     ran: list[str] = []
     for _ in range(max_rounds):
@@ -78,7 +78,7 @@ def drain(max_rounds: int = 20) -> list[str]:
         if not queued:
             return ran
         for job_id in queued:
-            pipeline.run_inline(job_id)
+            runner.run_inline(job_id)
             ran.append(job_id)
     raise AssertionError("jobs keep coming: drain() gave up")
 

@@ -1,1 +1,1 @@
-"""Lethe job side: Celery tasks, the pipeline, and the pure-PyTorch engine."""
+"""Lethe job side: Celery tasks, the job modules (workers/jobs/), and the pure-PyTorch engine."""

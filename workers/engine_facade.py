@@ -1,6 +1,6 @@
-"""The pipeline's view of the engine: numpy arrays and paths in, networks and plain dicts out.
+"""The job modules' view of the engine: numpy arrays and paths in, networks and plain dicts out.
 
-Kept apart from pipeline.py so that importing the pipeline (API process, tests) does not import torch.
+Kept apart from workers/jobs/ so that importing a job module (API process, tests) does not import torch.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.settings import Settings, get_settings
 from workers.engine import audit as audit_mod
 from workers.engine.architectures import build_model
+from workers.engine.catalog import DEFAULT_REFERENCE_MARGIN
 from workers.engine.data import ArraySet, load_npz
 from workers.engine.device import resolve_device
-from workers.engine.influence import compute_self_influence
-from workers.engine.influence.cache import save_scores as _save_scores
 from workers.engine.influence.less import CheckpointRecorder
-from workers.engine.model_hooks import norm_record
+from workers.engine.influence.self_influence import SelfInfluence
+from workers.engine.influence.self_influence import save as save_influence
 from workers.engine.training import DEFAULT_RECIPE, train_model
 from workers.engine.unlearning import unlearn as _unlearn
 from workers.engine.weights import load_weights, save_weights
@@ -28,8 +27,16 @@ from workers.engine.weights import load_weights, save_weights
 Progress = Callable[[float], None]
 
 
+_DEVICE = ["auto"]  # the device name this process computes on (the worker sets LETHE_DEVICE through use())
+
+
+def use(device_name: str) -> None:
+    """Compute on `device_name` ("auto": CUDA when available, else CPU) from now on."""
+    _DEVICE[0] = device_name
+
+
 def device() -> torch.device:
-    return resolve_device(get_settings().device)
+    return resolve_device(_DEVICE[0])
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -71,35 +78,22 @@ def accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, progress: Progress,
                    work_dir: Path, checkpoints_dir: Path | None = None,
-                   options: dict[str, Any] | None = None,
                    rows: slice | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Scores and what produced them; work_dir caches fitted factors (hessian), checkpoints feed LESS.
 
     With `rows`, one shard's scores (a sharded job calls this once per shard, after prepare_scoring)."""
-    info: dict[str, Any] = {}
-    extra = dict(options or {})
-    if method == "hessian":
-        extra.setdefault("factors_dir", work_dir / "kfac")
-    elif method in ("less", "less_own"):
-        extra.setdefault("checkpoints_dir", checkpoints_dir)
-    if rows is not None:
-        extra["rows"] = rows
-    scores = compute_self_influence(method, net, ArraySet(x, y), device=device(), info=info, **extra)
-    info["norm_policy"] = norm_record(net, phase="scoring")
-    progress(1.0)
-    return np.asarray(scores, dtype=np.float64), info
+    result = SelfInfluence(work_dir, net, ArraySet(x, y), device=device(), checkpoints=checkpoints_dir).score(
+        method, rows=rows, progress=progress)
+    return result.scores, result.info
 
 
 def prepare_scoring(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, work_dir: Path) -> None:
     """What every shard of a sharded scoring job shares, computed once: hessian's factors (cached)."""
-    if method == "hessian":
-        compute_self_influence(method, net, ArraySet(x, y), device=device(), factors_dir=work_dir / "kfac",
-                               rows=slice(0, 0))
+    SelfInfluence(work_dir, net, ArraySet(x, y), device=device()).fit(method)
 
 
 def save_scores(root: Path, name: str, scores: np.ndarray, *, meta: dict[str, Any]) -> dict[str, Any]:
-    root.mkdir(parents=True, exist_ok=True)
-    return _save_scores(root, name, scores, meta=meta)
+    return save_influence(root, name, scores, meta=meta)
 
 
 def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
@@ -115,21 +109,18 @@ def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, n
 
 def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
           retain: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray | None, np.ndarray | None],
-          settings: Settings | None = None, retrained: bool = False,
+          rule: dict[str, float], min_points: int, retrained: bool = False,
           policy: dict[str, Any] | None = None, reference: torch.nn.Module | None = None) -> dict[str, Any]:
     """Audit the new network against its parent on the request's points: `passed` says whether retain and test
-    accuracy stayed within the policy's max_acc_drop (the pool's verdict is the pipeline's, on top). The MIAs
+    accuracy stayed within the policy's max_acc_drop (the pool's verdict is workers/jobs/verdict.py's, on top). The MIAs
     are reported as informational. With a retrain `reference` (a model retrained without the forget set) the
     report adds its numbers and the gap of each metric to them."""
-    settings = settings or get_settings()
     if test[0] is None or len(test[0]) == 0:
         raise ValueError("the dataset has no test split (x_test, y_test): the audit cannot run")
-    rule = {"max_acc_drop": settings.audit_max_acc_drop, "mia_auc_max": settings.audit_mia_auc_max,
-            "mia_alpha": settings.audit_mia_alpha}
-    rule |= {k: v for k, v in (policy or {}).items() if k in rule and v is not None}
+    rule = dict(rule) | {k: v for k, v in (policy or {}).items() if k in rule and v is not None}
     dev = device()
     sets = {"forget": ArraySet(*forget), "retain": ArraySet(*retain), "test": ArraySet(test[0], test[1])}
-    kw = {"device": dev, "min_points": settings.audit_min_points}
+    kw = {"device": dev, "min_points": min_points}
     after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     extra: dict[str, Any] = {}
@@ -141,7 +132,7 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
                               "avg_gap": round(float(np.mean(list(gap.values()))), 6) if gap else None}
         if (ref.get("mia") or {}).get("status") == "ok":
             rule["reference_auc"] = ref["mia"]["auc"]
-            rule["reference_margin"] = (policy or {}).get("reference_margin") or 0.03
+            rule["reference_margin"] = (policy or {}).get("reference_margin") or DEFAULT_REFERENCE_MARGIN
             mia_reference = "retrain reference (retrained without the forget set in this job)"
     # Accuracy decides here; the loss-MIA (forget vs test) and the SVC efficacy are informational: forget and
     # test points differ in class and difficulty, so they pass doing nothing and fail correct retrains.

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import artifacts
 from app.datasets.tables import Dataset, Point
-from app.db import new_id, utcnow
+from app.db import new_id, page, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.identity import keyed_hash
 from app.ledger import service as ledger
@@ -183,8 +183,7 @@ def get(session: Session, *, tenant_id: str, name_or_id: str) -> Dataset:
 def list_datasets(session: Session, *, tenant_id: str, offset: int, limit: int) -> tuple[list[Dataset], int]:
     """The tenant's datasets by name."""
     q = select(Dataset).where(Dataset.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Dataset.name).offset(offset).limit(limit))), total
+    return page(session, q, Dataset.name, offset=offset, limit=limit)
 
 
 def counts(session: Session, *, dataset_id: str) -> tuple[int, int]:

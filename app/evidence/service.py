@@ -21,17 +21,19 @@ from app import artifacts
 from app.datasets.tables import Dataset, Point
 from app.db import utcnow
 from app.errors import Conflict, Gone, Unprocessable
+from app.evidence.enums import ACTIVE, PoolStatus
 from app.evidence.tables import ReferencePool
 from app.forget.tables import Disposition
 from app.jobs import service as jobs
+from app.jobs.enums import JobKind
+from app.jobs.params import ReferenceParams
 from app.jobs.tables import Job
 from app.ledger import service as ledger
+from app.registry.enums import VersionSource, VersionStatus
 from app.registry.tables import Model, Version
 from app.settings import get_settings
 from app.timestamps import rfc3339
 from workers.engine import evidence as ev
-
-ACTIVE = ("queued", "running")
 
 
 def limits() -> ev.Limits:
@@ -41,7 +43,7 @@ def limits() -> ev.Limits:
 
 def pool_k(model: Model) -> int:
     """Shadow models of the lineage's pool: the policy's reference.k, else LETHE_REFERENCE_K (0: none)."""
-    k = ((model.policy or {}).get("reference") or {}).get("k")
+    k = model.settings.reference.k
     return int(get_settings().reference_k if k is None else k)
 
 
@@ -57,13 +59,13 @@ def start_pool(session: Session, *, model: Model, version: Version, reason: str)
                                                         ReferencePool.status.in_(ACTIVE)).limit(1))
     if active is not None and active.job_id:
         return session.get(Job, active.job_id)
-    pool = ReferencePool(tenant_id=model.tenant_id, model_id=model.id, version=version.number, status="queued", k=k,
-                         report={})
+    pool = ReferencePool(tenant_id=model.tenant_id, model_id=model.id, version=version.number,
+                         status=PoolStatus.QUEUED, k=k, report={})
     session.add(pool)
     session.flush()
-    shift = int(((model.policy or {}).get("reference") or {}).get("shift_models", 4))
-    job = jobs.create(session, tenant_id=model.tenant_id, kind="reference", model_id=model.id,
-                      version=version.number, params={"pool_id": pool.id, "k": k, "shift_models": shift})
+    params = ReferenceParams(pool_id=pool.id, k=k, shift_models=model.settings.reference.shift_models)
+    job = jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.REFERENCE, model_id=model.id,
+                      version=version.number, params=params.model_dump())
     pool.job_id = job.id
     ledger.append(session, tenant_id=model.tenant_id, event="pool.queued", subject_type="model", subject_id=model.id,
                   data={"pool_id": pool.id, "k": k, "version": version.number, "reason": reason, "job_id": job.id})
@@ -73,7 +75,7 @@ def start_pool(session: Session, *, model: Model, version: Version, reason: str)
 def trained_here(session: Session, *, model: Model) -> bool:
     """Whether Lethe trained a version of this lineage: only then does the recipe describe how its weights came
     about, so that shadow models trained with it measure the deployed model's training procedure."""
-    return session.scalar(select(Version.id).where(Version.model_id == model.id, Version.source == "train")
+    return session.scalar(select(Version.id).where(Version.model_id == model.id, Version.source == VersionSource.TRAIN)
                           .limit(1)) is not None
 
 
@@ -84,7 +86,7 @@ UPLOADED = ("its weights were uploaded, not trained by Lethe: shadow models trai
 
 def request_pool(session: Session, *, model: Model, version: Version) -> Job:
     """POST .../reference: a new pool on this version's data (the current one only: it is what is served)."""
-    if version.status != "active":
+    if version.status != VersionStatus.ACTIVE:
         raise Gone(f"{model.name}@{version.number} was revoked")
     if pool_k(model) == 0:
         raise Conflict(f"model '{model.name}' has reference.k = 0 in its policy: no pool is kept")
@@ -107,7 +109,7 @@ def _pools(session: Session, *, model_id: str) -> list[ReferencePool]:
 
 
 def _newest_completed(pools: list[ReferencePool]) -> ReferencePool | None:
-    done = [p for p in pools if p.status == "completed"]
+    done = [p for p in pools if p.status == PoolStatus.COMPLETED]
     return max(done, key=lambda p: p.completed_at) if done else None
 
 
@@ -147,7 +149,7 @@ def state(session: Session, *, model: Model) -> PoolState:
             why = "no reference pool (policy reference.k = 0)"
         elif not trained_here(session, model=model):
             why = UPLOADED.replace("{name}", model.name)
-        elif newest is not None and newest.status == "failed":
+        elif newest is not None and newest.status == PoolStatus.FAILED:
             why = "the reference pool's job failed (see its job)"
         else:
             why = "no reference pool yet"
@@ -254,23 +256,46 @@ def digest(evidence: dict[str, Any], points: list[dict[str, Any]]) -> str:
 def finish_pool(session: Session, *, pool: ReferencePool, uri: str, sha256: str, n_points: int, n_certified: int,
                 report: dict[str, Any]) -> None:
     """Record a fitted pool; older pools of the lineage are superseded (their arrays deleted after commit)."""
-    pool.status, pool.uri, pool.sha256 = "completed", uri, sha256
+    pool.status, pool.uri, pool.sha256 = PoolStatus.COMPLETED, uri, sha256
     pool.n_points, pool.n_certified, pool.report, pool.completed_at = n_points, n_certified, report, utcnow()
     for old in session.scalars(select(ReferencePool).where(ReferencePool.model_id == pool.model_id,
                                                            ReferencePool.id != pool.id,
-                                                           ReferencePool.status == "completed")):
-        old.status = "superseded"
+                                                           ReferencePool.status == PoolStatus.COMPLETED)):
+        old.status = PoolStatus.SUPERSEDED
         if old.uri:
-            session.info.setdefault("delete_after_commit", []).append(old.uri)
+            artifacts.delete_after_commit(session, old.uri)
     for failed in session.scalars(select(ReferencePool.id).where(ReferencePool.model_id == pool.model_id,
-                                                                 ReferencePool.status == "failed")):
-        # a failed pool job's per-model φ cache (workers/pipeline.py keeps it for re-runs)
-        session.info.setdefault("delete_after_commit", []).append(f"pools/{failed}.partial")
+                                                                 ReferencePool.status == PoolStatus.FAILED)):
+        # a failed pool job's per-model φ cache (workers/jobs/reference.py keeps it for re-runs)
+        artifacts.delete_after_commit(session, artifacts.pool_cache_uri(failed))
     ledger.append(session, tenant_id=pool.tenant_id, event="pool.completed", subject_type="model",
                   subject_id=pool.model_id, data={
                       "pool_id": pool.id, "k": pool.k, "sha256": sha256, "n_points": n_points,
                       "n_certified": n_certified, "certified_set": report.get("certified_set"),
                       "shift": report.get("shift"), "limits": report.get("limits")})
+
+
+def has_pool(session: Session, *, model_id: str) -> bool:
+    """Whether the lineage has a pool queued, fitting or fitted (a lineage's first training starts one)."""
+    return session.scalar(select(ReferencePool.id).where(
+        ReferencePool.model_id == model_id, ReferencePool.status.in_((*ACTIVE, PoolStatus.COMPLETED))
+    ).limit(1)) is not None
+
+
+def pool_running(session: Session, *, pool_id: str) -> ReferencePool:
+    """A worker started (or restarted) fitting the pool."""
+    pool = session.get(ReferencePool, pool_id)
+    pool.status = PoolStatus.RUNNING
+    return pool
+
+
+def fail_pool(session: Session, *, pool_id: str | None) -> None:
+    """The pool's job failed: the pool is failed and its arrays (if any were saved) deleted after commit; its
+    per-model φ cache stays for a re-run until a pool of the lineage completes."""
+    pool = session.get(ReferencePool, pool_id) if pool_id else None
+    if pool is not None and pool.status in ACTIVE:
+        pool.status = PoolStatus.FAILED
+        artifacts.delete_after_commit(session, artifacts.pool_uri(pool.id))
 
 
 def erase_rows(session: Session, *, dataset_id: str, rows: list[int]) -> None:
@@ -279,7 +304,7 @@ def erase_rows(session: Session, *, dataset_id: str, rows: list[int]) -> None:
     if not rows:
         return
     pools = session.scalars(select(ReferencePool).join(Model, Model.id == ReferencePool.model_id).where(
-        Model.dataset_id == dataset_id, ReferencePool.status == "completed", ReferencePool.uri.is_not(None)))
+        Model.dataset_id == dataset_id, ReferencePool.status == PoolStatus.COMPLETED, ReferencePool.uri.is_not(None)))
     for pool in pools:
         root = artifacts.path_of(pool.uri)
         if not root.exists():

@@ -9,6 +9,7 @@ from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
+from app.evidence.enums import PoolStatus
 
 
 class ReferencePool(Base):
@@ -21,7 +22,7 @@ class ReferencePool(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     version: Mapped[int]  # the version whose training data (live rows) the pool measured
     job_id: Mapped[str | None] = mapped_column(String(36))
-    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued|running|completed|failed|superseded
+    status: Mapped[str] = mapped_column(String(20), default=PoolStatus.QUEUED)  # a PoolStatus
     k: Mapped[int]
     uri: Mapped[str | None] = mapped_column(String(1000))
     sha256: Mapped[str | None] = mapped_column(String(64))

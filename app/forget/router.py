@@ -2,15 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import Forgetter, Reader
 from app.db import SessionDep, session_scope
-from app.forget import service
+from app.forget import reads, service
 from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
-from app.jobs.outbox import kick
 from app.ledger import signing
 from app.openapi import problems
 from app.opendsr import hooks as opendsr
@@ -21,7 +20,7 @@ router = APIRouter(tags=["forget"])
 
 @router.post("/forget", response_model=ForgetResponse, status_code=202,
              responses={200: {"model": ForgetResponse, "description": "nothing needed a job"}} | problems(404, 409))
-def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, background: BackgroundTasks,
+def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep,
            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
     """Forget points or data subjects: free ones are answered now, the rest go to an unlearning job."""
     if idempotency_key:
@@ -31,7 +30,7 @@ def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, backgroun
             if prior is not None:
                 checkpoint = signing.current_checkpoint(read, tenant_id=caller.tenant_id)
         if prior is not None:
-            return _answer(prior[0] | {"checkpoint": checkpoint}, prior[1], background)
+            return _answer(prior[0] | {"checkpoint": checkpoint}, prior[1])
     try:
         response, status = service.submit(session, tenant_id=caller.tenant_id, body=body,
                                           idempotency_key=idempotency_key)
@@ -47,22 +46,21 @@ def forget(body: ForgetCreate, caller: Forgetter, session: SessionDep, backgroun
                                           idempotency_key=idempotency_key)
         session.rollback()
         response = response | {"checkpoint": signing.latest(session, tenant_id=caller.tenant_id)}
-    return _answer(response, status, background)
+    return _answer(response, status)
 
 
-def _answer(response: dict, status: int, background: BackgroundTasks) -> JSONResponse:
+def _answer(response: dict, status: int) -> JSONResponse:
     headers = {}
     if response.get("job_id"):
         headers["Location"] = f"/jobs/{response['job_id']}"
-        background.add_task(kick)  # publish after commit (outbox); the relay thread retries
-    return JSONResponse(response, status_code=status, headers=headers, background=background)
+    return JSONResponse(response, status_code=status, headers=headers)
 
 
 @router.get("/requests", response_model=Page[RequestSummary])
 def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
                   status: Annotated[str | None, Query()] = None) -> Page[RequestSummary]:
     """The tenant's forget requests, newest first, a page at a time; filter by status."""
-    items, total = service.list_requests(session, tenant_id=caller.tenant_id, status=status,
+    items, total = reads.list_requests(session, tenant_id=caller.tenant_id, status=status,
                                          offset=page.offset, limit=page.limit)
     return Page(items=items, total=total, next=next_cursor(page, total))
 
@@ -70,7 +68,7 @@ def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParam
 @router.get("/requests/{request_id}", response_model=RequestRead)
 def get_request(request_id: str, caller: Reader, session: SessionDep) -> RequestRead:
     """One forget request: its points' dispositions (free, pending, forgotten), its jobs and status."""
-    return service.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
+    return reads.request_read(session, request=service.get_request(session, tenant_id=caller.tenant_id,
                                                                      request_id=request_id))
 
 
@@ -80,14 +78,14 @@ def get_evidence(request_id: str, caller: Reader, session: SessionDep,
     """What each point's answer rests on: its separation in the reference pool, the pool, the certified set's
     bounds, and the audits of the jobs that served the request."""
     request = service.get_request(session, tenant_id=caller.tenant_id, request_id=request_id)
-    body = service.evidence_page(session, request=request, offset=page.offset, limit=page.limit)
+    body = reads.evidence_page(session, request=request, offset=page.offset, limit=page.limit)
     return EvidencePage(**body, next=next_cursor(page, body["total"]))
 
 
 @router.get("/requests/{request_id}/certificate", responses=problems(409))
 def get_certificate(request_id: str, caller: Reader, session: SessionDep) -> dict:
     """A signed deletion certificate for a privacy officer to hand to an auditor."""
-    return service.certificate(session, request=service.get_request(session, tenant_id=caller.tenant_id,
+    return reads.certificate(session, request=service.get_request(session, tenant_id=caller.tenant_id,
                                                                     request_id=request_id))
 
 
@@ -97,4 +95,4 @@ def cancel_request(request_id: str, caller: Forgetter, session: SessionDep) -> R
     request = service.cancel(session, tenant_id=caller.tenant_id, request_id=request_id)
     opendsr.request_changed(session, request_id=request.id)  # an OpenDSR request on it is called back
     session.commit()
-    return service.request_read(session, request=request)
+    return reads.request_read(session, request=request)

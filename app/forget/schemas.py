@@ -4,6 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from app.forget.enums import DispositionStatus, RequestStatus
 from app.ledger.schemas import CheckpointRead
 from app.timestamps import Timestamp
 
@@ -32,7 +33,7 @@ class ForgetCreate(BaseModel):
 
 class ForgetResponse(BaseModel):
     request_id: str
-    status: str
+    status: RequestStatus
     model: str
     version: int
     ref: str
@@ -60,7 +61,7 @@ class ForgetResponse(BaseModel):
 
 class PointEvidence(BaseModel):
     point_id: str
-    disposition: str
+    disposition: DispositionStatus
     separation: float | None = Field(None, description="the point's own IN/OUT LiRA AUC in the pool (0.5 = "
                                      "chance); reported, never decides alone")
     pool_id: str | None
@@ -79,7 +80,7 @@ class EvidencePage(BaseModel):
 
 class PointDisposition(BaseModel):
     point_id: str
-    disposition: str
+    disposition: DispositionStatus
     version: int | None
     ref: str | None
     score: float | None
@@ -89,7 +90,7 @@ class PointDisposition(BaseModel):
 
 class RequestRead(BaseModel):
     id: str
-    status: str
+    status: RequestStatus
     model: str
     version: int
     ref: str
@@ -110,7 +111,7 @@ class RequestRead(BaseModel):
 
 class RequestSummary(BaseModel):
     id: str
-    status: str
+    status: RequestStatus
     model: str
     version: int
     job_id: str | None

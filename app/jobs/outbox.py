@@ -1,22 +1,39 @@
-"""The outbox relay: publish committed job rows to the broker, earliest deadline first."""
+"""The outbox: job rows are queued in the transaction that creates them and published to the broker after it
+commits, earliest deadline first. Publishing starts from the commit itself (app.db.on_commit, registered by
+jobs.create): it wakes this process's publisher loop (app.background), or publishes inline when there is none."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.db import session_scope, utcnow
-from app.jobs.service import RUN_JOB, lapsed_jobs, pending_outbox
-from app.settings import get_settings
-from app.webhooks.pool import DeliveryPool
+from app.jobs.enums import JobStatus
+from app.jobs.tables import Job, Outbox
 
 log = logging.getLogger("lethe.outbox")
-FULL_SWEEP = 30  # every 30th erasure sweep looks at every dataset
+RUN_JOB = "lethe.run_job"
 RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 # Publishing never subscribes to a task's result (ignore_result=True): nothing reads these results, and with a
 # Redis result backend the subscription alone retries ~20 s when Redis is down, then breaks the result consumer.
+WAKE = threading.Event()  # set by kick(): the publisher loop runs at once
+_publisher: threading.Thread | None = None
+
+
+def pending_outbox(session: Session, *, limit: int = 100) -> list[Outbox]:
+    """Unpublished outbox rows, earliest deadline first, then oldest."""
+    return list(session.scalars(
+        select(Outbox).where(Outbox.published_at.is_(None))
+        .order_by(Outbox.deadline.is_(None), Outbox.deadline, Outbox.id).limit(limit)
+    ))
+
+
+def lapsed_jobs(session: Session) -> list[str]:
+    """Running jobs whose lease ran out: their worker died mid-job."""
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_until < utcnow())))
 
 
 def relay_once() -> int:
@@ -63,92 +80,26 @@ def safe_relay() -> None:
         log.warning("outbox relay failed: %s", exc)
 
 
-def safe_deliver(pool: DeliveryPool) -> None:
-    """Hand due webhook events to the delivery pool (returns at once: receivers never hold the relay); never
-    raises."""
-    try:
-        pool.pump()
-    except Exception as exc:  # noqa: BLE001
-        log.warning("webhook delivery pass failed: %s", exc)
-
-
-def safe_sweep(since: datetime | None) -> bool:
-    """Erase what forget requests cleared since `since` (None: everything); never raises. True if it ran."""
-    from app.datasets.service import sweep_erasures
-
-    try:
-        sweep_erasures(since=since)
-        return True
-    except Exception as exc:  # noqa: BLE001
-        log.warning("erasure sweep failed: %s", exc)
-        return False
-
-
-_running: Relay | None = None
+def attach(publisher: threading.Thread | None) -> None:
+    """The loop that publishes in this process (None: none, kick publishes inline)."""
+    global _publisher
+    _publisher = publisher
 
 
 def kick() -> None:
-    """After a commit that queued jobs: wake this process's relay thread, or relay inline when there is none."""
-    if _running is not None and _running.is_alive():
-        _running.wake.set()
+    """After a commit that queued jobs: wake this process's publisher, or publish inline when there is none."""
+    if _publisher is not None and _publisher.is_alive():
+        WAKE.set()
     else:
         safe_relay()
 
 
-class Relay(threading.Thread):
-    """A daemon that runs the relay every `interval` seconds (or when kicked) until stopped."""
+def publish_after_commit(session: Session) -> None:
+    """Publish the outbox once this transaction commits."""
+    from app.db import on_commit
 
-    def __init__(self, interval: float) -> None:
-        super().__init__(name="lethe-outbox", daemon=True)
-        self.interval = interval
-        self.stopped = threading.Event()
-        self.wake = threading.Event()
-        self.deliveries: DeliveryPool | None = None
-        self.sweeper: threading.Thread | None = None  # an erasure sweep (O(dataset)) never holds job publishing
-        self.since: datetime | None = None  # None: look at every dataset (the first sweep, then every FULL_SWEEP-th)
+    on_commit(session, _kick)
 
-    def start(self) -> None:
-        global _running
-        _running = self
-        super().start()
 
-    def run(self) -> None:
-        self.deliveries = DeliveryPool()
-        passes = 0
-        swept = time.monotonic()
-        sweeps = 0
-        while not self.stopped.is_set():
-            erasure = get_settings().erasure_interval
-            wait = min(self.interval, max(0.0, swept + erasure - time.monotonic())) if erasure else self.interval
-            self.wake.wait(wait)
-            self.wake.clear()
-            if self.stopped.is_set():
-                break
-            safe_relay()
-            safe_deliver(self.deliveries)
-            sweeping = self.sweeper is not None and self.sweeper.is_alive()
-            if erasure and time.monotonic() - swept >= erasure and not sweeping:
-                swept, began = time.monotonic(), utcnow() - timedelta(seconds=5)  # margin: flush vs commit
-                sweeps += 1
-                # Recent final dispositions point at the datasets to look at; a periodic full sweep catches
-                # points cleared otherwise (a lineage's last version revoked, say).
-                since = None if sweeps % FULL_SWEEP == 0 else self.since
-                self.sweeper = threading.Thread(target=self._sweep, args=(since, began), name="lethe-erasure",
-                                                daemon=True)
-                self.sweeper.start()
-            passes += 1
-            if passes % 10 == 0:
-                try:
-                    requeue_lapsed()
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("lapsed-job check failed: %s", exc)
-
-    def _sweep(self, since: datetime | None, began: datetime) -> None:
-        if safe_sweep(since):
-            self.since = began
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.wake.set()
-        if self.deliveries is not None:
-            self.deliveries.shutdown()
+def _kick() -> None:
+    kick()  # looked up at call time, so a test may replace outbox.kick

@@ -4,16 +4,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.jobs.enums import JobKind, JobStatus
 from app.timestamps import Timestamp
 
 
 class JobRead(BaseModel):
     id: str
-    kind: str
+    kind: JobKind
     model: str
     version: int | None
     requests: list[str]
-    status: str
+    status: JobStatus
     phase: str | None
     progress: float
     params: dict[str, Any]

@@ -9,16 +9,17 @@ from sqlalchemy import Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
+from app.jobs.enums import JobStatus
 
 
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(20))  # train | score | reference | unlearn | calibrate
+    kind: Mapped[str] = mapped_column(String(20))  # a JobKind
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     version: Mapped[int | None]  # input version
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)  # a JobStatus
     phase: Mapped[str | None] = mapped_column(String(20))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -51,7 +52,7 @@ class Audit(Base):
     attempt: Mapped[int]
     algorithm: Mapped[str]
     passed: Mapped[bool]  # promoted: verdict passed, or accepted by policy, or a retrain
-    verdict: Mapped[str | None] = mapped_column(String(20))  # passed | failed | inconclusive
+    verdict: Mapped[str | None] = mapped_column(String(20))  # a Verdict
     report: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

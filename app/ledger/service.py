@@ -7,10 +7,10 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import count, utcnow
 from app.ledger.tables import LedgerEntry
 from app.tenants.tables import Tenant
 from app.timestamps import rfc3339
@@ -89,6 +89,16 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
     return entry
 
 
+def append_once(session: Session, *, tenant_id: str, event: str, subject_type: str, subject_id: str,
+                data: dict[str, Any] | None = None) -> None:
+    """append, unless the chain already holds this event for this subject (a re-run job records it once)."""
+    lock_chain(session, tenant_id=tenant_id)
+    if session.scalar(select(LedgerEntry.id).where(LedgerEntry.tenant_id == tenant_id, LedgerEntry.event == event,
+                                                   LedgerEntry.subject_id == subject_id).limit(1)) is None:
+        append(session, tenant_id=tenant_id, event=event, subject_type=subject_type, subject_id=subject_id,
+               data=data)
+
+
 @event.listens_for(Session, "after_commit")
 @event.listens_for(Session, "after_soft_rollback")
 def _release_chains(session: Session, *_: Any) -> None:
@@ -162,6 +172,6 @@ def list_entries(session: Session, *, tenant_id: str, event: str | None = None, 
         q = q.where(LedgerEntry.event == event)
     if subject_id:
         q = q.where(LedgerEntry.subject_id == subject_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    total = count(session, q)
     rows = session.execute(q.where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(limit)).scalars()
     return list(rows), total

@@ -23,11 +23,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import session_scope, utcnow
+from app.db import count, session_scope, utcnow
 from app.keys import private_file
 from app.ledger import service as ledger
 from app.ledger.tables import Checkpoint, LedgerEntry
@@ -165,7 +165,7 @@ def page_checkpoints(session: Session, *, tenant_id: str, after: int = -1, limit
     """Checkpoints in chain order after a sequence number, the current head signed first if it moved."""
     current = current_checkpoint(session, tenant_id=tenant_id)
     q = select(Checkpoint).where(Checkpoint.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    total = count(session, q)
     items = [checkpoint_read(r) for r in session.scalars(q.where(Checkpoint.seq > after)
                                                           .order_by(Checkpoint.seq).limit(limit))]
     if _at(session, tenant_id=tenant_id, seq=current["seq"]) is None:

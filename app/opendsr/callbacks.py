@@ -91,3 +91,6 @@ def record(session: Session, *, delivery: Delivery) -> None:
                       "http_status": delivery.last_status, "error": delivery.last_error,
                       "delivered": delivery.delivered_at is not None,
                       "next_attempt_at": None if delivery.delivered_at else str(delivery.next_at)})
+
+
+webhooks.register_renderer(EVENT, webhooks.Renderer(render=render, record=record))

@@ -1,4 +1,4 @@
-"""The two calls the worker pipeline makes, so that OpenDSR statuses follow their forget requests.
+"""The two calls the worker job modules make, so that OpenDSR statuses follow their forget requests.
 
 Each runs inside the caller's transaction under a savepoint: a fault here is logged and never undoes the
 job's own work (the status is computed live on GET, so only a callback would be late).

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app import metrics as app_metrics
+
 log = logging.getLogger("lethe.opendsr")
-_registered = False
 
 
 class DeadlineCollector(Collector):
@@ -45,18 +46,13 @@ def _families(buckets: dict[str, int], missed: int | None) -> list[GaugeMetricFa
 
 
 def registry() -> CollectorRegistry:
-    """The registry GET /metrics serves (app.metrics.REGISTRY when present), else prometheus_client's default."""
-    try:
-        from app import metrics as app_metrics
-
-        return app_metrics.REGISTRY
-    except (ImportError, AttributeError):
-        return REGISTRY
+    """The registry GET /metrics serves."""
+    return app_metrics.REGISTRY
 
 
 def register() -> None:
-    """Add the collector to that registry once per process."""
-    global _registered
-    if not _registered:
-        registry().register(DeadlineCollector())
-        _registered = True
+    """Add the collector to that registry (once per process: app.metrics.register keeps one per kind)."""
+    app_metrics.register(DeadlineCollector())
+
+
+register()

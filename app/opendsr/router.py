@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -16,8 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.auth import Forgetter, Reader
 from app.db import SessionDep
 from app.errors import LetheError
-from app.jobs.outbox import kick
-from app.opendsr import callbacks, metrics, schemas, service
+from app.opendsr import callbacks, schemas, service
 from app.opendsr.service import OpenDsrError
 from app.settings import get_settings
 
@@ -66,7 +65,6 @@ class SpecRoute(APIRoute):
 
 
 router = APIRouter(prefix="/opendsr/v1", tags=["opendsr"], route_class=SpecRoute)
-metrics.register()
 
 
 async def raw_body(request: Request) -> bytes:
@@ -79,12 +77,11 @@ def certificate_url(request: Request) -> str:
     return f"{base}{router.prefix}/certificate.pem"
 
 
-def signed(body: dict[str, Any], status: int, request: Request, background: BackgroundTasks | None = None) -> Response:
+def signed(body: dict[str, Any], status: int, request: Request) -> Response:
     """A JSON response whose exact bytes are signed in X-OpenDSR-Signature (and the legacy header names)."""
     content = callbacks.dumps(body)
     headers = callbacks.signed_headers(content)  # never named after the Host header
-    return Response(content, status_code=status, media_type="application/json", headers=headers,
-                    background=background)
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
 @router.get("/discovery")
@@ -106,7 +103,7 @@ def processor_status() -> dict[str, str]:
     return {"api_version": schemas.API_VERSION, "status": "ok"}
 
 
-def create_request(request: Request, caller: Forgetter, session: SessionDep, background: BackgroundTasks,
+def create_request(request: Request, caller: Forgetter, session: SessionDep,
                    raw: Annotated[bytes, Depends(raw_body)]) -> Response:
     """Receive an erasure request: 201, signed; it fans out to a forget request per model holding the subject."""
     legacy = "/opengdpr_requests" in request.url.path
@@ -120,8 +117,7 @@ def create_request(request: Request, caller: Forgetter, session: SessionDep, bac
         session.rollback()
         if body is None:
             raise
-    background.add_task(kick)  # publish the jobs (outbox) and wake the relay, which also sends callbacks
-    return signed(body, 201, request, background)
+    return signed(body, 201, request)
 
 
 def get_request(subject_request_id: str, request: Request, caller: Reader, session: SessionDep) -> Response:
@@ -130,13 +126,11 @@ def get_request(subject_request_id: str, request: Request, caller: Reader, sessi
                   request)
 
 
-def cancel_request(subject_request_id: str, request: Request, caller: Forgetter, session: SessionDep,
-                   background: BackgroundTasks) -> Response:
+def cancel_request(subject_request_id: str, request: Request, caller: Forgetter, session: SessionDep) -> Response:
     """Cancel while pending: 202, signed."""
     body = service.cancel(session, tenant_id=caller.tenant_id, subject_request_id=subject_request_id)
     session.commit()
-    background.add_task(kick)
-    return signed(body, 202, request, background)
+    return signed(body, 202, request)
 
 
 for _name in NAMES:

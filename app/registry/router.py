@@ -10,10 +10,11 @@ from app import artifacts
 from app.auth import Modeller, Reader
 from app.db import SessionDep, new_id
 from app.errors import Unprocessable
-from app.jobs.outbox import kick
 from app.openapi import problems
 from app.paging import Page, PageParams, next_cursor, page_params
+from app.registry import scores as runs
 from app.registry import service
+from app.registry.enums import VersionSource
 from app.registry.schemas import (
     CalibrateCreate,
     InfluenceCreate,
@@ -29,6 +30,7 @@ from app.registry.schemas import (
 )
 from app.uploads import store_upload
 from workers.engine import plugins
+from workers.engine.catalog import DEFAULT_SCORER
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -77,17 +79,16 @@ async def upload_version(name: str, request: Request, caller: Modeller, session:
         raise Unprocessable("multipart form needs a 'weights' file (safetensors)")
     # A path no other upload can choose: a file named after its version number could be overwritten by a
     # concurrent upload (another API process) that picked the same number before either registered it.
-    uri = f"models/{model.id}/{new_id()}.safetensors"
+    uri = artifacts.upload_uri(model.id, new_id())
     sha, _ = store_upload(upload, uri=uri)
     try:
         service.check_weights(session, model=model, path=artifacts.path_of(uri))
-        version, job = service.register_version(session, model=model, source="upload", sha256=sha, uri=uri,
+        version, job = service.register_version(session, model=model, source=VersionSource.UPLOAD, sha256=sha, uri=uri,
                                                 promote=promote)
         session.commit()
     except BaseException:
         artifacts.delete(uri)
         raise
-    kick()
     return VersionCreated(version=version.number, ref=service.ref(model, version.number), sha256=sha,
                           current=model.current_version, score_job_id=job.id)
 
@@ -98,7 +99,6 @@ def train(name: str, caller: Modeller, session: SessionDep, body: TrainCreate | 
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     job = service.start_training(session, model=model, promote=(body or TrainCreate()).promote)
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -132,12 +132,12 @@ def get_weights(name: str, number: int, caller: Reader, session: SessionDep) -> 
 @router.get("/{name}/versions/{number}/influence", response_model=InfluencePage)
 def get_influence(name: str, number: int, caller: Reader, session: SessionDep,
                   page: Annotated[PageParams, Depends(page_params)],
-                  method: Scorer = "gradnorm") -> InfluencePage:
+                  method: Scorer = DEFAULT_SCORER) -> InfluencePage:
     """Self-influence scores of the version's live points, lowest first."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     version = service.get_version(session, model=model, number=number)
-    run = service.influence_run(session, version=version, method=method)
-    items, total = service.influence_items(session, model=model, run=run, offset=page.offset,
+    run = runs.influence_run(session, version=version, method=method)
+    items, total = runs.influence_items(session, model=model, run=run, offset=page.offset,
                                            limit=page.limit) if run else ([], 0)
     return InfluencePage(
         method=method, status=run.status if run else "absent", version=number, ref=service.ref(model, number),
@@ -155,7 +155,6 @@ def post_influence(name: str, number: int, body: InfluenceCreate, caller: Modell
     version = service.get_version(session, model=model, number=number)
     job = service.start_scoring(session, model=model, version=version, method=body.method)
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -169,7 +168,6 @@ def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
     job = service.start_calibration(session, model=model, version=version,
                                     params=(body or CalibrateCreate()).model_dump(exclude_none=True))
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -184,7 +182,6 @@ def post_reference(name: str, number: int, caller: Modeller, session: SessionDep
     version = service.get_version(session, model=model, number=number)
     job = evidence.request_pool(session, model=model, version=version)
     session.commit()
-    kick()
     return JobAccepted(job_id=job.id, status=job.status, kind=job.kind)
 
 
@@ -192,12 +189,12 @@ def post_reference(name: str, number: int, caller: Modeller, session: SessionDep
 def get_calibration(name: str, number: int, caller: Reader, session: SessionDep) -> dict:
     """The calibration curve (JSON): accuracy on removed points per n, per method, and what was chosen."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
-    return service.calibration_of(service.get_version(session, model=model, number=number))
+    return runs.calibration_of(service.get_version(session, model=model, number=number))
 
 
 @router.get("/{name}/versions/{number}/calibration.png", response_class=FileResponse)
 def get_calibration_png(name: str, number: int, caller: Reader, session: SessionDep) -> FileResponse:
     """The calibration curves of the version as a PNG plot (404 until calibrated)."""
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
-    cal = service.calibration_of(service.get_version(session, model=model, number=number))
+    cal = runs.calibration_of(service.get_version(session, model=model, number=number))
     return FileResponse(artifacts.path_of(cal["png"]), media_type="image/png")

@@ -6,12 +6,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.timestamps import Timestamp
 from workers.engine import plugins
-from workers.engine.params import PARAMS, validate_params
+from workers.engine.catalog import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    DEFAULT_REFERENCE_MARGIN,
+    DEFAULT_SCORER,
+    SCORERS,
+    Scorer,
+)
+from workers.engine.params import validate_params
 
-SCORERS = ("gradnorm", "hessian", "less", "less_own")
-# less_own: LESS without the shared momentum term (papers.md's fix); "less" stays the paper's form.
-Scorer = Literal["gradnorm", "hessian", "less", "less_own"]
-ALGORITHMS = tuple(PARAMS)
+__all__ = ["ALGORITHMS", "SCORERS", "Scorer"]  # the catalog's names, re-exported for the API's modules
 
 
 class Architecture(BaseModel):
@@ -62,8 +67,9 @@ class AuditPolicy(BaseModel):
         "Also retrain a reference without the forget set in every unlearning job (one retraining's cost): the "
         "audit then reports each metric's gap to it and Avg Gap, and a concentrated request (which breaks the "
         "pool's per-point null) is judged around the reference's statistic instead of being inconclusive."))
-    reference_margin: float | None = Field(None, ge=0, le=0.5, description="informational: the loss-MIA margin "
-                                           "over the retrain reference's AUC that is reported (default 0.03)")
+    reference_margin: float | None = Field(None, ge=0, le=0.5, description=(
+        "informational: the loss-MIA margin over the retrain reference's AUC that is reported "
+        f"(default {DEFAULT_REFERENCE_MARGIN})"))
 
 
 class ReferencePolicy(BaseModel):
@@ -84,8 +90,8 @@ class ReferencePolicy(BaseModel):
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    scorer: Scorer = "gradnorm"
-    algorithm: str = Field("finetune", description="an unlearning algorithm (see ALGORITHMS)")
+    scorer: Scorer = DEFAULT_SCORER
+    algorithm: str = Field(DEFAULT_ALGORITHM, description="an unlearning algorithm (see ALGORITHMS)")
     params: dict[str, Any] = Field(default_factory=dict)
     q_forget: float = Field(0.0, ge=0.0, lt=1.0)
     q_retain: float = Field(0.0, ge=0.0, lt=1.0)
@@ -191,7 +197,7 @@ class InfluencePage(BaseModel):
 
 class InfluenceCreate(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"method": "gradnorm"}]})
-    method: Scorer = "gradnorm"
+    method: Scorer = DEFAULT_SCORER
 
 
 class TrainCreate(BaseModel):

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import artifacts
 from app.datasets import service as datasets
-from app.datasets.tables import Dataset, Point
-from app.db import utcnow
+from app.datasets.tables import Dataset
+from app.db import page, utcnow
 from app.errors import Conflict, Gone, NotFound, Unprocessable, closest, did_you_mean
 from app.jobs import service as jobs
+from app.jobs.enums import ACTIVE, JobKind
+from app.jobs.params import ScoreParams, TrainParams
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
+from app.registry.enums import RunStatus, VersionSource, VersionStatus
 from app.registry.schemas import InfluenceSummary, ModelCreate, ModelRead, VersionRead
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 from app.uploads import check_safetensors_header
 from app.webhooks import service as webhooks
 from workers.engine import plugins
-
-
-def checkpoints_uri(weights_uri: str) -> str:
-    """Where a trained version's LESS checkpoints live: beside its weights, purged with them."""
-    return weights_uri.removesuffix(".safetensors") + ".ckpt"
 
 
 def ref(model: Model, number: int) -> str:
@@ -115,28 +111,18 @@ def current_version(session: Session, *, model: Model) -> Version | None:
 def list_models(session: Session, *, tenant_id: str, offset: int, limit: int) -> tuple[list[Model], int]:
     """The tenant's models by name."""
     q = select(Model).where(Model.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Model.name).offset(offset).limit(limit))), total
+    return page(session, q, Model.name, offset=offset, limit=limit)
 
 
 def list_versions(session: Session, *, model: Model, offset: int, limit: int) -> tuple[list[Version], int]:
     """The model's versions, newest first."""
     q = select(Version).where(Version.model_id == model.id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Version.number.desc()).offset(offset).limit(limit))), total
+    return page(session, q, Version.number.desc(), offset=offset, limit=limit)
 
 
 def models_on_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> list[Model]:
     return list(session.scalars(select(Model).where(Model.tenant_id == tenant_id, Model.dataset_id == dataset_id)
                                 .order_by(Model.name)))
-
-
-def weights_uri(model: Model, number: int) -> str:
-    return f"models/{model.id}/v{number}.safetensors"
-
-
-def scores_uri(version: Version, method: str) -> str:
-    return f"scores/{version.id}/{method}"
 
 
 # Formats refused by their leading bytes, with why: each can run code when loaded, and none loads strictly
@@ -219,7 +205,7 @@ def next_number(session: Session, *, model: Model) -> int:
     return (session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id)) or 0) + 1
 
 
-def register_version(session: Session, *, model: Model, source: str, sha256: str, uri: str,
+def register_version(session: Session, *, model: Model, source: VersionSource, sha256: str, uri: str,
                      parent: Version | None = None, request_id: str | None = None, job_id: str | None = None,
                      n_train: int | None = None, metrics: dict[str, Any] | None = None,
                      promote: bool = True) -> tuple[Version, Job]:
@@ -228,7 +214,7 @@ def register_version(session: Session, *, model: Model, source: str, sha256: str
     number = next_number(session, model=model)
     version = Version(model_id=model.id, number=number, parent_id=parent.id if parent else None,
                       request_id=request_id, job_id=job_id, source=source, sha256=sha256, uri=uri,
-                      status="active", n_train=n_train, metrics=metrics or {})
+                      status=VersionStatus.ACTIVE, n_train=n_train, metrics=metrics or {})
     session.add(version)
     session.flush()
     ledger.append(session, tenant_id=model.tenant_id, event="version.registered", subject_type="version",
@@ -236,8 +222,8 @@ def register_version(session: Session, *, model: Model, source: str, sha256: str
                                                "parent": parent.number if parent else None,
                                                "request_id": request_id, "job_id": job_id})
     if promote:
-        promote_version(session, model=model, version=version, revoke_older=source == "unlearn")
-    score_job = start_scoring(session, model=model, version=version, method=model.policy.get("scorer", "gradnorm"))
+        promote_version(session, model=model, version=version, revoke_older=source == VersionSource.UNLEARN)
+    score_job = start_scoring(session, model=model, version=version, method=model.settings.scorer)
     return version, score_job
 
 
@@ -253,7 +239,7 @@ def promote_version(session: Session, *, model: Model, version: Version, revoke_
     if revoke_older:
         for old in session.scalars(select(Version).where(Version.model_id == model.id,
                                                          Version.number < version.number,
-                                                         Version.status == "active")):
+                                                         Version.status == VersionStatus.ACTIVE)):
             revoke(session, model=model, version=old)
 
 
@@ -261,13 +247,13 @@ def revoke(session: Session, *, model: Model, version: Version) -> None:
     """Purge a superseded version's weights and cached scores; its weights answer 410 from now on."""
     purged = []
     if version.uri:
-        purged += [uri for uri in (version.uri, checkpoints_uri(version.uri)) if artifacts.delete(uri)]
+        purged += [uri for uri in (version.uri, artifacts.checkpoints_uri(version.uri)) if artifacts.delete(uri)]
     for run in session.scalars(select(InfluenceRun).where(InfluenceRun.version_id == version.id)):
         if run.uri and artifacts.delete(run.uri):
             purged.append(run.uri)
-    if artifacts.delete(f"scores/{version.id}"):  # K-FAC factors and anything else cached for the version
-        purged.append(f"scores/{version.id}")
-    version.status = "revoked"
+    if artifacts.delete(artifacts.scores_dir(version.id)):  # K-FAC factors and all else cached for the version
+        purged.append(artifacts.scores_dir(version.id))
+    version.status = VersionStatus.REVOKED
     version.revoked_at = utcnow()
     ledger.append(session, tenant_id=model.tenant_id, event="version.revoked", subject_type="version",
                   subject_id=version.id, data={"ref": ref(model, version.number), "purged": purged})
@@ -275,90 +261,46 @@ def revoke(session: Session, *, model: Model, version: Version) -> None:
 
 def start_training(session: Session, *, model: Model, promote: bool) -> Job:
     """Queue a train job on the dataset's live (non-tombstoned) points."""
-    if session.scalar(select(Job.id).where(Job.model_id == model.id, Job.kind == "train",
-                                           Job.status.in_(jobs.ACTIVE))):
+    if session.scalar(select(Job.id).where(Job.model_id == model.id, Job.kind == JobKind.TRAIN,
+                                           Job.status.in_(ACTIVE))):
         raise Conflict(f"model '{model.name}' is already training")
-    return jobs.create(session, tenant_id=model.tenant_id, kind="train", model_id=model.id, version=None,
-                       params={"promote": promote})
+    return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.TRAIN, model_id=model.id, version=None,
+                       params=TrainParams(promote=promote).model_dump())
 
 
 def start_scoring(session: Session, *, model: Model, version: Version, method: str) -> Job:
     """Queue (or return the queued) scoring job of `method` for a version."""
     run = session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
                                                     InfluenceRun.method == method))
-    if run is not None and run.status in ("queued", "running", "completed") and run.job_id:
+    if run is not None and run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED) and run.job_id:
         existing = session.get(Job, run.job_id)
-        if existing is not None and (run.status == "completed" or existing.status in jobs.ACTIVE):
+        if existing is not None and (run.status == RunStatus.COMPLETED or existing.status in ACTIVE):
             return existing
-    job = jobs.create(session, tenant_id=model.tenant_id, kind="score", model_id=model.id,
-                      version=version.number, params={"method": method})
+    job = jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.SCORE, model_id=model.id,
+                      version=version.number, params=ScoreParams(method=method).model_dump())
     if run is None:
-        run = InfluenceRun(version_id=version.id, method=method, status="queued", summary={})
+        run = InfluenceRun(version_id=version.id, method=method, status=RunStatus.QUEUED, summary={})
         session.add(run)
-    run.status, run.job_id = "queued", job.id
+    run.status, run.job_id = RunStatus.QUEUED, job.id
     session.flush()
     return job
 
 
-def influence_run(session: Session, *, version: Version, method: str) -> InfluenceRun | None:
-    return session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
-                                                     InfluenceRun.method == method))
-
-
-def load_scores(run: InfluenceRun) -> np.ndarray | None:
-    """The run's scores (one per dataset row, memory-mapped), or None if absent."""
-    if run.status != "completed" or not run.uri:
-        return None
-    path = artifacts.path_of(run.uri) / "scores.npy"
-    return np.load(path, mmap_mode="r") if path.exists() else None
-
-
-def finish_scoring(session: Session, *, model: Model, version: Version, method: str, uri: str, sha256: str,
-                   scores: np.ndarray, live_rows: list[int], seconds: float,
-                   info: dict[str, Any] | None = None) -> InfluenceRun:
-    """Record completed scores and set the version's (pre-calibration) free threshold and budget."""
-    settings = get_settings()
-    run = influence_run(session, version=version, method=method)
-    if run is not None and run.status == "completed" and run.sha256 == sha256:
-        return run  # the same scores again (a concurrent or re-run computation): recorded once
-    if run is None:
-        run = InfluenceRun(version_id=version.id, method=method, summary={})
-        session.add(run)
-    live = np.asarray(scores)[live_rows] if live_rows else np.asarray(scores)
-    threshold = float(np.quantile(live, settings.free_quantile)) if len(live) else None
-    ds = session.get(Dataset, model.dataset_id)
-    run.status, run.uri, run.sha256, run.n, run.threshold = "completed", uri, sha256, int(len(scores)), threshold
-    run.summary = {"min": float(live.min()), "median": float(np.median(live)), "max": float(live.max()),
-                   "seconds": round(seconds, 4), "quantile": settings.free_quantile} if len(live) else {}
-    run.summary["computed_by"] = info or {}  # which approximation, factors reused or fitted, checkpoints or not
-    run.completed_at = utcnow()
-    if method == model.policy.get("scorer", "gradnorm") and "calibration" not in (version.metrics or {}):
-        version.threshold = threshold
-        version.budget = int(math.floor(settings.free_budget * ds.n_points))
-    ledger.append(session, tenant_id=model.tenant_id, event="scores.computed", subject_type="version",
-                  subject_id=version.id, data={"ref": ref(model, version.number), "method": method,
-                                               "sha256": sha256, "threshold": threshold, "budget": version.budget,
-                                               "n": int(len(scores)), "computed_by": info or {}})
-    session.flush()
-    return run
-
-
-def influence_items(session: Session, *, model: Model, run: InfluenceRun, offset: int,
-                    limit: int) -> tuple[list[tuple[str, float]], int]:
-    """Scores of live points, lowest first (the free candidates), ties by point id."""
-    scores = load_scores(run)
-    if scores is None:
-        return [], 0
-    rows = session.execute(select(Point.row, Point.point_id).where(
-        Point.dataset_id == model.dataset_id, Point.tombstoned_at.is_(None))).all()
-    keyed = sorted(((float(scores[r]), pid) for r, pid in rows), key=lambda t: (t[0], t[1]))
-    return [(pid, s) for s, pid in keyed[offset:offset + limit]], len(keyed)
+def settle_budget(session: Session, *, model: Model, version: Version, job_id: str, algorithm: str) -> dict[str, Any]:
+    """A job's retain-only repair settled the lineage's spent free budget: record it and reset the budget."""
+    settled = {"free_points": model.free_spent}
+    ledger.append(session, tenant_id=model.tenant_id, event="budget.settled", subject_type="model",
+                  subject_id=model.id, data={"free_points": model.free_spent, "job_id": job_id,
+                                             "repair": f"retain-only ({algorithm})",
+                                             "ref": ref(model, version.number)})
+    model.free_spent = 0
+    return settled
 
 
 def weights_path(session: Session, *, model: Model, number: int) -> Path:
     """The file of a live version; 410 when the version was revoked and purged."""
     version = get_version(session, model=model, number=number)
-    if version.status == "revoked" or not version.uri:
+    if version.status == VersionStatus.REVOKED or not version.uri:
         raise Gone(f"{ref(model, number)} was revoked: its weights were purged")
     path = artifacts.path_of(version.uri)
     if not path.exists():
@@ -407,15 +349,7 @@ def start_calibration(session: Session, *, model: Model, version: Version, param
     ds = session.get(Dataset, model.dataset_id)
     if ds.n_test == 0:
         raise Unprocessable(f"dataset '{ds.name}' has no test split (x_test, y_test): calibration needs one")
-    if version.status != "active":
+    if version.status != VersionStatus.ACTIVE:
         raise Gone(f"{ref(model, version.number)} was revoked")
-    return jobs.create(session, tenant_id=model.tenant_id, kind="calibrate", model_id=model.id,
+    return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.CALIBRATE, model_id=model.id,
                        version=version.number, params=params)
-
-
-def calibration_of(version: Version) -> dict[str, Any]:
-    """The version's calibration summary and curves; 404 before a calibration job completed."""
-    cal = (version.metrics or {}).get("calibration")
-    if not cal:
-        raise NotFound(f"version {version.number} has not been calibrated (POST .../calibrate)")
-    return cal

@@ -9,6 +9,8 @@ from sqlalchemy import Float, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
+from app.registry.enums import RunStatus, VersionStatus
+from app.registry.schemas import Policy
 
 
 class Model(Base):
@@ -26,6 +28,11 @@ class Model(Base):
     free_spent: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    @property
+    def settings(self) -> Policy:
+        """The policy parsed into its pydantic model: every default lives in app/registry/schemas.Policy only."""
+        return Policy.model_validate(self.policy or {})
+
 
 class Version(Base):
     __tablename__ = "versions"
@@ -39,7 +46,7 @@ class Version(Base):
     source: Mapped[str] = mapped_column(String(20))  # upload | train | unlearn
     sha256: Mapped[str] = mapped_column(String(64))
     uri: Mapped[str | None] = mapped_column(String(1000))
-    status: Mapped[str] = mapped_column(String(20), default="active")  # active | revoked
+    status: Mapped[str] = mapped_column(String(20), default=VersionStatus.ACTIVE)  # a VersionStatus
     n_train: Mapped[int | None]
     threshold: Mapped[float | None] = mapped_column(Float)
     budget: Mapped[int | None]
@@ -54,7 +61,7 @@ class InfluenceRun(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | completed | failed
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED)  # a RunStatus
     job_id: Mapped[str | None] = mapped_column(String(36))
     uri: Mapped[str | None] = mapped_column(String(1000))
     sha256: Mapped[str | None] = mapped_column(String(64))

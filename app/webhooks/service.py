@@ -7,15 +7,18 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import keys
-from app.db import new_id, session_scope, utcnow
+from app.db import new_id, on_commit, page, session_scope, utcnow
 from app.errors import LetheError, NotFound, Unprocessable, closest, did_you_mean
 from app.ledger import signing
 from app.settings import get_settings
@@ -26,6 +29,32 @@ from app.webhooks.tables import Delivery, Webhook
 log = logging.getLogger("lethe.webhooks")
 EVENTS = ("request.completed", "request.failed", "version.promoted")
 MAX_ATTEMPTS = 8
+DUE = threading.Event()  # set once a transaction that queued deliveries commits: the sender loop runs at once
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """How deliveries of one event type are sent: `render(payload, delivery_id)` gives the body and headers
+    (default: the signed Lethe envelope), `record(session, delivery=...)` runs after each attempt."""
+
+    render: Callable[[dict[str, Any], int], tuple[bytes, dict[str, str]]]
+    record: Callable[..., None] | None = None
+
+
+_RENDERERS: dict[str, Renderer] = {}
+
+
+def register_renderer(event_type: str, renderer: Renderer) -> None:
+    """Send `event_type` deliveries with `renderer` (OpenDSR registers its signed status callbacks this way)."""
+    _RENDERERS[event_type] = renderer
+
+
+def _envelope(payload: dict[str, Any], delivery_id: int, webhook_id: str | None) -> tuple[bytes, dict[str, str]]:
+    """A Lethe event as sent: the JSON envelope, signed with the endpoint's (or the callback) secret."""
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return body, {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
+                  "Lethe-Signature": delivery_signature(webhook_id=webhook_id, body=body, timestamp=int(time.time())),
+                  "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
 
 
 def legacy_secret(tenant_id: str) -> str:
@@ -141,6 +170,8 @@ def emit(session: Session, *, tenant_id: str, event_type: str, data: dict[str, A
     for hook_id, url in targets:
         session.add(Delivery(tenant_id=tenant_id, webhook_id=hook_id, url=url, event_id=event["id"],
                              event_type=event_type, payload=json.loads(json.dumps(event, default=str))))
+    if targets:
+        on_commit(session, DUE.set)
 
 
 def due(*, limit: int = 50, skip_tenants: frozenset[str] = frozenset()) -> list[tuple[int, str]]:
@@ -170,18 +201,11 @@ def deliver_one(*, delivery_id: int) -> bool:
     with session_scope(readonly=True) as session:
         d = session.get(Delivery, delivery_id)
         webhook_id, url, payload = d.webhook_id, d.url, d.payload
-    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     status, error = None, None
-    opendsr = str(payload.get("type", "")).startswith("opendsr.")
-    if opendsr:  # OpenDSR status callbacks: the spec's body, signed with the processor's certificate
-        from app.opendsr import callbacks
+    custom = _RENDERERS.get(str(payload.get("type", "")))
     try:
-        headers = {"Content-Type": "application/json", "User-Agent": "lethe-webhooks/1",
-                   "Lethe-Signature": delivery_signature(webhook_id=webhook_id, body=body,
-                                                         timestamp=int(time.time())),
-                   "Lethe-Event": payload["type"], "Lethe-Delivery": str(delivery_id)}
-        if opendsr:
-            body, headers = callbacks.render(payload, delivery_id)
+        body, headers = custom.render(payload, delivery_id) if custom else _envelope(payload, delivery_id,
+                                                                                     webhook_id)
         # checked again at send time (DNS may have changed since registration), and sent to the checked address
         status = transport.post(url, content=body, headers=headers, deadline=get_settings().webhook_deadline)
     except (transport.DeliveryFailed, LetheError) as exc:
@@ -195,8 +219,8 @@ def deliver_one(*, delivery_id: int) -> bool:
             d.delivered_at = utcnow()
         else:
             d.next_at = utcnow() + timedelta(seconds=min(2 ** d.attempts, 3600))
-        if opendsr:
-            callbacks.record(session, delivery=d)  # each OpenDSR delivery attempt in the ledger
+        if custom is not None and custom.record is not None:
+            custom.record(session, delivery=d)  # e.g. each OpenDSR delivery attempt in the ledger
     return delivered
 
 
@@ -208,5 +232,4 @@ def deliver_due(*, limit: int = 50) -> int:
 
 def deliveries(session: Session, *, tenant_id: str, limit: int = 100) -> tuple[list[Delivery], int]:
     q = select(Delivery).where(Delivery.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    return list(session.scalars(q.order_by(Delivery.id.desc()).limit(limit))), total
+    return page(session, q, Delivery.id.desc(), limit=limit)

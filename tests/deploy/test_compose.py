@@ -231,6 +231,7 @@ def test_grafana_provisioning_points_at_the_dashboards(compose: dict[str, Any]) 
 
 
 def test_every_panel_queries_only_metrics_lethe_exports() -> None:
+    import app.opendsr  # noqa: F401 - registers its collector, as the serving app (app.main) does
     from app.metrics import exported_names
 
     exported = exported_names()

@@ -11,8 +11,8 @@ from sklearn.datasets import load_digits
 
 from workers.engine.architectures import build_model
 from workers.engine.audit import audit_model, audit_passes, cv_auc, loss_mia, predict_losses
+from workers.engine.cache import load_meta, load_scores, save_scores
 from workers.engine.data import ArraySet
-from workers.engine.influence.cache import load_meta, load_scores, save_scores
 from workers.engine.params import escalation, validate_params
 from workers.engine.training import train_model
 from workers.engine.unlearning import unlearn

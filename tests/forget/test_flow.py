@@ -151,9 +151,9 @@ def test_free_points_are_erased_by_the_relay_sweep_in_one_batch(client: TestClie
     import numpy as np
 
     from app import artifacts
+    from app.background import Background
     from app.datasets.tables import Dataset
     from app.db import session_scope
-    from app.jobs.outbox import Relay
     from app.settings import get_settings
     from tests.support import wait_until
 
@@ -187,7 +187,7 @@ def test_free_points_are_erased_by_the_relay_sweep_in_one_batch(client: TestClie
 
     monkeypatch.setenv("LETHE_ERASURE_INTERVAL", "0.2")
     get_settings.cache_clear()
-    relay = Relay(0.05)
+    relay = Background(0.05)
     relay.start()
     try:
         wait_until(lambda: client.get("/ledger?event=points.erased", headers=h).json()["total"] > 0, 20,

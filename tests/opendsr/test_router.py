@@ -128,7 +128,7 @@ def count(table: Any) -> int:
 
 def test_erasure_fans_out_completes_and_calls_back(client: TestClient, admin_headers: dict[str, str],
                                                    controller: Controller) -> None:
-    from workers import pipeline
+    from workers.jobs import runner
 
     h = admin_headers
     d = controller.discovery
@@ -155,10 +155,10 @@ def test_erasure_fans_out_completes_and_calls_back(client: TestClient, admin_hea
     assert requests["total"] == 2 and {r["model"] for r in requests["items"]} == {"digits", "churn"}
 
     first, second = queued_unlearn_jobs()
-    pipeline.run_inline(first)
+    runner.run_inline(first)
     mid = client.get(f"/opendsr/v1/opendsr_requests/{srid}", headers=h).json()
     assert mid["request_status"] == "in_progress"
-    pipeline.run_inline(second)
+    runner.run_inline(second)
     drain()
     done = client.get(f"/opendsr/v1/opendsr_requests/{srid}", headers=h)
     assert controller.valid(done.headers, done.content)
@@ -321,19 +321,18 @@ def test_malformed_requests_are_400_and_record_nothing(client: TestClient, admin
 def test_earlier_deadlines_are_published_first(client: TestClient, admin_headers: dict[str, str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from app.db import session_scope
-    from app.jobs import service as jobs
+    from app.jobs import outbox
     from app.jobs.tables import Job
-    from app.opendsr import router
     from app.registry.tables import Model
 
     h = admin_headers
     setup_models(client, h)
-    monkeypatch.setattr(router, "kick", lambda: None)  # keep the outbox rows unpublished to look at their order
+    monkeypatch.setattr(outbox, "kick", lambda: None)  # keep the outbox rows unpublished to look at their order
     ccpa = post(client, h, erasure(DIGITS_ONLY, regulation="ccpa")).json()
     gdpr = post(client, h, erasure(CHURN_ONLY, regulation="gdpr")).json()
     assert ccpa["expected_completion_time"] > gdpr["expected_completion_time"]  # 45 days against 30
     with session_scope() as s:
-        rows = [(s.get(Job, r.job_id), r.deadline) for r in jobs.pending_outbox(s)]
+        rows = [(s.get(Job, r.job_id), r.deadline) for r in outbox.pending_outbox(s)]
         order = [(s.get(Model, job.model_id).name, deadline, job.deadline) for job, deadline in rows
                  if job.kind == "unlearn"]
     assert [name for name, _, _ in order] == ["churn", "digits"]  # the later request, nearer its deadline, first

@@ -31,10 +31,10 @@ def published(job_id: str) -> bool:
 
 
 def test_a_trickling_receiver_delays_no_other_tenant(client: TestClient, admin_headers: dict[str, str]) -> None:
-    from app.jobs.outbox import Relay
+    from app.background import Background
 
     slow, fast = Trickler(every=1.0), Receiver()
-    relay = Relay(0.1)
+    relay = Background(0.1)
     try:
         a = admin_headers
         for _ in range(3):  # three deliveries per event: more than tenant A's share of the senders
@@ -77,8 +77,8 @@ def test_a_long_erasure_sweep_does_not_hold_job_publishing(client: TestClient, a
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
+    from app.background import Background
     from app.datasets import service as datasets
-    from app.jobs.outbox import Relay
     from app.settings import get_settings
 
     h = admin_headers
@@ -94,7 +94,7 @@ def test_a_long_erasure_sweep_does_not_hold_job_publishing(client: TestClient, a
     monkeypatch.setattr(datasets, "sweep_erasures", slow_sweep)
     monkeypatch.setenv("LETHE_ERASURE_INTERVAL", "0.2")
     get_settings.cache_clear()
-    relay = Relay(0.1)
+    relay = Background(0.1)
     relay.start()
     try:
         wait_until(sweeping.is_set, 10, "the relay's erasure sweep to start")

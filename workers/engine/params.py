@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# The constraints every algorithm's common fields share (defaults and descriptions stay with each algorithm).
+Epochs = Annotated[int, Field(ge=1, le=1000)]
+Lr = Annotated[float, Field(gt=0, le=1)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+BatchSize = Annotated[int, Field(ge=1, le=65_536)]
+Decay = Annotated[float, Field(ge=0)]
 
 
 class _Params(BaseModel):
@@ -15,21 +22,16 @@ class _Params(BaseModel):
 class FinetuneParams(_Params):
     """Retain-only fine-tuning (the paper's baseline 'FT')."""
 
-    epochs: int = Field(3, ge=1, le=1000)
-    lr: float = Field(0.01, gt=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: Epochs = 3
+    lr: Lr = 0.01
+    momentum: Momentum = 0.9
+    batch_size: BatchSize = 64
+    weight_decay: Decay = 0.0
 
 
-class NegGradParams(_Params):
+class NegGradParams(FinetuneParams):
     """NegGrad+: descent on retain, bounded ascent on forget, mixed by alpha."""
 
-    epochs: int = Field(3, ge=1, le=1000)
-    lr: float = Field(0.01, gt=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    weight_decay: float = Field(0.0, ge=0)
     alpha: float = Field(0.9, gt=0, le=1, description="weight of the retain loss; 1-alpha on the forget ascent")
     max_forget_loss: float = Field(5.0, gt=0, description="no ascent on a forget batch whose loss exceeds this")
 
@@ -44,13 +46,13 @@ class ScrubParams(_Params):
     """SCRUB (Kurmanji et al.): the student (the model) moves away from a frozen teacher (its copy) on the forget
     set (max-steps) and stays close to it on the retain set (min-steps: alpha·KL + gamma·CE)."""
 
-    epochs: int = Field(5, ge=1, le=1000, description="min-step epochs over the retain set")
+    epochs: Epochs = Field(5, description="min-step epochs over the retain set")
     max_epochs: int = Field(3, ge=0, le=1000, description="the first max_epochs epochs also run a forget max-pass")
-    lr: float = Field(5e-3, gt=0, le=1, description="5e-4 in SCRUB's code, too weak for few-step runs")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(64, ge=1, le=65_536, description="retain batch (min-steps)")
-    forget_batch_size: int = Field(8, ge=1, le=65_536, description="forget batch (max-steps)")
+    lr: Lr = Field(5e-3, description="5e-4 in SCRUB's code, too weak for few-step runs")
+    momentum: Momentum = 0.9
+    weight_decay: Decay = 5e-4
+    batch_size: BatchSize = Field(64, description="retain batch (min-steps)")
+    forget_batch_size: BatchSize = Field(8, description="forget batch (max-steps)")
     alpha: float = Field(0.001, ge=0, description="weight of KL(teacher‖student) on retain")
     gamma: float = Field(0.99, ge=0, description="weight of cross-entropy on retain")
     temperature: float = Field(4.0, gt=0, le=100, description="distillation temperature of the KLs")
@@ -64,15 +66,15 @@ class Rank1Params(_Params):
 
     uniform_epochs: int = Field(1, ge=0, le=100, description="epochs of KL(uniform‖softmax) on the forget set")
     uniform_lr: float = Field(0.005, gt=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: Momentum = 0.9
     rounds: int = Field(8, ge=1, le=1000, description="contrastive forget pass + retain epoch, this many times")
     contrast_lr: float = Field(3e-4, gt=0, le=1, description="cosine-decayed to 1e-6 over the rounds")
     temperature: float = Field(1.15, gt=0, le=100)
-    forget_batch_size: int = Field(16, ge=1, le=65_536)
+    forget_batch_size: BatchSize = 16
     retain_lr: float = Field(0.004, gt=0, le=1, description="0.001·256/64 in the winning entry")
-    retain_batch_size: int = Field(64, ge=1, le=65_536, description="256 in the winning entry; 64 (and forget 16) "
+    retain_batch_size: BatchSize = Field(64, description="256 in the winning entry; 64 (and forget 16) "
                                    "keep its ~2.3 retain steps per contrastive step on small sets")
-    weight_decay: float = Field(1e-2, ge=0)
+    weight_decay: Decay = 1e-2
 
 
 class Rank2Params(_Params):
@@ -83,13 +85,13 @@ class Rank2Params(_Params):
     target: Literal["auto", "conv", "linear", "all"] = Field(
         "auto", description="weights to re-initialise: auto = conv when the model has conv layers, else linear")
     retain_sample: int = Field(1024, ge=1, le=10_000_000, description="retain points in the gradient")
-    epochs: int = Field(5, ge=1, le=1000)
-    lr: float = Field(0.03, gt=0, le=1, description="0.001 in the winning entry (CIFAR, thousands of steps); "
+    epochs: Epochs = 5
+    lr: Lr = Field(0.03, description="0.001 in the winning entry (CIFAR, thousands of steps); "
                       "too little to regrow the re-initialised weights on small sets")
     lr_other_factor: float = Field(0.1, ge=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(64, ge=1, le=65_536)
+    momentum: Momentum = 0.9
+    weight_decay: Decay = 5e-4
+    batch_size: BatchSize = 64
     warmup: float = Field(0.1, ge=0, lt=1, description="share of steps with a linear warm-up; cosine decay after")
 
 
@@ -102,10 +104,10 @@ class IauParams(_Params):
                             "with the number of forget points (papers.md)")
     eta: float = Field(3.0, gt=0, le=1e6, description="scaled: step size of the influence update (stands in for "
                        "H⁻¹; ignored by adam); 3 is the largest of 1/3/5/10 that kept retain accuracy on digits")
-    lr: float = Field(1e-3, gt=0, le=1, description="adam: the fresh Adam's learning rate (ignored by scaled)")
+    lr: Lr = Field(1e-3, description="adam: the fresh Adam's learning rate (ignored by scaled)")
     steps: int = Field(1, ge=1, le=100, description="the paper takes one; more steps recompute the gradients")
     forget_weight: float = Field(1.0, ge=0, le=100, description="weight of ∇L(forget) in the difference")
-    batch_size: int = Field(512, ge=1, le=65_536, description="chunks of the full-batch gradients (memory only)")
+    batch_size: BatchSize = Field(512, description="chunks of the full-batch gradients (memory only)")
 
 
 class ImuParams(_Params):
@@ -124,12 +126,12 @@ class ImuParams(_Params):
     clip_quantile: float = Field(0.93, gt=0, le=1, description="weights clipped at this quantile")
     fisher_damping: float = Field(0.01, gt=0)
     l1: float = Field(0.2, ge=0, description="weight of ‖θ_head‖₁")
-    epochs: int = Field(10, ge=1, le=1000)
-    lr: float = Field(5e-4, gt=0, le=1, description="0.01 in the paper, which collapses small models (no retain "
+    epochs: Epochs = 10
+    lr: Lr = Field(5e-4, description="0.01 in the paper, which collapses small models (no retain "
                       "data to hold utility); 5e-4 keeps test accuracy within a point on digits")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(256, ge=1, le=65_536)
+    momentum: Momentum = 0.9
+    weight_decay: Decay = 5e-4
+    batch_size: BatchSize = 256
     max_forget_loss: float = Field(10.0, gt=0, description="stop ascending once the weighted forget loss exceeds this")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.engine import catalog
 from workers.engine.data import ArraySet
 from workers.engine.influence.gradnorm import gradnorm_self_influence
 from workers.engine.influence.hessian import hessian_self_influence
@@ -44,6 +45,7 @@ def _less(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size:
 # "less" is LESS's Γ with the shared momentum (the paper's form); "less_own" only the point's own term.
 SCORERS: dict[str, Callable[..., np.ndarray]] = {"gradnorm": _gradnorm, "hessian": hessian_self_influence,
                                                  "less": _less, "less_own": partial(_less, own_term=True)}
+assert tuple(SCORERS) == catalog.SCORERS, "every scorer the catalog names has an implementation"
 
 
 def compute_self_influence(method: str, model: nn.Module, data: ArraySet, *, device: torch.device,
