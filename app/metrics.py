@@ -56,7 +56,7 @@ from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 
 # Fixed vocabularies (DESIGN.md "Statuses"); values outside them are folded into "other".
-JOB_KINDS = ("train", "score", "reference", "unlearn", "calibrate")
+JOB_KINDS = ("train", "score", "reference", "unlearn", "calibrate", "validate")
 VERDICTS = ("passed", "failed", "inconclusive")
 JOB_FINAL = ("completed", "failed", "cancelled")
 REQUEST_FINAL = ("completed", "failed", "cancelled")
@@ -68,8 +68,10 @@ KIND_PHASES = {
     "calibrate": ("scoring", "retraining", "registering"),
     "unlearn": ("scoring", "pruning", "unlearning", "auditing", "registering"),
     "reference": ("training", "certifying", "registering"),
+    "validate": ("decoding",),
 }
-PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering")
+PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering",
+          "decoding")
 MAX_ATTEMPTS = 4  # "unlearning", "unlearning#2" … "unlearning#4" are one observation (escalation ladder ≤ 3)
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 NO_ALGORITHM = "none"

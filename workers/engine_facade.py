@@ -14,6 +14,7 @@ import torch
 
 from app.settings import Settings, get_settings
 from workers.engine import audit as audit_mod
+from workers.engine import parquet
 from workers.engine.architectures import build_model
 from workers.engine.data import ArraySet, load_npz
 from workers.engine.device import resolve_device
@@ -33,7 +34,8 @@ def device() -> torch.device:
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    return load_npz(path)
+    """An .npz's arrays, or a Parquet dataset's decoded feature cache memory-mapped (its validation job wrote it)."""
+    return parquet.load_cache(path) if path.suffix == ".parquet" else load_npz(path)
 
 
 def _build(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, seed: int = 0) -> torch.nn.Module:

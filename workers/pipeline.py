@@ -40,6 +40,7 @@ from app.registry.tables import Model, Version
 from app.settings import get_settings
 from app.webhooks import service as webhooks
 from workers.engine.params import escalation
+from workers.jobs import validate_dataset
 
 log = logging.getLogger("lethe.pipeline")
 PROGRESS_EVERY = 0.5  # seconds between progress writes
@@ -155,7 +156,7 @@ def run_job(job_id: str, *, worker: str) -> str:
     heartbeat.start()
     try:
         status = {"train": _train, "score": _score, "unlearn": _unlearn, "calibrate": _calibrate,
-                  "reference": _reference}[kind](ctx)
+                  "reference": _reference, "validate": validate_dataset.run}[kind](ctx)
     except Superseded:
         log.warning("job %s: attempt %d lost its lease to another worker; its results are dropped", job_id, attempt)
         status = "superseded"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.timestamps import Timestamp
 
@@ -10,7 +10,8 @@ from app.timestamps import Timestamp
 class JobRead(BaseModel):
     id: str
     kind: str
-    model: str
+    model: str | None = Field(description="the model the job works on; null for a dataset's validation job")
+    dataset: str | None = Field(None, description="validate jobs: the dataset being validated")
     version: int | None
     requests: list[str]
     status: str

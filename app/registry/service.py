@@ -63,6 +63,7 @@ def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Mode
     if body.name == "kinds":
         raise Unprocessable("the model name 'kinds' is reserved: GET /models/kinds lists the installed model kinds")
     ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
+    datasets.require_ready(ds)
     check_limits(body, input_shape=list(ds.input_shape), n_classes=ds.n_classes)
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):
         raise Conflict(f"model '{body.name}' already exists")
