@@ -194,3 +194,23 @@ def test_a_parquet_file_registers_by_reference_from_the_import_directory(client:
     table = pq.read_table(original)
     assert cache["x"].shape == (40, 1, 8, 8) and set(cache) == {"x", "y"}
     assert (cache["x"][5].ravel() == table.column("x")[5].values.to_numpy()).all()
+
+
+def test_a_text_dataset_validates_but_no_model_trains_on_it_yet(client: TestClient,
+                                                               admin_headers: dict[str, str]) -> None:
+    import io
+
+    from tests.factories import drain
+
+    table = pa.table({"point_id": [f"t{i}" for i in range(12)], "label": pa.array([i % 2 for i in range(12)]),
+                      "text": [f"sentence number {i}" for i in range(12)]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    resp = client.post("/datasets", headers=admin_headers, data={"name": "txt"},
+                       files={"file": ("t.parquet", buf.getvalue(), "application/octet-stream")})
+    assert resp.status_code == 201 and resp.json()["features"] == "text", resp.text
+    drain()
+    assert client.get("/datasets/txt", headers=admin_headers).json()["status"] == "ready"
+    refused = client.post("/models", headers=admin_headers, json={"name": "m", "dataset": "txt",
+                                                                  "architecture": {"kind": "mlp"}})
+    assert refused.status_code == 422 and "does not feed strings" in refused.json()["detail"]
