@@ -55,6 +55,7 @@ class NpzSummary:
 
 
 MAX_ID_CHARS = parquet.MAX_ID_CHARS  # points.point_id
+INSERT_ROWS = 20_000  # point rows per INSERT when a dataset is registered
 INDEX_ARRAYS = ("y", "ids", "subjects", "y_test")  # read in full by the API: one entry per point
 FEATURE_ARRAYS = ("x", "x_test")  # only their .npy headers are read here; workers load them
 
@@ -176,10 +177,12 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
     session.add(ds)
     session.flush()
     subjects = summary.subjects or [None] * len(summary.ids)
-    session.execute(insert(Point), [
-        {"dataset_id": ds.id, "point_id": pid, "row": i, "subject_hash": keyed_hash(s) if s else None}
-        for i, (pid, s) in enumerate(zip(summary.ids, subjects, strict=True))
-    ])
+    for start in range(0, len(summary.ids), INSERT_ROWS):  # in slices: the parameter lists stay small
+        session.execute(insert(Point), [
+            {"dataset_id": ds.id, "point_id": pid, "row": i, "subject_hash": keyed_hash(s) if s else None}
+            for i, pid, s in zip(range(start, start + INSERT_ROWS), summary.ids[start:start + INSERT_ROWS],
+                                 subjects[start:start + INSERT_ROWS], strict=False)
+        ])
     ledger.append(session, tenant_id=tenant_id, event="dataset.registered", subject_type="dataset",
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
                                           "n_test": ds.n_test, "by_reference": by_reference,

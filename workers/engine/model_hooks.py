@@ -47,8 +47,10 @@ def encode(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of a batch of feature rows."""
-    return model(**encode(model, x))
+    """Logits of a batch of feature rows: model(**encode(batch)); without an encode hook model(batch), positionally
+    (any nn.Module works as a library model, whatever its forward's argument is called)."""
+    hook = _hook(model, "encode")
+    return model(**hook(x)) if hook is not None else model(x)
 
 
 def custom_loss(model: nn.Module) -> bool:
@@ -58,10 +60,9 @@ def custom_loss(model: nn.Module) -> bool:
 def losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example losses of a batch: the plugin's loss(model, inputs, y), default cross entropy on the logits."""
     hook = _hook(model, "loss")
-    inputs = encode(model, x)
     if hook is not None:
-        return hook(model, inputs, y).reshape(len(y))
-    return F.cross_entropy(model(**inputs), y, reduction="none")
+        return hook(model, encode(model, x), y).reshape(len(y))
+    return F.cross_entropy(forward(model, x), y, reduction="none")
 
 
 def logits_and_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
