@@ -179,11 +179,23 @@ def migrate(as_json: Annotated[bool, JSON] = False) -> None:
 
 
 @cli.command()
-def demo(as_json: Annotated[bool, JSON] = False) -> None:
-    """Register scikit-learn digits and model `digits`, train and score it (idempotent)."""
-    from app.demo import run_demo
+def demo(as_json: Annotated[bool, JSON] = False,
+         dataset: Annotated[str, typer.Option(help="digits (scikit-learn's, an .npz and an mlp) or fashion-mnist "
+                                                   "(Debian's dataset-fashion-mnist as Parquet PNGs, a cnn)")
+                            ] = "digits",
+         size: Annotated[int | None, typer.Option(help="fashion-mnist: train images (default 1000; a quarter as "
+                                                       "many test images)", min=10)] = None) -> None:
+    """Register a demo dataset and its model, train and score it (idempotent)."""
+    from app.demo import DEMOS, run_demo
+    from workers.engine.fashion_mnist import FashionMNISTMissing
 
-    result = run_demo(echo=(lambda *_: None) if as_json else console.print)
+    if dataset not in DEMOS:
+        raise typer.BadParameter(f"--dataset must be one of {', '.join(DEMOS)}")
+    try:
+        result = run_demo(dataset=dataset, size=size, echo=(lambda *_: None) if as_json else console.print)
+    except FashionMNISTMissing as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     if as_json:
         _emit({k: v for k, v in result.items()})
     else:

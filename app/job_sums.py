@@ -14,7 +14,8 @@ from app.forget.tables import Disposition, ForgetRequest
 from app.jobs.enums import FINAL as JOB_FINAL
 from app.jobs.tables import Job, JobRequest
 
-PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering")
+PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering",
+          "decoding")
 MAX_ATTEMPTS = 4  # "unlearning", "unlearning#2" … "unlearning#4" are one observation (escalation ladder ≤ 3)
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 NO_ALGORITHM = "none"

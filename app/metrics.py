@@ -74,6 +74,7 @@ KIND_PHASES = {
     JobKind.CALIBRATE: ("scoring", "retraining", "registering"),
     JobKind.UNLEARN: ("scoring", "pruning", "unlearning", "auditing", "registering"),
     JobKind.REFERENCE: ("training", "certifying", "registering"),
+    JobKind.VALIDATE: ("decoding",),
 }
 
 _LABEL = re.compile(r"^[a-z0-9_]{1,32}$")

@@ -89,3 +89,54 @@ def tenant_headers(client: TestClient, headers: dict[str, str], tenant: str,
     resp = client.post("/keys", headers=headers, json={"scopes": list(scopes), "tenant": tenant})
     assert resp.status_code == 201, resp.text
     return {"Authorization": f"Bearer {resp.json()['key']}"}
+
+
+def parquet_bytes(n: int = 120, n_test: int = 40, *, features: str = "image", side: int = 8, classes: int = 3,
+                  seed: int = 0, subjects: bool = True, shape_meta: str | None = None,
+                  mutate: Any = None) -> bytes:
+    """A Parquet dataset in Lethe's format: ids p0000…, 4 points per subject, a test split, and features as
+    PNG images (class-dependent stripes plus noise: learnable by a small cnn) or `x` float lists.
+
+    `mutate(columns)` may change the column dict (a malformed file) before the table is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    total = n + n_test
+    y = rng.integers(0, classes, size=total)
+    base = np.zeros((classes, side, side), np.float32)
+    for k in range(classes):
+        base[k, :, k * side // classes:(k + 1) * side // classes] = 1.0
+    pixels = np.clip(base[y] * 0.8 + rng.uniform(0, 0.3, size=(total, side, side)), 0, 1)
+    columns: dict[str, Any] = {
+        "point_id": [f"p{i:04d}" if i < n else f"t{i - n:04d}" for i in range(total)],
+        "label": pa.array(y, pa.int64()), "split": ["train"] * n + ["test"] * n_test,
+    }
+    if subjects:
+        columns["subject_id"] = [f"s{i // 4:03d}" if i < n else None for i in range(total)]
+    if features == "image":
+        def png(a: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            Image.fromarray((a * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+            return buf.getvalue()
+
+        columns["image"] = pa.array([png(p) for p in pixels], pa.binary())
+    else:
+        flat = pixels.reshape(total, -1).astype(np.float32)
+        columns["x"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), side * side)
+    if mutate is not None:
+        mutate(columns)
+    table = pa.table(columns)
+    if features == "x":
+        table = table.replace_schema_metadata({"lethe.shape": shape_meta or f"[1, {side}, {side}]"})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=50)
+    return buf.getvalue()
+
+
+def upload_parquet(client: TestClient, headers: dict[str, str], name: str = "pq", **kw: Any) -> dict[str, Any]:
+    resp = client.post("/datasets", headers=headers, data={"name": name},
+                       files={"file": ("data.parquet", parquet_bytes(**kw), "application/octet-stream")})
+    assert resp.status_code == 201, resp.text
+    return resp.json()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from workers.engine import audit as audit_mod
+from workers.engine import parquet
 from workers.engine.architectures import build_model
 from workers.engine.catalog import DEFAULT_REFERENCE_MARGIN
 from workers.engine.data import ArraySet, load_npz
@@ -40,7 +41,8 @@ def device() -> torch.device:
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    return load_npz(path)
+    """An .npz's arrays, or a Parquet dataset's decoded feature cache memory-mapped (its validation job wrote it)."""
+    return parquet.load_cache(path) if path.suffix == ".parquet" else load_npz(path)
 
 
 def _build(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, seed: int = 0) -> torch.nn.Module:

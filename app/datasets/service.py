@@ -1,4 +1,4 @@
-"""Register datasets (.npz, never pickled) and their points."""
+"""Register datasets (.npz, never pickled, or Parquet) and their points."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ from app.datasets.tables import Dataset, Point
 from app.db import new_id, page, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.identity import keyed_hash
+from app.jobs.enums import JobKind
 from app.ledger import service as ledger
 from app.settings import get_settings
 from app.uploads import MAX_NPY_HEADER, check_npz
+from workers.engine import parquet  # torch-free: pyarrow, numpy, Pillow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
@@ -53,7 +55,8 @@ class NpzSummary:
     input_shape: list[int]
 
 
-MAX_ID_CHARS = 200  # points.point_id
+MAX_ID_CHARS = parquet.MAX_ID_CHARS  # points.point_id
+INSERT_ROWS = 20_000  # point rows per INSERT when a dataset is registered
 INDEX_ARRAYS = ("y", "ids", "subjects", "y_test")  # read in full by the API: one entry per point
 FEATURE_ARRAYS = ("x", "x_test")  # only their .npy headers are read here; workers load them
 
@@ -114,7 +117,7 @@ def inspect_npz(path: Path) -> NpzSummary:
 
 
 def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
-    """Copy an .npz from the tenant's import directory into the store; (the copy's uri, its sha256).
+    """Copy an .npz or Parquet file from the tenant's import directory into the store; (the copy's uri, its sha256).
 
     Only files under LETHE_IMPORT_DIR/<tenant id>/ (symlinks resolved) are accepted, so a tenant never names
     another tenant's file; errors never name a server path. The original is only read.
@@ -128,8 +131,13 @@ def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
     if not found:
         raise Unprocessable(f"uri {uri!r} is not a file in this tenant's import directory "
                             "(LETHE_IMPORT_DIR/<tenant id>/)")
-    check_npz(path)  # a bomb is refused before anything is copied
-    copy = f"datasets/{new_id()}.npz"
+    try:
+        is_parquet = parquet.is_parquet(path)
+    except OSError as exc:
+        raise Unprocessable(f"uri {uri!r} cannot be read: {exc.strerror or 'I/O error'}") from exc
+    if not is_parquet:
+        check_npz(path)  # a bomb is refused before anything is copied
+    copy = f"datasets/{new_id()}.{'parquet' if is_parquet else 'npz'}"
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as fh:
@@ -146,26 +154,88 @@ def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
 
 def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: str,
              by_reference: bool = False) -> Dataset:
-    """Record a dataset whose .npz Lethe wrote to the artifact store at `uri` (an upload or an import's copy)."""
+    """Record a dataset whose file Lethe wrote to the artifact store at `uri` (an upload or an import's copy).
+
+    An .npz is ready at once. A Parquet file's schema and index columns are checked here and its points recorded;
+    decoding every row's features is a validation job, until which the dataset is `validating`."""
     if not NAME_RE.match(name):
         raise Unprocessable("name must be 1-200 characters of letters, digits, '_', '.', '-'")
     if session.scalar(select(Dataset.id).where(Dataset.tenant_id == tenant_id, Dataset.name == name)):
         raise Conflict(f"dataset '{name}' already exists")
-    summary = inspect_npz(artifacts.path_of(uri))
+    path = artifacts.path_of(uri)
+    if uri.endswith(".parquet"):
+        try:
+            summary: NpzSummary | parquet.Index = parquet.read_index(path)
+        except parquet.ParquetError as exc:
+            raise Unprocessable(artifacts.redact(str(exc))) from None
+        fmt, features, status = "parquet", summary.features, "validating"
+    else:
+        summary, fmt, features, status = inspect_npz(path), "npz", "x", "ready"
     ds = Dataset(tenant_id=tenant_id, name=name, uri=uri, sha256=sha256, n_points=len(summary.ids),
                  n_test=summary.n_test, n_classes=summary.n_classes, input_shape=summary.input_shape,
-                 has_subjects=summary.subjects is not None, by_reference=by_reference)
+                 has_subjects=summary.subjects is not None, by_reference=by_reference, format=fmt,
+                 features=features, status=status)
     session.add(ds)
     session.flush()
     subjects = summary.subjects or [None] * len(summary.ids)
-    session.execute(insert(Point), [
-        {"dataset_id": ds.id, "point_id": pid, "row": i, "subject_hash": keyed_hash(s) if s else None}
-        for i, (pid, s) in enumerate(zip(summary.ids, subjects, strict=True))
-    ])
+    for start in range(0, len(summary.ids), INSERT_ROWS):  # in slices: the parameter lists stay small
+        session.execute(insert(Point), [
+            {"dataset_id": ds.id, "point_id": pid, "row": i, "subject_hash": keyed_hash(s) if s else None}
+            for i, pid, s in zip(range(start, start + INSERT_ROWS), summary.ids[start:start + INSERT_ROWS],
+                                 subjects[start:start + INSERT_ROWS], strict=False)
+        ])
     ledger.append(session, tenant_id=tenant_id, event="dataset.registered", subject_type="dataset",
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
-                                          "n_test": ds.n_test, "by_reference": by_reference})
+                                          "n_test": ds.n_test, "by_reference": by_reference,
+                                          **({"format": fmt, "features": features} if fmt != "npz" else {})})
+    if status == "validating":
+        from app.jobs import service as jobs
+
+        jobs.create(session, tenant_id=tenant_id, kind=JobKind.VALIDATE, model_id=None, version=None,
+                    dataset_id=ds.id)
     return ds
+
+
+def require_ready(ds: Dataset) -> None:
+    """Models are registered only on a dataset whose every row decoded: 409 while validating, 422 if it failed."""
+    if ds.status == "validating":
+        raise Conflict(f"dataset '{ds.name}' is still validating (its validation job decodes every row); "
+                       "models can be registered on it once its status is ready")
+    if ds.status == "failed":
+        raise Unprocessable(f"dataset '{ds.name}' failed validation: {ds.error}; register a corrected file "
+                            "under another name")
+    if ds.features == "text":
+        raise Unprocessable(f"dataset '{ds.name}' holds text: Lethe validates and stores text datasets, but its "
+                            "engine does not feed strings to a plugin's encode() yet, so no model can train on it")
+
+
+def validated(session: Session, *, dataset_id: str) -> Dataset:
+    """Its validation job decoded every row: the dataset is ready (once), with its ledger entry."""
+    ledger.lock_chain(session, tenant_id=session.get(Dataset, dataset_id).tenant_id)
+    ds = session.get(Dataset, dataset_id)
+    if ds.status == "validating":
+        ds.status = "ready"
+        ledger.append(session, tenant_id=ds.tenant_id, event="dataset.ready", subject_type="dataset",
+                      subject_id=ds.id, data={"n_points": ds.n_points, "n_test": ds.n_test})
+    return ds
+
+
+def invalid(session: Session, *, dataset_id: str, error: str) -> None:
+    """Rows did not decode: the dataset failed validation, naming them (once), with its ledger entry."""
+    ledger.lock_chain(session, tenant_id=session.get(Dataset, dataset_id).tenant_id)
+    ds = session.get(Dataset, dataset_id)
+    if ds.status == "validating":
+        ds.status, ds.error = "failed", error
+        ledger.append(session, tenant_id=ds.tenant_id, event="dataset.failed", subject_type="dataset",
+                      subject_id=ds.id, data={"error": error[:2000]})
+
+
+def validation_job(session: Session, *, dataset_id: str) -> str | None:
+    """The id of a dataset's latest validation job (None for an .npz)."""
+    from app.jobs.tables import Job
+
+    return session.scalar(select(Job.id).where(Job.dataset_id == dataset_id, Job.kind == JobKind.VALIDATE)
+                          .order_by(Job.created_at.desc()).limit(1))
 
 
 def get(session: Session, *, tenant_id: str, name_or_id: str) -> Dataset:
@@ -240,8 +310,14 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
 
     evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(p.row) for p in erase])
     n_erased = session.scalar(select(func.count(Point.erased_at)).where(Point.dataset_id == dataset_id)) or 0
-    new_uri = f"datasets/{ds.id}-e{n_erased + len(erase)}.npz"
-    new_sha = _erased_copy(artifacts.path_of(old_uri), new_uri, rows={p.row for p in erase})
+    new_uri = f"datasets/{ds.id}-e{n_erased + len(erase)}.{'parquet' if ds.format == 'parquet' else 'npz'}"
+    if ds.format == "parquet":  # the rows leave the file (and are zeroed in its decoded cache)
+        dest = artifacts.path_of(new_uri)
+        parquet.erased_copy(artifacts.path_of(old_uri), dest, point_ids={p.point_id for p in erase},
+                            rows={p.row for p in erase})
+        new_sha = artifacts.sha256_file(dest)
+    else:
+        new_sha = _erased_copy(artifacts.path_of(old_uri), new_uri, rows={p.row for p in erase})
     ds.uri, ds.sha256 = new_uri, new_sha
     now = utcnow()
     for p in erase:
@@ -253,6 +329,8 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                         "old_sha256": old_sha, "new_sha256": new_sha})
     if old_uri.startswith("datasets/"):  # never a file Lethe did not write (references registered before copies)
         session.info.setdefault("delete_after_commit", []).append(old_uri)
+        if ds.format == "parquet":
+            session.info["delete_after_commit"].append(old_uri + parquet.CACHE_SUFFIX)
     return ids
 
 

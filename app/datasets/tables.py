@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, new_id, utcnow
@@ -26,6 +26,12 @@ class Dataset(Base):
     has_subjects: Mapped[bool] = mapped_column(default=False)
     # Registered by reference: `uri` is Lethe's copy; the original stays outside what Lethe can erase.
     by_reference: Mapped[bool] = mapped_column(default=False)
+    # npz | parquet; a Parquet dataset's features are x (floats), image (PNG/JPEG bytes) or text (strings)
+    format: Mapped[str] = mapped_column(String(20), default="npz")
+    features: Mapped[str] = mapped_column(String(20), default="x")
+    # validating (its validation job decodes every row) | ready (models may train on it) | failed (see error)
+    status: Mapped[str] = mapped_column(String(20), default="ready")
+    error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -59,14 +59,17 @@ def _deciding_scores(session: Session, *, model: Model, version: Version) -> tup
     return None, None
 
 
-def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, policy: Policy) -> tuple[
-        str, dict[str, Any]]:
-    """The request's algorithm and params, defaulting to the model's policy; 422 when unknown."""
+def validate_algorithm(algorithm: str | None, params: dict[str, Any] | None, policy: Policy,
+                       architecture: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The request's algorithm and params, defaulting to the model's policy; 422 when unknown or when it cannot
+    apply to the model's architecture (naming why)."""
     algo = algorithm or policy.algorithm
     if algo not in ALGORITHMS:
         suggestions = closest(algo, ALGORITHMS)
         raise Unprocessable(f"unknown algorithm '{algo}'{did_you_mean(suggestions)} (one of {list(ALGORITHMS)})",
                             choices=list(ALGORITHMS), suggestions=suggestions)
+    if architecture is not None:
+        registry.check_applies(architecture, [algo])
     if params is None:
         params = dict(policy.params) if algo == policy.algorithm else {}
     try:
@@ -123,7 +126,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
         current = registry.ref(model, model.current_version)
         raise Conflict(f"'{body.model}' is not the current version ({current}): deletions apply to what is served; "
                        f"name '{model.name}' or '{current}'", current=current)
-    algorithm, params = validate_algorithm(body.algorithm, body.params, model.settings)
+    algorithm, params = validate_algorithm(body.algorithm, body.params, model.settings, model.architecture)
     if body.callback_url:
         webhooks.check_url(str(body.callback_url))
 
@@ -143,7 +146,7 @@ def submit(session: Session, *, tenant_id: str, body: ForgetCreate, idempotency_
     linked = []
     for other in registry.models_on_dataset(session, tenant_id=tenant_id, dataset_id=model.dataset_id):
         if other.id != model.id and other.current_version is not None and points:
-            lalgo, lparams = validate_algorithm(None, None, other.settings)
+            lalgo, lparams = validate_algorithm(None, None, other.settings, other.architecture)
             linked.append(_open(session, model=other, points=list(points.values()), body=body, algorithm=lalgo,
                                 params=lparams, unknown_subjects=[], linked_from=request.id))
     if get_settings().erasure_interval == 0:  # else the relay's sweep erases them, batched

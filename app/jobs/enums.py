@@ -11,6 +11,7 @@ class JobKind(StrEnum):
     REFERENCE = "reference"
     UNLEARN = "unlearn"
     CALIBRATE = "calibrate"
+    VALIDATE = "validate"  # a Parquet dataset's rows decoded and checked (no model)
 
 
 class JobStatus(StrEnum):

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app import artifacts
 from app.auth import Reader
+from app.datasets.tables import Dataset
 from app.db import SessionDep
 from app.jobs import service
 from app.jobs.schemas import JobRead
@@ -18,8 +19,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def job_read(session: Session, job: Job) -> JobRead:
-    model = session.get(Model, job.model_id)
-    return JobRead(id=job.id, kind=job.kind, model=model.name, version=job.version,
+    model = session.get(Model, job.model_id) if job.model_id else None
+    dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    return JobRead(id=job.id, kind=job.kind, model=model.name if model else None,
+                   dataset=dataset.name if dataset else None, version=job.version,
                    requests=service.request_ids(session, job_id=job.id), status=job.status, phase=job.phase,
                    progress=job.progress, params=job.params, timings=job.timings or {}, result=job.result,
                    error=artifacts.redact(job.error) if job.error else None, attempts=job.attempts,
@@ -30,7 +33,8 @@ def job_read(session: Session, job: Job) -> JobRead:
 def list_jobs(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
               status: Annotated[str | None, Query()] = None,
               kind: Annotated[str | None, Query()] = None) -> Page[JobRead]:
-    """The tenant's jobs (train, score, unlearn, calibrate, pool), newest first; filter by kind or status."""
+    """The tenant's jobs (train, score, unlearn, calibrate, reference, validate), newest first; filter by kind or
+    status."""
     rows, total = service.list_jobs(session, tenant_id=caller.tenant_id, status=status, kind=kind,
                                     offset=page.offset, limit=page.limit)
     return Page(items=[job_read(session, j) for j in rows], total=total, next=next_cursor(page, total))

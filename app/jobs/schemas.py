@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.jobs.enums import JobKind, JobStatus
 from app.timestamps import Timestamp
@@ -11,7 +11,8 @@ from app.timestamps import Timestamp
 class JobRead(BaseModel):
     id: str
     kind: JobKind
-    model: str
+    model: str | None = Field(description="the model the job works on; null for a dataset's validation job")
+    dataset: str | None = Field(None, description="validate jobs: the dataset being validated")
     version: int | None
     requests: list[str]
     status: JobStatus

@@ -30,17 +30,21 @@ def lease() -> timedelta:
     return timedelta(seconds=get_settings().job_lease_seconds)
 
 
-def create(session: Session, *, tenant_id: str, kind: JobKind, model_id: str, version: int | None,
-           params: dict[str, Any] | None = None, deadline: datetime | None = None) -> Job:
-    """A queued job plus its outbox row, in the caller's transaction (published once it commits)."""
-    job = Job(tenant_id=tenant_id, kind=kind, model_id=model_id, version=version, status=JobStatus.QUEUED,
+def create(session: Session, *, tenant_id: str, kind: JobKind, model_id: str | None, version: int | None,
+           params: dict[str, Any] | None = None, deadline: datetime | None = None,
+           dataset_id: str | None = None) -> Job:
+    """A queued job plus its outbox row, in the caller's transaction (published once it commits): a model's job,
+    or a dataset's (validate: model_id None, dataset_id set)."""
+    job = Job(tenant_id=tenant_id, kind=kind, model_id=model_id, dataset_id=dataset_id, version=version,
+              status=JobStatus.QUEUED,
               params=params or {}, timings={}, deadline=deadline)
     session.add(job)
     session.flush()
     session.add(Outbox(task=outbox.RUN_JOB, job_id=job.id, payload={"job_id": job.id}, deadline=deadline))
     outbox.publish_after_commit(session)
     ledger.append(session, tenant_id=tenant_id, event="job.queued", subject_type="job", subject_id=job.id,
-                  data={"kind": kind, "model_id": model_id, "version": version})
+                  data={"kind": kind, "model_id": model_id, "version": version,
+                        **({"dataset_id": dataset_id} if dataset_id else {})})
     return job
 
 

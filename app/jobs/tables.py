@@ -17,7 +17,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # a JobKind
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), index=True)  # None: a dataset's job
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))  # validate: the dataset it checks
     version: Mapped[int | None]  # input version
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)  # a JobStatus
     phase: Mapped[str | None] = mapped_column(String(20))

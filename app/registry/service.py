@@ -24,7 +24,7 @@ from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
 from app.uploads import check_safetensors_header
 from app.webhooks import service as webhooks
-from workers.engine import plugins
+from workers.engine import catalog, plugins
 
 
 def ref(model: Model, number: int) -> str:
@@ -54,12 +54,22 @@ def check_limits(body: ModelCreate, *, input_shape: list[int], n_classes: int) -
         raise Unprocessable(f"epochs may be at most {settings.max_epochs} (LETHE_MAX_EPOCHS)")
 
 
+def check_applies(architecture: dict[str, Any], names: list[str]) -> None:
+    """422 naming why, when a scorer or unlearning algorithm of `names` cannot apply to the architecture's kind."""
+    try:
+        plugins.check_applies(architecture["kind"], [n for n in names if n])
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
+
+
 def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Model:
     """Register a model lineage on one of the tenant's datasets."""
     if body.name == "kinds":
         raise Unprocessable("the model name 'kinds' is reserved: GET /models/kinds lists the installed model kinds")
     ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
+    datasets.require_ready(ds)
     check_limits(body, input_shape=list(ds.input_shape), n_classes=ds.n_classes)
+    check_applies(body.architecture.model_dump(exclude_none=True), [body.policy.scorer, body.policy.algorithm])
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):
         raise Conflict(f"model '{body.name}' already exists")
     model = Model(tenant_id=tenant_id, name=body.name, dataset_id=ds.id,
@@ -269,7 +279,8 @@ def start_training(session: Session, *, model: Model, promote: bool) -> Job:
 
 
 def start_scoring(session: Session, *, model: Model, version: Version, method: str) -> Job:
-    """Queue (or return the queued) scoring job of `method` for a version."""
+    """Queue (or return the queued) scoring job of `method` for a version; 422 when it cannot apply to the model."""
+    check_applies(model.architecture, [method])
     run = session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
                                                     InfluenceRun.method == method))
     if run is not None and run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED) and run.job_id:
@@ -351,5 +362,10 @@ def start_calibration(session: Session, *, model: Model, version: Version, param
         raise Unprocessable(f"dataset '{ds.name}' has no test split (x_test, y_test): calibration needs one")
     if version.status != VersionStatus.ACTIVE:
         raise Gone(f"{ref(model, version.number)} was revoked")
+    check_applies(model.architecture, [params.get("method") or model.settings.scorer,
+                                       *(params.get("compare") or [])])
+    refused = plugins.cannot_apply(model.architecture["kind"])
+    if params.get("compare") is None and refused:  # by default every scorer: those that apply to the model
+        params = {**params, "compare": [m for m in catalog.SCORERS if m not in refused]}
     return jobs.create(session, tenant_id=model.tenant_id, kind=JobKind.CALIBRATE, model_id=model.id,
                        version=version.number, params=params)

@@ -120,8 +120,11 @@ def test_the_torch_free_state_shapes_the_api_checks_uploads_with_are_the_built_m
     assert count == sum(p.numel() for p in net.parameters())
 
 
-def test_a_kind_whose_loss_or_encode_the_engine_would_ignore_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kind_with_its_own_loss_is_accepted_and_rules_out_the_cross_entropy_only_methods(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     class WithLoss:
+        unsupported = {"rank1": "the plugin says so"}
+
         def build(self, config: dict, *, input_shape: tuple, n_classes: int) -> nn.Module:
             return nn.Linear(4, n_classes)
 
@@ -129,8 +132,11 @@ def test_a_kind_whose_loss_or_encode_the_engine_would_ignore_is_refused(monkeypa
             raise AssertionError("never called")
 
     monkeypatch.setattr(plugins, "plugin", lambda kind: WithLoss())
-    with pytest.raises(ValueError, match=r"defines loss\(\), which this Lethe does not apply yet"):
-        plugins.validate_config({"kind": "custom"})
+    assert plugins.validate_config({"kind": "custom"}) == {"kind": "custom"}
+    assert set(plugins.cannot_apply("custom")) == {"hessian", "imu", "rank1"}
+    plugins.check_applies("custom", ["gradnorm", "less", "scrub"])
+    with pytest.raises(ValueError, match=r"hessian cannot apply to a 'custom' model: K-FAC/EK-FAC"):
+        plugins.check_applies("custom", ["gradnorm", "hessian"])
 
 
 def test_a_plugin_that_fails_to_load_is_a_value_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -19,8 +20,8 @@ def _outputs(model: nn.Module, data: ArraySet, device: torch.device, batch_size:
     losses, correct = [], []
     for idx in batches(len(data), batch_size, shuffle=False):
         idx = idx.to(device)
-        logits = model(x[idx])
-        losses.append(F.cross_entropy(logits, y[idx], reduction="none").cpu().numpy())
+        logits, loss = hooks.logits_and_losses(model, x[idx], y[idx])
+        losses.append(loss.cpu().numpy())
         correct.append((logits.argmax(1) == y[idx]).cpu().numpy())
     if not losses:
         return np.empty(0), np.empty(0, dtype=bool)
@@ -96,7 +97,7 @@ def confidence_features(model: nn.Module, data: ArraySet, *, device: torch.devic
     rows = []
     for idx in batches(len(data), batch_size, shuffle=False):
         idx = idx.to(device)
-        logp = F.log_softmax(model(x[idx]).double(), dim=1)
+        logp = F.log_softmax(hooks.forward(model, x[idx]).double(), dim=1)
         conf = logp.gather(1, y[idx, None]).exp().squeeze(1)
         entropy = -(logp.exp() * logp).sum(1)
         rows.append(torch.stack([conf, entropy], 1).cpu().numpy())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,12 @@ def load_npz(path: Path | str) -> dict[str, np.ndarray]:
 
 
 def to_tensors(data: ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.as_tensor(np.asarray(data.x), dtype=torch.float32, device=device),
-            torch.as_tensor(np.asarray(data.y), dtype=torch.long, device=device))
+    """Tensors of the set; a read-only memory map (a Parquet dataset's feature cache) is shared, not copied: the
+    engine only ever indexes x (a copy per batch), so its pages are read as batches touch them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return (torch.as_tensor(np.asarray(data.x), dtype=torch.float32, device=device),
+                torch.as_tensor(np.asarray(data.y), dtype=torch.long, device=device))
 
 
 def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[

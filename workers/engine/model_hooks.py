@@ -1,4 +1,8 @@
-"""What the engine asks of a model beyond forward(): its plugin's tracked modules and the BatchNorm policy.
+"""What the engine asks of a model beyond forward(): its plugin's encode/loss, tracked modules and BatchNorm policy.
+
+Every forward pass of the engine goes through `forward` (the plugin's `encode(batch) -> dict of tensors`, default
+`{"x": batch}`, then `model(**inputs)`), and every loss through `losses` (the plugin's `loss(model, inputs, y)`,
+per example, default cross entropy on the logits). The batch is the dataset's feature rows as a float tensor.
 
 The policy (recorded in every scoring and unlearning result): scoring runs the model in eval mode (BatchNorm
 normalises with its running statistics, dropout off, so one point's score never depends on its batch); the
@@ -14,6 +18,8 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from workers.engine import plugins
@@ -27,6 +33,64 @@ RETRAIN = "train mode from the recipe, like training (a fresh model's BatchNorm 
 def kind_of(model: nn.Module) -> Any | None:
     kind = getattr(model, "lethe_kind", None)
     return plugins.plugin(kind) if kind else None
+
+
+def _hook(model: nn.Module, name: str) -> Any | None:
+    kind = kind_of(model)
+    return getattr(kind, name, None) if kind is not None else None
+
+
+def encode(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's inputs for a batch of feature rows: the plugin's encode(batch), default {"x": batch}."""
+    hook = _hook(model, "encode")
+    return dict(hook(x)) if hook is not None else {"x": x}
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a batch of feature rows: model(**encode(batch)); without an encode hook model(batch), positionally
+    (any nn.Module works as a library model, whatever its forward's argument is called)."""
+    hook = _hook(model, "encode")
+    return model(**hook(x)) if hook is not None else model(x)
+
+
+def custom_loss(model: nn.Module) -> bool:
+    return _hook(model, "loss") is not None
+
+
+def losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example losses of a batch: the plugin's loss(model, inputs, y), default cross entropy on the logits."""
+    hook = _hook(model, "loss")
+    if hook is not None:
+        return hook(model, encode(model, x), y).reshape(len(y))
+    return F.cross_entropy(forward(model, x), y, reduction="none")
+
+
+def logits_and_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and per-example losses of a batch: one forward pass, two when the plugin defines its own loss."""
+    if custom_loss(model):
+        return forward(model, x), losses(model, x, y)
+    logits = forward(model, x)
+    return logits, F.cross_entropy(logits, y, reduction="none")
+
+
+class _Loss(nn.Module):
+    """The model's per-example loss as a module, so torch.func.functional_call can swap its parameters."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return losses(self.model, x, y)
+
+
+def functional_losses(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                      x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """losses(model, x, y) with the model's parameters and buffers replaced (torch.func: vmap, grad, jacrev)."""
+    from torch.func import functional_call
+
+    state = {f"model.{k}": v for k, v in {**params, **buffers}.items()}
+    return functional_call(_Loss(model), state, (x, y))
 
 
 def tracked_names(model: nn.Module) -> list[str] | None:

@@ -10,8 +10,14 @@ An entry point names an object whose module imports no torch (the API loads it t
   `layer_count(config) -> int` (optional, torch-free): the API applies LETHE_MAX_* limits with them;
 - `tracked_modules(model) -> list[str]` (optional): the layers the influence scorers and K-FAC see; default every
   Linear and Conv2d;
-- `encode` and `loss` (named by the plugin interface of issue 18) are not applied by this engine yet, which
-  feeds `model(x)` and scores cross entropy: a kind defining either is refused rather than silently mis-run;
+- `encode(batch) -> dict of tensors` (optional): a batch of feature rows (a float tensor) as the model's keyword
+  inputs; default `{"x": batch}`. Every forward pass of the engine calls `model(**encode(batch))`; scorers that
+  take per-example gradients call it under torch.func.vmap, so it must be made of tensor operations;
+- `loss(model, inputs, y) -> per-example loss tensor` (optional): default cross entropy on `model(**inputs)`.
+  Training, gradnorm, LESS (its vmap path), every unlearning algorithm but imu and the audit's losses use it;
+  hessian (K-FAC/EK-FAC: cross entropy's Fisher) and imu (refits the head with cross entropy) cannot apply then;
+- `unsupported` (optional dict, scorer or algorithm name → why): what cannot apply to the kind's models; the API
+  answers 422 naming why when a request asks for one (POST /models, /forget, /influence, /calibrate);
 - `norm_policy` (optional str): how BatchNorm and dropout behave during scoring and unlearning; default
   DEFAULT_NORM_POLICY, which the engine applies and every job result records.
 """
@@ -30,7 +36,12 @@ DEFAULT_NORM_POLICY = ("eval: BatchNorm uses and keeps its running statistics an
                        "and unlearning (training from the recipe runs in train mode)")
 
 
-UNSUPPORTED_HOOKS = ("encode", "loss")
+# What a plugin's own loss() rules out: the scorers and algorithms that are cross entropy by construction.
+CROSS_ENTROPY_ONLY = {
+    "hessian": "K-FAC/EK-FAC factors are cross entropy's Fisher (softmax pseudo-gradients), and this kind defines "
+               "its own loss()",
+    "imu": "imu refits the classifier head with cross entropy, and this kind defines its own loss()",
+}
 
 
 class UnknownKind(ValueError):
@@ -66,10 +77,6 @@ def validate_config(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(kind, str):
         raise UnknownKind(f"architecture needs a 'kind'; installed: {', '.join(installed_kinds())}")
     obj = plugin(kind)
-    custom = [hook for hook in UNSUPPORTED_HOOKS if getattr(obj, hook, None) is not None]
-    if custom:
-        raise ValueError(f"architecture kind {kind!r} defines {' and '.join(h + '()' for h in custom)}, which this "
-                         "Lethe does not apply yet (its engine calls model(x) and scores cross entropy)")
     model: type[BaseModel] | None = getattr(obj, "config_model", None)
     config = {k: v for k, v in spec.items() if k != "kind"}
     if model is None:
@@ -80,6 +87,21 @@ def validate_config(spec: dict[str, Any]) -> dict[str, Any]:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'architecture'}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"architecture {kind!r}: {problems}") from None
     return {"kind": kind, **checked.model_dump(exclude_none=True)}
+
+
+def cannot_apply(kind: str) -> dict[str, str]:
+    """Scorers and unlearning algorithms that cannot apply to this kind's models, each with why (torch-free)."""
+    obj = plugin(kind)
+    out = dict(CROSS_ENTROPY_ONLY) if callable(getattr(obj, "loss", None)) else {}
+    return out | {str(k): str(v) for k, v in (getattr(obj, "unsupported", None) or {}).items()}
+
+
+def check_applies(kind: str, names: list[str] | tuple[str, ...]) -> None:
+    """ValueError naming why, when a scorer or algorithm of `names` cannot apply to this kind's models."""
+    refused = cannot_apply(kind)
+    for name in names:
+        if name in refused:
+            raise ValueError(f"{name} cannot apply to a {kind!r} model: {refused[name]}")
 
 
 def norm_policy(kind: str) -> str:

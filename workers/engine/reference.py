@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from workers.engine import evidence
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 from workers.engine.evidence import Pool
 from workers.engine.training import train_model
@@ -31,7 +32,7 @@ def logit_confidence(model: nn.Module, x: np.ndarray, y: np.ndarray, *, device: 
     out = []
     for idx in batches(len(yt), batch_size, shuffle=False):
         idx = idx.to(device)
-        z = model(xt[idx]).double()
+        z = hooks.forward(model, xt[idx]).double()
         zy = z.gather(1, yt[idx, None]).squeeze(1)
         others = z.scatter(1, yt[idx, None], float("-inf"))
         out.append((zy - torch.logsumexp(others, 1)).cpu().numpy())

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
+from workers.engine.audit import accuracy
 from workers.engine.data import ArraySet, batches, to_tensors
 
 DEFAULT_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 64,
@@ -20,13 +21,13 @@ DEFAULT_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "epochs": 20,
 
 def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """‖∇θ CE(model(x_i), y_i)‖₂ for each i, differentiable in the parameters (for double backprop)."""
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad, vmap
 
     params = {k: v for k, v in model.named_parameters() if v.requires_grad}
     buffers = dict(model.named_buffers())
 
     def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
+        return hooks.functional_losses(model, p, buffers, xi[None], yi[None])[0]
 
     per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(params, x, y)
     return torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in per.values()) + 1e-12)
@@ -63,7 +64,7 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
         for idx in batches(len(train), int(r["batch_size"]), shuffle=True, generator=gen):
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = hooks.losses(model, x[idx], y[idx]).mean()
             if restriction:
                 (loss + restriction * per_sample_grad_norms(model, x[idx], y[idx]).mean()).backward()
             else:
@@ -77,7 +78,6 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
         if progress:
             progress((epoch + 1) / epochs)
     model.eval()
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == y).float().mean()) if len(train) else 0.0
+    acc = accuracy(model, train, device=device) if len(train) else 0.0
     return {"epochs": epochs, "final_loss": round(loss_sum, 6), "train_accuracy": round(acc, 6),
             "seconds": round(time.perf_counter() - began, 4), "n_train": len(train)}

@@ -17,14 +17,14 @@ from app.jobs.enums import JobKind, JobStatus
 from app.jobs.service import Superseded
 from app.jobs.tables import Job, Outbox
 from app.opendsr import hooks as opendsr
-from workers.jobs import calibrate, reference, score, train, unlearn
+from workers.jobs import calibrate, reference, score, train, unlearn, validate_dataset
 from workers.jobs.context import JobContext, claim_held, claimed
 
 log = logging.getLogger("lethe.jobs")
 
 RUN: dict[JobKind, Callable[[JobContext], str]] = {
     JobKind.TRAIN: train.run, JobKind.SCORE: score.run, JobKind.UNLEARN: unlearn.run,
-    JobKind.CALIBRATE: calibrate.run, JobKind.REFERENCE: reference.run,
+    JobKind.CALIBRATE: calibrate.run, JobKind.REFERENCE: reference.run, JobKind.VALIDATE: validate_dataset.run,
 }
 # What a kind leaves behind when its job fails (the rows it was producing, its unregistered files).
 ON_FAIL: dict[JobKind, Callable[[Any, Job], None]] = {

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.engine import catalog
+from workers.engine import catalog, plugins
 from workers.engine.data import ArraySet
 from workers.engine.influence.gradnorm import gradnorm_self_influence
 from workers.engine.influence.hessian import hessian_self_influence
@@ -57,6 +57,10 @@ def compute_self_influence(method: str, model: nn.Module, data: ArraySet, *, dev
     """
     if method not in SCORERS:
         raise ValueError(f"unknown influence method '{method}'; known: {sorted(SCORERS)}")
+    kind = getattr(model, "lethe_kind", None)
+    why = plugins.cannot_apply(kind).get(method) if kind else None
+    if why:  # the API refuses these at request time; this guards the engine used as a library
+        raise ValueError(f"{method} cannot score a {kind!r} model: {why}")
     rows = options.pop("rows", None)
     if rows is not None and method != "hessian":
         data = ArraySet(data.x[rows], data.y[rows])

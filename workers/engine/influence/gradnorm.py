@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 STRUCTURED = (nn.Linear, nn.Conv2d)
@@ -50,20 +51,19 @@ def _conv_sq(module: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> torch.Tenso
 def _structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     saved: dict[nn.Module, torch.Tensor] = {}
     outputs: dict[nn.Module, torch.Tensor] = {}
-    hooks = []
+    handles = []
     for module in model.modules():
         if isinstance(module, STRUCTURED):
             def fwd(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
                 saved[mod] = inp[0].detach()
                 out.retain_grad()
                 outputs[mod] = out
-            hooks.append(module.register_forward_hook(fwd))
+            handles.append(module.register_forward_hook(fwd))
     try:
-        logits = model(x)
-        # reduction="sum": the gradient at each layer output is exactly that sample's δ_i.
-        F.cross_entropy(logits, y, reduction="sum").backward()
+        # summed: the gradient at each layer output is exactly that sample's δ_i.
+        hooks.losses(model, x, y).sum().backward()
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     for module, a in saved.items():
@@ -76,14 +76,13 @@ def _structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 
 def _vmap(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return F.cross_entropy(out, yi.unsqueeze(0))
+        return hooks.functional_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0))[0]
 
     grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
     return sum((g.flatten(1).double() ** 2).sum(1) for g in grads.values())

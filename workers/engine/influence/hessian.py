@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 from workers.engine.influence.kfac import (
     Capture,
@@ -108,7 +109,7 @@ def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.de
     for idx in batches(len(data), batch_size, shuffle=False):
         x, y = x_all[idx.to(device)], y_all[idx.to(device)]
         with Capture(layers) as cap:
-            logits = model(x)
+            logits = hooks.forward(model, x)
         seed = torch.softmax(logits.detach(), 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
         deltas = output_grads(cap, logits, seed, retain=False)
         total = torch.zeros(len(idx), dtype=torch.float64, device=device)
@@ -132,7 +133,7 @@ def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.de
 def _exact(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int,
            damping: float | None) -> tuple[np.ndarray, float, int]:
     """Full Hessian of the mean cross-entropy (float64), LU-solved once; g_i a batch at a time."""
-    from torch.func import functional_call, grad, jacrev, vmap
+    from torch.func import grad, jacrev, vmap
 
     net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
     named = [(n, p.detach()) for n, p in net.named_parameters()]
@@ -149,7 +150,7 @@ def _exact(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size
                                                                  strict=True)), strict=True))
 
     def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(net, (unflat(flat), buffers), (x,)), y, reduction="sum")
+        return hooks.functional_losses(net, unflat(flat), buffers, x, y).sum()
 
     def one(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss(flat, x.unsqueeze(0), y.unsqueeze(0))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 from workers.engine.model_hooks import tracked_names
 
@@ -161,7 +162,8 @@ def resolve_fisher(fisher: str, model: nn.Module, data: ArraySet, device: torch.
             raise ValueError(f"unknown fisher '{fisher}' (auto | {' | '.join(FISHERS)})")
         return fisher
     with torch.no_grad():
-        n_classes = model(torch.as_tensor(np.asarray(data.x[:1]), dtype=torch.float32, device=device)).shape[1]
+        n_classes = hooks.forward(model, torch.as_tensor(np.asarray(data.x[:1]), dtype=torch.float32,
+                                                           device=device)).shape[1]
     return "ggn" if len(data) * n_classes <= GGN_BUDGET else "mc"
 
 
@@ -226,7 +228,7 @@ def _passes(model: nn.Module, data: ArraySet, layers: dict[str, nn.Module], *, d
     for idx in batches(len(data), batch_size, shuffle=False):
         x, y = x_all[idx.to(device)], y_all[idx.to(device)]
         with Capture(layers) as cap:
-            logits = model(x)
+            logits = hooks.forward(model, x)
         a = {n: layer_inputs(m, cap.inputs[n]) for n, m in layers.items()}
         seeds = logit_seeds(logits, y, fisher, generator)
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 from workers.engine.influence.gradnorm import gradnorm_self_influence
 from workers.engine.influence.kfac import (
@@ -157,7 +158,7 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
                batch_size: int, own_term: bool = False) -> np.ndarray:
     dtype = next(model.parameters()).dtype
     layers = tracked_layers(model)
-    fallback = bool(untracked_parameters(model))
+    fallback = bool(untracked_parameters(model)) or hooks.custom_loss(model)  # the seed below is cross entropy's
     moments = {}
     if not fallback:
         for name, module in layers.items():
@@ -174,7 +175,7 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
             _vmap_adam(model, x, y, ck, total, own_term)
         else:
             with Capture(layers) as cap:
-                logits = model(x)
+                logits = hooks.forward(model, x)
             seed = torch.softmax(logits.detach(), 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
             deltas = output_grads(cap, logits, seed, retain=False)
             for name, module in layers.items():
@@ -189,14 +190,14 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
 def _vmap_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ck: Checkpoint, total: torch.Tensor,
                own_term: bool = False) -> None:
     """Models with parameters outside Linear/Conv2d: per-sample gradients by vmap, chunked by P."""
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     n_params = sum(p.numel() for p in params.values())
 
     def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+        return hooks.functional_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0))[0]
 
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
     for part in chunks(len(x), n_params):

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -26,7 +26,7 @@ def finetune(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, par
         for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            hooks.losses(model, x[idx], y[idx]).mean().backward()
             opt.step()
             steps += 1
         progress((epoch + 1) / params["epochs"])

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -22,7 +22,7 @@ def mean_gradient(model: nn.Module, data: ArraySet, device: torch.device, batch_
     n = len(data)
     for idx in batches(n, batch_size, shuffle=False):
         idx = idx.to(device)
-        loss = F.cross_entropy(model(x[idx]), y[idx], reduction="sum") / n
+        loss = hooks.losses(model, x[idx], y[idx]).sum() / n
         for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
             acc.add_(g)
     return total

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
+from workers.engine import plugins
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -30,7 +32,7 @@ def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor, batch_size: 
     try:
         model.eval()
         for idx in batches(len(x), batch_size, shuffle=False):
-            model(x[idx.to(x.device)])
+            hooks.forward(model, x[idx.to(x.device)])
     finally:
         hook.remove()
     return torch.cat(seen) if seen else x.new_zeros((0, head.in_features))
@@ -93,6 +95,10 @@ def imu(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: 
     if len(forget) == 0:
         progress(1.0)
         return {"steps": 0, "n_ascended": 0, "n_forget": 0, "weighting": params["weighting"]}
+    kind = getattr(model, "lethe_kind", None)
+    why = plugins.cannot_apply(kind).get("imu") if kind else None
+    if why:  # the API refuses this at request time; this guards the engine used as a library
+        raise ValueError(f"imu cannot unlearn a {kind!r} model: {why}")
     head = head_of(model)
     xf, yf = to_tensors(forget, device)
     feats = head_inputs(model, head, xf)

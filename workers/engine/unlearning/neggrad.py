@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -31,10 +31,10 @@ def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, para
         for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = alpha * F.cross_entropy(model(xr[idx]), yr[idx])
+            loss = alpha * hooks.losses(model, xr[idx], yr[idx]).mean()
             if forget_batches is not None:
                 fidx = next(forget_batches).to(device)
-                f_loss = F.cross_entropy(model(xf[fidx]), yf[fidx])
+                f_loss = hooks.losses(model, xf[fidx], yf[fidx]).mean()
                 # Unbounded ascent diverges and wrecks utility; stop pushing once a batch is forgotten enough.
                 if float(f_loss.detach()) < ceiling:
                     loss = loss - (1 - alpha) * f_loss

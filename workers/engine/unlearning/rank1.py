@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -35,7 +36,7 @@ def rank1(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
         for _ in range(params["uniform_epochs"]):
             for idx in batches(len(forget), fb, shuffle=True, generator=gen):
                 idx = idx.to(device)
-                logits = model(xf[idx])
+                logits = hooks.forward(model, xf[idx])
                 uniform = torch.full_like(logits, 1.0 / logits.shape[1])
                 loss = F.kl_div(F.log_softmax(logits, dim=1), uniform, reduction="batchmean")
                 opt.zero_grad(set_to_none=True)
@@ -62,9 +63,9 @@ def rank1(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
             for k, idx in enumerate(batches(len(forget), fb, shuffle=True, generator=gen)):
                 ridx = partners[(torch.arange(len(idx)) + k * fb) % len(retain)].to(device)
                 idx = idx.to(device)
-                o_f = model(xf[idx])
+                o_f = hooks.forward(model, xf[idx])
                 with torch.no_grad():
-                    o_r = model(xr[ridx])
+                    o_r = hooks.forward(model, xr[ridx])
                 # Every forget output made equally similar to all retain outputs.
                 loss = -F.log_softmax(o_f @ o_r.T / t, dim=1).mean()
                 contrast.zero_grad(set_to_none=True)
@@ -73,7 +74,7 @@ def rank1(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
                 contrast_steps += 1
         for idx in batches(len(retain), params["retain_batch_size"], shuffle=True, generator=gen):
             idx = idx.to(device)
-            loss = F.cross_entropy(model(xr[idx]), yr[idx])
+            loss = hooks.losses(model, xr[idx], yr[idx]).mean()
             ce_opt.zero_grad(set_to_none=True)
             loss.backward()
             ce_opt.step()

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -32,7 +32,7 @@ def _accumulate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sign: float,
     n = len(y)
     for idx in batches(n, batch_size, shuffle=False):
         idx = idx.to(x.device)
-        (sign * F.cross_entropy(model(x[idx]), y[idx], reduction="sum") / n).backward()
+        (sign * hooks.losses(model, x[idx], y[idx]).sum() / n).backward()
 
 
 def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
@@ -96,7 +96,7 @@ def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
         for idx in batches(len(retain), bs, shuffle=True, generator=gen):
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xr[idx]), yr[idx]).backward()
+            hooks.losses(model, xr[idx], yr[idx]).mean().backward()
             with torch.no_grad():
                 for p in model.parameters():
                     if p.grad is not None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches, to_tensors
 
 
@@ -43,8 +44,8 @@ def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
             for idx in batches(len(forget), params["forget_batch_size"], shuffle=True, generator=gen):
                 idx = idx.to(device)
                 with torch.no_grad():
-                    target = teacher(xf[idx])
-                kl = distill_kl(model(xf[idx]), target, t)
+                    target = hooks.forward(teacher, xf[idx])
+                kl = distill_kl(hooks.forward(model, xf[idx]), target, t)
                 last_forget_kl = float(kl.detach())
                 # Unbounded ascent diverges; a batch already this far from the teacher is forgotten enough.
                 if last_forget_kl >= ceiling:
@@ -57,9 +58,9 @@ def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
         for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
             idx = idx.to(device)
             with torch.no_grad():
-                target = teacher(xr[idx])
-            logits = model(xr[idx])
-            loss = gamma * F.cross_entropy(logits, yr[idx]) + alpha * distill_kl(logits, target, t)
+                target = hooks.forward(teacher, xr[idx])
+            logits, ce = hooks.logits_and_losses(model, xr[idx], yr[idx])
+            loss = gamma * ce.mean() + alpha * distill_kl(logits, target, t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
