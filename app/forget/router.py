@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from app.auth import Forgetter, Reader
 from app.db import SessionDep, session_scope
 from app.forget import reads, service
+from app.forget.enums import RequestStatus
 from app.forget.schemas import EvidencePage, ForgetCreate, ForgetResponse, RequestRead, RequestSummary
 from app.ledger import signing
 from app.openapi import problems
@@ -58,7 +59,7 @@ def _answer(response: dict, status: int) -> JSONResponse:
 
 @router.get("/requests", response_model=Page[RequestSummary])
 def list_requests(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
-                  status: Annotated[str | None, Query()] = None) -> Page[RequestSummary]:
+                  status: Annotated[RequestStatus | None, Query()] = None) -> Page[RequestSummary]:
     """The tenant's forget requests, newest first, a page at a time; filter by status."""
     items, total = reads.list_requests(session, tenant_id=caller.tenant_id, status=status,
                                          offset=page.offset, limit=page.limit)

@@ -10,6 +10,7 @@ from app.auth import Reader
 from app.datasets.tables import Dataset
 from app.db import SessionDep
 from app.jobs import service
+from app.jobs.enums import JobKind, JobStatus
 from app.jobs.schemas import JobRead
 from app.jobs.tables import Job
 from app.paging import Page, PageParams, next_cursor, page_params
@@ -31,8 +32,8 @@ def job_read(session: Session, job: Job) -> JobRead:
 
 @router.get("", response_model=Page[JobRead])
 def list_jobs(caller: Reader, session: SessionDep, page: Annotated[PageParams, Depends(page_params)],
-              status: Annotated[str | None, Query()] = None,
-              kind: Annotated[str | None, Query()] = None) -> Page[JobRead]:
+              status: Annotated[JobStatus | None, Query()] = None,
+              kind: Annotated[JobKind | None, Query()] = None) -> Page[JobRead]:
     """The tenant's jobs (train, score, unlearn, calibrate, reference, validate), newest first; filter by kind or
     status."""
     rows, total = service.list_jobs(session, tenant_id=caller.tenant_id, status=status, kind=kind,

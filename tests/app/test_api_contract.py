@@ -69,6 +69,12 @@ def test_models_and_versions_validation(client: TestClient, admin_headers: dict[
         422, kind="validation", detail="body.policy.scorer: Input should be", suggestions=["gradnorm"])
     assert "did you mean 'gradnorm'?" in scorer["detail"] and "less_own" in scorer["choices"]
     assert scorer["errors"][0]["suggestions"] == ["gradnorm"]
+    jobs = assert_problem(client.get("/jobs?status=runing", headers=admin_headers), 422, kind="validation",
+                          detail="query.status: Input should be", suggestions=["running"])
+    assert "queued" in jobs["choices"]
+    assert client.get("/jobs?kind=scor", headers=admin_headers).json()["suggestions"] == ["score"]
+    assert client.get("/requests?status=complete", headers=admin_headers).json()["suggestions"] == ["completed"]
+    assert client.get("/jobs?status=running", headers=admin_headers).status_code == 200
     optimizer = client.post("/models", headers=admin_headers, json={
         "name": "x", "dataset": "toy", "architecture": {"kind": "mlp"}, "recipe": {"optimizer": "adamw"}}).json()
     assert optimizer["choices"] == ["adam", "sgd"] and optimizer["suggestions"] == ["adam"]
