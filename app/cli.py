@@ -27,7 +27,8 @@ EXIT_CODES = (
     "3 not found (404, 410; forget: a subject the dataset holds no data for); "
     "4 refused (401 bad key, 403 scope, 409 conflict, 429 rate limit); "
     "5 the job or request failed or was cancelled (--wait); "
-    "6 the job failed its audit (verdict failed or inconclusive); "
+    "6 the audit failed or was inconclusive (--wait: the job failed on it, or the version was promoted without a "
+    "pass, e.g. an inconclusive audit the policy accepts); "
     "7 server or database unreachable (connection refused, timeout, 5xx); "
     "8 the ledger does not verify (ledger verify, status). "
     "Errors are one line on stderr; --json puts machine-readable output on stdout."
@@ -314,17 +315,31 @@ def forget(model: str, points: Annotated[list[str], typer.Option("--points", "-p
                                                 "job": job.model_dump(mode="json") if job else None})
     code = _outcome(job, status) if wait else OK
     if code != OK:
-        raise typer.Exit(_say_error(code, f"request {answer.request_id} {status}"
-                                    + (f": {job.error}" if job is not None and job.error else "")))
+        why = job.error if job is not None and job.error else _unverified(job)
+        raise typer.Exit(_say_error(code, f"request {answer.request_id} {status}" + (f": {why}" if why else "")))
     if unknown:
         raise typer.Exit(_say_error(NOT_FOUND, f"no data held for {len(unknown)} subject(s): "
                                     + ", ".join(unknown)))
 
 
+def _unverified(job: JobRead | None) -> str | None:
+    """Why a completed job's promoted version is not backed by a passed audit (None when it is): an inconclusive
+    audit the policy accepted, or a retrain the audit flagged. A retrain whose audit is only inconclusive (the pool
+    could not measure) is exact by construction and counts as verified."""
+    audit = ((job.result or {}).get("audit") or {}) if job is not None else {}
+    verdict = audit.get("verdict")
+    if verdict in (None, "passed"):
+        return None
+    if verdict == "inconclusive" and (audit.get("evidence") or {}).get("promoted_as_retrain"):
+        return None
+    return f"audit {verdict}: " + "; ".join(audit.get("reasons") or []) if audit.get("reasons") else f"audit {verdict}"
+
+
 def _outcome(job: JobRead | None, request_status: str) -> int:
-    """The exit code of a followed request: 0 completed, 6 its job failed on the audit, else 5."""
+    """The exit code of a followed request: 0 completed with a passed audit (or an exact retrain), 6 its audit
+    failed or was inconclusive (job failed on it, or the version promoted without a pass), else 5."""
     if request_status == "completed":
-        return OK
+        return AUDIT_FAILED if _unverified(job) else OK
     verdict = ((job.result or {}).get("audit") or {}).get("verdict") if job is not None else None
     failed_audit = job is not None and job.status == "failed" and (
         verdict in ("failed", "inconclusive") or (job.error or "").startswith("audit failed"))
@@ -359,9 +374,10 @@ def job(job_id: str, url: str = URL, key: str | None = KEY,
         _emit(found.model_dump(mode="json"))
     else:
         console.print_json(found.model_dump_json())
-    if wait and found.status != "completed":
+    if wait and _outcome(found, found.status) != OK:
+        why = found.error or _unverified(found)
         raise typer.Exit(_say_error(_outcome(found, found.status), f"job {found.id} {found.status}"
-                                    + (f": {found.error}" if found.error else "")))
+                                    + (f": {why}" if why else "")))
 
 
 @cli.command()

@@ -111,14 +111,18 @@ def test_forget_json_and_wait(toy: TestClient, monkeypatch: pytest.MonkeyPatch) 
         return real_wait(self, job_id, poll=0.01, **kw)
 
     monkeypatch.setattr(Lethe, "wait", wait_with_worker)
+    # The tests run without reference pools and accept inconclusive audits (conftest's LEGACY): the request
+    # completes on a version whose audit is inconclusive, unverified, so --wait says so with exit 6
     out = run("forget", "toy", "-p", "p0003,p0004", "--wait", "--json")
-    assert out.exit_code == 0, out.output
+    assert out.exit_code == cli.AUDIT_FAILED, out.output
     doc = json.loads(out.stdout)  # stdout holds the JSON document and nothing else
     assert doc["request_status"] == "completed" and doc["job"]["status"] == "completed"
+    assert doc["job"]["result"]["audit"]["verdict"] == "inconclusive"
     assert doc["job_id"] == doc["job"]["id"] and sorted(doc["pending"]) == ["p0003", "p0004"]
-    assert out.stderr == ""
+    assert "completed: audit inconclusive" in one_error_line(out)
     job = run("job", doc["job_id"], "--json")
     assert job.exit_code == 0 and json.loads(job.stdout)["result"]["ref"] == "toy@2"
+    assert run("job", doc["job_id"], "--wait").exit_code == cli.AUDIT_FAILED
     status = run("status", "--json")
     assert status.exit_code == 0 and json.loads(status.stdout)["ledger_ok"] is True
 
@@ -138,19 +142,35 @@ def test_forget_json_and_wait(toy: TestClient, monkeypatch: pytest.MonkeyPatch) 
     again = run("job", job_id, "--wait")
     assert again.exit_code == cli.JOB_FAILED and "crashed" in one_error_line(again)
 
+    # every attempt of the ladder returns an untrained network: the real audit fails each on accuracy; the ladder's
+    # retrain is promoted (exact by construction) but its failed audit is said, with exit 6
+    def untrained(algorithm: str, net: Any, **kw: Any) -> Any:
+        return engine._build(kw["arch"], kw["shape"], kw["n_classes"], seed=7), {}
+
+    monkeypatch.setattr(engine, "unlearn", untrained)
+    audited = run("forget", "toy", "-p", "p0006", "--wait", "--json")
+    assert audited.exit_code == cli.AUDIT_FAILED, audited.output
+    audit = json.loads(audited.stdout)["job"]["result"]["audit"]
+    assert audit["verdict"] == "failed" and audit["evidence"]["promoted_as_retrain"] is True, audit
+    assert "completed: audit failed: retain accuracy fell" in one_error_line(audited)
+
 
 def test_exit_code_of_a_job_failed_on_its_audit() -> None:
     from datetime import UTC, datetime
 
     from app.jobs.schemas import JobRead
 
-    def job(status: str, verdict: str | None, error: str | None) -> JobRead:
+    def job(status: str, verdict: str | None, error: str | None, retrain: bool = False) -> JobRead:
+        audit = {"verdict": verdict, "evidence": {"promoted_as_retrain": retrain}}
         return JobRead(id="j", kind="unlearn", status=status, phase=None, progress=1.0, model="toy", version=1,
-                       requests=[], params={}, timings={}, result={"audit": {"verdict": verdict}}, error=error,
+                       requests=[], params={}, timings={}, result={"audit": audit}, error=error,
                        attempts=1,
                        created_at=datetime.now(UTC), started_at=None, finished_at=None)
 
-    assert cli._outcome(job("completed", "inconclusive", None), "completed") == cli.OK
+    assert cli._outcome(job("completed", "passed", None), "completed") == cli.OK
+    assert cli._outcome(job("completed", "inconclusive", None, retrain=True), "completed") == cli.OK  # exact
+    assert cli._outcome(job("completed", "inconclusive", None), "completed") == cli.AUDIT_FAILED  # accepted
+    assert cli._outcome(job("completed", "failed", None, retrain=True), "completed") == cli.AUDIT_FAILED
     assert cli._outcome(job("failed", "failed", "audit failed: remembers"), "failed") == cli.AUDIT_FAILED
     assert cli._outcome(job("failed", "inconclusive", "audit failed: power"), "failed") == cli.AUDIT_FAILED
     assert cli._outcome(job("failed", None, "RuntimeError: boom"), "failed") == cli.JOB_FAILED
