@@ -22,7 +22,7 @@ NO_ALGORITHM = "none"
 
 def json_float(col: Any, *path: str) -> Any:
     """A number inside a JSON column (SQLite json_extract, Postgres ->> / #>>), cast to float."""
-    return col[path if len(path) > 1 else path[0]].asjson_float()
+    return col[path if len(path) > 1 else path[0]].as_float()
 
 
 def json_text(col: Any, *path: str) -> Any:
