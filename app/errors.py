@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -156,6 +157,8 @@ class ValidationItem(BaseModel):
     loc: list[str | int] = Field(description="where: 'body', 'query', 'path' or 'header', then the field path")
     msg: str
     type: str = Field(description="pydantic's error type, e.g. 'missing', 'string_too_long'")
+    choices: list[str] | None = Field(None, description="a field of a fixed set of names: every accepted one")
+    suggestions: list[str] | None = Field(None, description="a field of a fixed set of names: the closest ones")
 
 
 class Problem(BaseModel):
@@ -178,6 +181,30 @@ class Problem(BaseModel):
                                                                   "(at most 1000)")
 
 
+def _choices(error: dict[str, Any]) -> list[str]:
+    """The accepted values of a Literal or enum field, from pydantic's `expected` ("'a', 'b' or 'c'")."""
+    if error.get("type") not in ("literal_error", "enum"):
+        return []
+    return re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+
+
+def validation_problem(raw: Sequence[Any]) -> dict[str, Any]:
+    """Pydantic's errors as one problem: each field and what was wrong with it; a mistyped name of a fixed set
+    (a scorer, an algorithm, an optimizer) also gets `choices` and the closest ones as `suggestions`."""
+    errors, parts, hints = [], [], {}
+    for e in raw:
+        item = {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        choices = _choices(e)
+        suggestions = closest(str(e.get("input")), choices) if choices else []
+        if choices:
+            item.update(choices=choices, suggestions=suggestions)
+            hints = hints or {"choices": choices, "suggestions": suggestions}
+        errors.append(item)
+        parts.append(".".join(str(p) for p in item["loc"]) + f": {item['msg']}{did_you_mean(suggestions)}")
+    more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+    return problem("validation", f"{', '.join(parts[:3])}{more}" or "invalid request", errors=errors, **hints)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Answer every domain error, validation error, unknown route and lost database as problem details."""
 
@@ -190,10 +217,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:3])
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        return problem_response(problem("validation", f"{fields}{more}" or "invalid request", errors=errors))
+        return problem_response(validation_problem(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from app import examples
 from app.errors import MEDIA_TYPE, PROBLEM_TYPES, Problem, problem
 
 # status -> (what it means here, the problem kind shown as its example)
@@ -180,6 +181,48 @@ SUMMARIES: dict[tuple[str, str], str] = {
 }
 
 
+# Where the answers of app/examples.py's ROUTES are shown: (method, path, media type).
+ROUTE_EXAMPLES: dict[str, tuple[str, str, str]] = {
+    "healthz": ("get", "/healthz", "application/json"),
+    "readyz": ("get", "/readyz", "application/json"),
+    "kinds": ("get", "/models/kinds", "application/json"),
+    "certificate": ("get", "/requests/{request_id}/certificate", "application/json"),
+    "calibration": ("get", "/models/{name}/versions/{number}/calibration", "application/json"),
+    "discovery": ("get", "/opendsr/v1/discovery", "application/json"),
+    "opendsr_status": ("get", "/opendsr/v1/status", "application/json"),
+    "metrics": ("get", "/metrics", "text/plain"),
+    "public_key": ("get", "/ledger/public-key", "text/plain"),
+}
+PEM = "-----BEGIN CERTIFICATE-----\nMIIC…(base64 DER)…\n-----END CERTIFICATE-----\n"
+# Multipart bodies have no named schema to carry an example.
+FORM_EXAMPLES: dict[tuple[str, str], dict[str, str]] = {
+    ("post", "/datasets"): {"name": "digits", "file": "(binary: digits.npz)"},
+    ("post", "/models/{name}/versions"): {"weights": "(binary: model.safetensors)"},
+}
+
+
+def _with_examples(schema: dict[str, Any]) -> None:
+    """Give every success answer an example: named schemas (and the pages of them) from app/examples.py's
+    SCHEMAS, the other answers and the multipart bodies here."""
+    schemas = schema["components"]["schemas"]
+    for name, example in examples.SCHEMAS.items():
+        schemas[name]["examples"] = [example]
+    for name, component in schemas.items():
+        item = name.removeprefix("Page_").removesuffix("_")
+        if name.startswith("Page_") and item in examples.SCHEMAS:
+            component["examples"] = [{"items": [examples.SCHEMAS[item]], "total": 1, "next": None}]
+    paths = schema.get("paths", {})
+    for key, (method, path, media) in ROUTE_EXAMPLES.items():
+        content = paths[path][method]["responses"]["200"].setdefault("content", {})
+        content.setdefault(media, {})["example"] = examples.ROUTES[key]
+    for path in ("/opendsr/v1/certificate.pem", "/ledger/public-key"):
+        for media, body in paths[path]["get"]["responses"]["200"].get("content", {}).items():
+            if media == "application/x-pem-file":
+                body["example"] = PEM if "certificate" in path else examples.ROUTES["public_key"]
+    for (method, path), form in FORM_EXAMPLES.items():
+        paths[path][method]["requestBody"]["content"]["multipart/form-data"]["example"] = form
+
+
 def document(app: FastAPI) -> None:
     """Complete every operation's error answers (see the module docstring) in the OpenAPI document."""
 
@@ -216,7 +259,7 @@ def document(app: FastAPI) -> None:
                         response["description"] = STATUSES[status][0]
                     if opendsr and status == 400:
                         response["description"] = "Invalid or refused request (the spec answers both with 400)"
-                    if opendsr and status != 503:
+                    if opendsr:
                         response["content"] = {"application/json": {
                             "schema": {"$ref": "#/components/schemas/OpenDsrError"}}}
                     elif path != "/readyz":  # /readyz's 503 is its own status report
@@ -224,5 +267,6 @@ def document(app: FastAPI) -> None:
                         response["content"] = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"},
                                                             "example": _example(slug, status)}}
                 op["responses"] = dict(sorted(responses.items()))
+        _with_examples(schema)
 
     extend(app, edit)

@@ -12,7 +12,7 @@
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}
 
-# torch is pinned in pyproject.toml's worker extra; keep the two equal (tests/unit/deploy checks it).
+# torch is pinned in pyproject.toml's worker extra; keep the two equal (tests/deploy checks it).
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
 

@@ -6,8 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 PG_ADMIN_URL = os.environ.get("LETHE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BOOTSTRAP = "lethe_test_bootstrap_key"
@@ -101,6 +105,27 @@ def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     migrate.upgrade()
     yield env
     _reset_caches()
+
+
+@pytest.fixture
+def client_settings() -> dict[str, str]:
+    """Settings a test module needs beside lethe_env's: a module overrides this fixture to set them."""
+    return {}
+
+
+@pytest.fixture
+def client(lethe_env: dict[str, str], client_settings: dict[str, str],
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The app in process, on SQLite and on Postgres (lethe_env), with the module's client_settings."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    for k, v in client_settings.items():
+        monkeypatch.setenv(k, v)
+    _reset_caches()
+    with TestClient(create_app()) as c:
+        yield c
 
 
 @pytest.fixture

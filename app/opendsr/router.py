@@ -10,7 +10,8 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.auth import Forgetter, Reader
 from app.db import SessionDep
@@ -25,8 +26,11 @@ NAMES = ("opendsr_requests", "opengdpr_requests", "opencompliance_requests")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def spec_error(code: int, message: str, errors: list[dict[str, str]]) -> JSONResponse:
+def spec_error(code: int, message: str, errors: list[dict[str, str]], *, retry_after: int | None = None
+               ) -> JSONResponse:
     headers = NO_STORE | ({"WWW-Authenticate": "Bearer"} if code == 401 else {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": {"code": code, "message": message, "errors": errors}}, code, headers=headers)
 
 
@@ -51,6 +55,12 @@ class SpecRoute(APIRoute):
                 code = 400 if exc.status_code in (409, 422) else exc.status_code
                 message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
                 return spec_error(code, message, [{"domain": "Lethe", "reason": exc.name, "message": message}])
+            except (OperationalError, PoolTimeout) as exc:
+                # The database is away: the spec's 503 (§7.6 lists it), with Retry-After as Lethe's own routes.
+                reason = "DatabaseBusy" if isinstance(exc, PoolTimeout) else "DatabaseUnavailable"
+                message = "the ledger database is unreachable or busy; retry later"
+                return spec_error(503, message, [{"domain": "Lethe", "reason": reason, "message": message}],
+                                  retry_after=5)
 
         return route
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -144,8 +145,18 @@ def validate_params(algorithm: str, params: dict[str, Any] | None) -> dict[str, 
     try:
         return PARAMS[algorithm].model_validate(params or {}).model_dump()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid params for {algorithm}: {problems}") from exc
+        fields = sorted(PARAMS[algorithm].model_fields)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" + _did_you_mean(e, fields)
+                             for e in exc.errors())
+        raise ValueError(f"invalid params for {algorithm}: {problems} (its params: {', '.join(fields)})") from exc
+
+
+def _did_you_mean(error: Any, fields: list[str]) -> str:
+    """For a mistyped parameter name, the closest real ones."""
+    if error["type"] != "extra_forbidden" or not error["loc"]:
+        return ""
+    close = difflib.get_close_matches(str(error["loc"][-1]), fields, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _stronger(algorithm: str, p: dict[str, Any]) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ An entry point names an object whose module imports no torch (the API loads it t
 
 from __future__ import annotations
 
+import difflib
 import functools
 from importlib.metadata import entry_points
 from typing import Any
@@ -57,7 +58,9 @@ def plugin(kind: str) -> Any:
     """The plugin object of a kind; UnknownKind naming the installed ones."""
     found = [ep for ep in entry_points(group=GROUP) if ep.name == kind]
     if not found:
-        raise UnknownKind(f"unknown architecture kind {kind!r}; installed: {', '.join(installed_kinds())}")
+        close = difflib.get_close_matches(kind, installed_kinds(), n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownKind(f"unknown architecture kind {kind!r}{hint} (installed: {', '.join(installed_kinds())})")
     try:
         obj = found[0].load()
     except Exception as exc:  # noqa: BLE001 - a broken plugin is the operator's to fix; the caller gets a 422
