@@ -9,9 +9,11 @@ rising order) is its own. Per size: a Parquet file (`x` = `--features` floats, 1
 rows) is written to the tenant's import directory and registered by reference (the API reads its index columns
 and records every point), its validation job decodes it; a linear model trains for one epoch and its gradnorm
 scoring job runs (points/second from the job's timing). Then `--lookups` subjects are forgotten one request at a
-time: the POST /forget latency is the free lookup (provisional rule, no pool: LETHE_REFERENCE_K=0), and each
-request's unlearning job (imu on the forget set, audit) runs to completion before the next request; the last one's
-erasure rewrites the Parquet file without the subject's rows. Prints a table, writes bench/results/scale.json.
+time, back to back: the POST /forget latency is the free lookup (provisional rule, no pool: LETHE_REFERENCE_K=0);
+then their unlearning job (imu on the forget set, audit; the requests coalesce into the lineage's queued job) runs
+to completion, and the relay's erasure sweep then rewrites the Parquet file without the subjects' rows (the wait
+for it is timed). Prints a table,
+writes bench/results/scale.json.
 """
 
 from __future__ import annotations
@@ -103,12 +105,14 @@ def run_size(http: httpx.Client, imports: Path, n: int, d: int, lookups: int) ->
     row["train_seconds"] = trained["timings"].get("training")
     scored = wait_job(http, trained["result"]["score_job_id"])
     seconds = scored["result"].get("seconds") or scored["timings"].get("scoring")
-    row["score_seconds"] = seconds
+    wall = scored["result"].get("wall_seconds") or seconds  # sharded: shards' compute vs the job's wall time
+    row["score_seconds"], row["score_wall_seconds"] = seconds, wall
     row["score_points_per_second"] = round(n / seconds) if seconds else None
+    row["score_points_per_wall_second"] = round(n / wall) if wall else None
     row["score_shards"] = scored["result"].get("shards")
 
-    latencies, job_seconds, free = [], [], 0
-    for k in range(lookups):
+    latencies, job_ids, free = [], [], 0
+    for k in range(lookups):  # back to back: requests to one lineage coalesce into its queued job
         subject = f"s{(k * 7919) % (n // PER_SUBJECT):06d}"
         began = time.perf_counter()
         r = http.post("/forget", json={"model": name, "subject_ids": [subject], "reason": "bench",
@@ -117,15 +121,22 @@ def run_size(http: httpx.Client, imports: Path, n: int, d: int, lookups: int) ->
         assert r.status_code in (200, 202), r.text
         body = r.json()
         free += len(body["free"])
-        if body.get("job_id"):
-            job = wait_job(http, body["job_id"])
-            job_seconds.append(round(sum(v for v in job["timings"].values() if isinstance(v, int | float)), 2))
+        if body.get("job_id") and body["job_id"] not in job_ids:
+            job_ids.append(body["job_id"])
+    job_seconds = []
+    for job_id in job_ids:
+        job = wait_job(http, job_id)
+        job_seconds.append(round(sum(v for v in job["timings"].values() if isinstance(v, int | float)), 2))
     row["forget_lookup_ms"] = {"median": round(statistics.median(latencies), 1),
                                "all": [round(v, 1) for v in latencies]}
     row["forget_job_seconds"] = job_seconds
     row["forget_points_free"] = free
-    ds = http.get(f"/datasets/{name}").json()
-    row["n_erased"] = ds["n_erased"]
+    # the relay's erasure sweep (every LETHE_ERASURE_INTERVAL s) rewrites the file without the forgotten rows
+    began, expected = time.perf_counter(), lookups * PER_SUBJECT
+    while (erased := http.get(f"/datasets/{name}").json()["n_erased"]) < expected \
+            and time.perf_counter() - began < 1800:
+        time.sleep(1)
+    row["n_erased"], row["erasure_wait_seconds"] = erased, round(time.perf_counter() - began, 1)
     return row
 
 
@@ -138,14 +149,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="lethe-scale-"))
     env = os.environ | {"LETHE_DATA_DIR": str(tmp), "LETHE_BOOTSTRAP_KEY": KEY, "LETHE_DEVICE": "cpu",
-                        "LETHE_FREE_PROVISIONAL": "true", "LETHE_REFERENCE_K": "0", "LETHE_ERASURE_INTERVAL": "0",
+                        # erasure by the relay's sweep, as deployed: with 0 each request with a free point would
+                        # rewrite the file inside the request, and the lookup would time the rewrite
+                        "LETHE_FREE_PROVISIONAL": "true", "LETHE_REFERENCE_K": "0", "LETHE_ERASURE_INTERVAL": "2",
                         "LETHE_RATE_LIMIT_PER_SECOND": "0"}
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, check=True, capture_output=True)
     port = free_port()
     api = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = (tmp / "worker.log").open("wb")  # never a pipe nobody reads: a full pipe would stall the worker
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "WARNING", "--quiet"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
     try:
