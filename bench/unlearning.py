@@ -98,6 +98,10 @@ class Config:
     fashion_n: int = 5000
     size: str = "default"  # default, quick or large (the preset the run was sized from)
 
+    def __post_init__(self) -> None:
+        if self.quick and self.size == "default":
+            self.size = "quick"
+
 
 # Per setting: the default run (≤ 60 min on 2 cores), --quick (a smoke run, ≤ 5 min) and --large. A fashion CNN
 # retrain costs ~40 s here (the digits MLP ~0.5 s): fewer seeds and pruning levels, the job's ladder only, a pool of
