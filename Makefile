@@ -45,5 +45,17 @@ bench-deps: $(STAMP) data-deps
 	$(BIN)/pip install -q -c $(VENV)/bench-constraints.txt accelerate einconv einops opt_einsum tqdm
 	$(BIN)/pip install -q --no-deps -c $(VENV)/bench-constraints.txt kronfluence==1.0.1
 
+# The benchmarks of README "Benchmarks", niced (the machine is shared): each default run fits in 60 minutes on 2
+# cores; BENCH_ARGS=--quick for a smoke run (≤ 5 min each), --large for the larger one.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	nice -n 10 $(BIN)/python -m bench.unlearning $(BENCH_ARGS)
+	nice -n 10 $(BIN)/python -m bench.evidence $(BENCH_ARGS)
+
+.PHONY: bench-fashion
+bench-fashion: $(STAMP) data-deps
+	nice -n 10 $(BIN)/python -m bench.unlearning --setting fashion $(BENCH_ARGS)
+	nice -n 10 $(BIN)/python -m bench.evidence --setting fashion $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

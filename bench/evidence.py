@@ -1,13 +1,18 @@
 """Evidence (issue 13): the audit's false-alarm rate on retrains, its power by request size, the size-mismatch
 correction, influence scorers vs the measured separation, and the certified free set checked independently.
 
-    .venv/bin/python -m bench.evidence [--quick] [--seeds 100] [--sweep-seeds 30] [--out bench/results/evidence.json]
+    .venv/bin/python -m bench.evidence [--setting digits|fashion] [--quick|--large] [--seeds 100] [--sweep-seeds 30]
+                                       [--out bench/results/evidence.json]
 
 Settings (the fixtures of tests/integration/test_evidence.py):
 - memorisation: scikit-learn digits, 400 training points with 25% of the labels flipped (seeded), 350 test points,
   MLP [128], Adam lr 3e-3, 100 epochs, batch 32. The target ("parent") is trained on all 400 points with seed 0.
 - blobs (non-memorising): 1000 points from 4 Gaussian classes in 8 dimensions, a linear model, Adam lr 1e-2,
   10 epochs, batch 64.
+- fashion (`--setting fashion`, alone; writes evidence-fashion.json): 5,000 Fashion-MNIST images (Debian's
+  dataset-fashion-mnist), 10% of the labels flipped, 2,000 test images, a CNN (conv 8, conv 16, dense 256), Adam
+  lr 2e-3, 40 epochs, batch 64. Sized for 2 cores (FASHION_CONFIG): 20 replicates per kind at 100 points, no sweep,
+  K = 8 + 2, no fresh-shadow check.
 
 One reference pool per setting (K=16 in the balanced design, 4 size-shift models, `reference.fit_pool` and
 `score_pool`, as a `reference` job runs them). Then, per replicate seed: draw a request (random points, or flipped
@@ -92,7 +97,7 @@ class Setting:
         return build_model(self.arch, input_shape=self.x.shape[1:], n_classes=self.n_classes)
 
     def describe(self) -> dict[str, Any]:
-        return {"n_train": self.n, "n_test": len(self.y_test), "n_flipped": len(self.flipped),
+        return {"name": self.name, "n_train": self.n, "n_test": len(self.y_test), "n_flipped": len(self.flipped),
                 "arch": self.arch, "recipe": self.recipe, "request_kinds": list(self.kinds)}
 
 
@@ -126,6 +131,37 @@ def blobs(n: int = 1000, epochs: int = 10, seed: int = 0) -> Setting:
     xt, yt = draw(400)
     recipe = {"optimizer": "adam", "lr": 1e-2, "epochs": epochs, "batch_size": 64, "seed": 0, "checkpoints": 0}
     return Setting("blobs", x, y, xt, yt, {"kind": "linear"}, recipe, np.empty(0, dtype=np.int64), ("random",))
+
+
+FASHION_ARCH = {"kind": "cnn", "channels": [8, 16], "hidden": 256}
+
+
+def fashion(n: int = 5000, *, flip: float = 0.1, n_test: int = 2000, epochs: int = 40) -> Setting:
+    """Fashion-MNIST (Debian's dataset-fashion-mnist, workers/engine/fashion_mnist.py): a class-stratified subset
+    of n training images with a known share `flip` of the labels changed to another class before training, n_test
+    held-out test images, a small CNN (conv 8, conv 16, dense 256: 205k parameters, sized for 2 CPU cores) trained
+    with Adam lr 2e-3 for 40 epochs, batch 64: it fits the wrong labels (train accuracy 0.996, 97% of the flipped
+    ones) while test accuracy falls from 0.84 at epoch 10 to 0.80, the train/test gap a memorising model has."""
+    from workers.engine import fashion_mnist
+
+    x, y = fashion_mnist.subset(n, split="train", seed=0)
+    xt, yt = fashion_mnist.subset(n_test, split="test", seed=0)
+    y, flipped = flip_labels(y, flip, n_classes=len(fashion_mnist.CLASSES), seed=0)
+    recipe = {"optimizer": "adam", "lr": 2e-3, "epochs": epochs, "batch_size": 64, "seed": 0, "checkpoints": 0}
+    return Setting("fashion", x, y, xt, yt, dict(FASHION_ARCH), recipe, flipped, ("random", "flipped"))
+
+
+def flip_labels(y: np.ndarray, share: float, *, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of y with round(share·n) rows, drawn at random, moved to another class (each wrong class equally
+    likely), and those rows, sorted."""
+    rng = np.random.default_rng([seed, 16])
+    rows = np.sort(rng.choice(len(y), int(round(share * len(y))), replace=False))
+    out = y.copy()
+    out[rows] = (out[rows] + rng.integers(1, n_classes, len(rows))) % n_classes
+    return out, rows
+
+
+SETTINGS: dict[str, Callable[..., Setting]] = {"memorisation": memorisation, "blobs": blobs, "fashion": fashion}
 
 
 def train(setting: Setting, rows: np.ndarray, seed: int, *, order_seed: int | None = None,
@@ -400,8 +436,9 @@ class Config:
     k: int = 16
     shift_models: int = 4
     shadow_k: int = 32
-    blobs: bool = True
+    settings: tuple[str, ...] = ("memorisation", "blobs")  # names in SETTINGS
     blobs_seeds: int | None = None  # default: seeds
+    fashion_n: int = 5000  # training images of the fashion setting
     pipeline_seeds: int = 20  # replicates per kind at the main size retrained with a Lethe job's fixed seeds
     epochs: int | None = None  # override the recipes' epochs (the unit test's smallest configuration)
 
@@ -524,12 +561,24 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def make_setting(name: str, epochs: int | None = None, *, fashion_n: int = 5000) -> Setting:
+    """SETTINGS[name] with its recipe's epochs overridden (blobs: at most 10) and fashion's subset size."""
+    kwargs: dict[str, Any] = {} if not epochs else {"epochs": min(epochs, 10) if name == "blobs" else epochs}
+    if name == "fashion":
+        kwargs["n"] = fashion_n
+    return SETTINGS[name](**kwargs)
+
+
+# Fashion-MNIST's run (--setting fashion): a CNN retrain costs ~40 s here against ~0.5 s for the digits MLP, so
+# one request size, fewer replicates, a pool of K=8 + 2 and no fresh-shadow check (32 more CNNs).
+FASHION_CONFIG = {"settings": ("fashion",), "seeds": 20, "main_size": 100, "sizes": (100,), "sweep_seeds": 0,
+                  "k": 8, "shift_models": 2, "shadow_k": 0, "pipeline_seeds": 0}
+
+
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     torch.set_num_threads(1)
     began = time.perf_counter()
-    settings = [memorisation(**({"epochs": cfg.epochs} if cfg.epochs else {}))]
-    if cfg.blobs:
-        settings.append(blobs(**({"epochs": min(cfg.epochs, 10)} if cfg.epochs else {})))
+    settings = [make_setting(name, cfg.epochs, fashion_n=cfg.fashion_n) for name in cfg.settings]
     results: dict[str, Any] = {"config": asdict(cfg), "machine": machine(), "load_at_start": os.getloadavg(),
                                "audit_rule": asdict(AUDIT_RULE), "limits": ev.Limits().as_dict(),
                                "retrain_seeds": f"{RETRAIN_SEED} + replicate (initialisation and batch order)",
@@ -738,30 +787,62 @@ def write(results: dict[str, Any], out: Path) -> None:
     out.write_text(text)
 
 
+def configure(args: argparse.Namespace) -> Config:
+    """The run's Config: the setting's default size, or --quick's (a smoke run) or --large's, then the flags."""
+    fashion = args.setting == "fashion"
+    cfg = Config(**FASHION_CONFIG) if fashion else Config(settings=("memorisation",) if args.no_blobs else
+                                                         ("memorisation", "blobs"))
+    if args.quick:  # fashion: 2,000 images, 30 epochs, K=4 + 2; digits: fewer seeds and shadows
+        changes = ({"seeds": 3, "main_size": 50, "sizes": (50,), "k": 4, "fashion_n": 2000, "epochs": 30}
+                   if fashion else {"seeds": 20, "sweep_seeds": 3, "shadow_k": 16, "pipeline_seeds": 0})
+    elif args.large:
+        changes = ({"seeds": 100, "k": 16, "shift_models": 4} if fashion else
+                   {"seeds": 300, "sweep_seeds": 50, "pipeline_seeds": 50, "k": 32})
+    else:
+        changes = {}
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    for key in ("seeds", "sweep_seeds", "pipeline_seeds", "k"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.sizes:
+        cfg.sizes = tuple(args.sizes)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="20 seeds, 3 per sweep size, 16 fresh shadows, no pipeline-seed retrains (~4 min)")
+    p.add_argument("--setting", choices=("digits", "fashion"), default="digits",
+                   help="digits: the memorisation and blobs settings; fashion: Fashion-MNIST with a CNN "
+                        "(FASHION_CONFIG; writes evidence-fashion.json unless --out)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="a smoke run (≤ 5 min): digits 20 seeds, 3 per sweep size, 16 fresh shadows, no "
+                           "pipeline-seed retrains; fashion 2,000 images, 3 seeds, K=4")
+    size.add_argument("--large", action="store_true",
+                      help="digits 300 seeds, 50 per sweep size, K=32; fashion 100 seeds, K=16 + 4 (hours)")
     p.add_argument("--seeds", type=int, help=f"replicates per request kind at the main size (default {Config.seeds})")
     p.add_argument("--sweep-seeds", type=int,
                    help=f"replicates per kind at the other sizes (default {Config.sweep_seeds})")
     p.add_argument("--pipeline-seeds", type=int,
                    help=f"replicates per kind retrained with a job's fixed seeds (default {Config.pipeline_seeds})")
-    p.add_argument("--sizes", type=int, nargs="+", default=list(Config.sizes))
-    p.add_argument("--k", type=int, default=Config.k)
+    p.add_argument("--sizes", type=int, nargs="+")
+    p.add_argument("--k", type=int)
     p.add_argument("--no-blobs", action="store_true")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evidence.json")
+    p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    cfg = Config(sizes=tuple(args.sizes), k=args.k, blobs=not args.no_blobs)
-    if args.quick:
-        cfg.seeds, cfg.sweep_seeds, cfg.shadow_k, cfg.pipeline_seeds = 20, 3, 16, 0
-    cfg.seeds = args.seeds or cfg.seeds
-    cfg.sweep_seeds = args.sweep_seeds or cfg.sweep_seeds
-    cfg.pipeline_seeds = cfg.pipeline_seeds if args.pipeline_seeds is None else args.pipeline_seeds
-    results = run(cfg)
-    write(results, args.out)
+    cfg = configure(args)
+    out = args.out or Path(__file__).parent / "results" / (
+        "evidence-fashion.json" if args.setting == "fashion" else "evidence.json")
+    print(f"{'quick' if args.quick else 'large' if args.large else 'default'} run: settings {list(cfg.settings)}"
+          + (f" ({cfg.fashion_n} images)" if "fashion" in cfg.settings else "")
+          + f"; {cfg.seeds} seeds per kind at {cfg.main_size} points, {cfg.sweep_seeds} at sizes "
+            f"{sorted(set(cfg.sizes) - {cfg.main_size})}; {cfg.pipeline_seeds} with a job's seeds; pool "
+            f"K={cfg.k}+{cfg.shift_models}; {cfg.shadow_k} fresh shadows", flush=True)
+    results = run(cfg, log=lambda m: print(m, flush=True))
+    write(results, out)
     print_tables(results)
-    print(f"\ntotal {results['total_seconds'] / 60:.1f} min; wrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"\ntotal {results['total_seconds'] / 60:.1f} min; wrote {out} and {out.with_suffix('.png')}")
     return results
 
 

@@ -1,10 +1,18 @@
 """Unlearning algorithms against both ends — doing nothing and retraining — on a memorising model, with the pool
 audit a Lethe job runs, several seeds and intervals (issue 16).
 
-    .venv/bin/python -m bench.unlearning [--quick] [--seeds 5] [--fa-seeds 100] [--out bench/results/unlearning.json]
+    .venv/bin/python -m bench.unlearning [--setting digits|fashion] [--quick|--large] [--seeds 5] [--fa-seeds 100]
+                                         [--out bench/results/unlearning.json]
 
-Setting (bench/evidence.py's memorisation fixture, shared with tests/integration/test_evidence.py): scikit-learn
-digits, 400 training points of which 100 carry a wrong label, 350 test points, MLP [128], Adam lr 3e-3, 100
+Sizes (PRESETS; printed at the start): the default run of each setting fits in 60 minutes on 2 cores, --quick is a
+smoke run (≤ 5 min), --large more seeds and a larger pool.
+
+Setting `fashion` (bench.evidence.fashion): 5,000 Fashion-MNIST images with 10% of the labels flipped, a CNN (conv
+8, conv 16, dense 256) that fits them, 2,000 test images; forget sets of 100 random, 100 mislabelled and 150 images
+of one class (30% of it: concentrated). The code path is the same as the digits'; only PRESETS["fashion"] sizes it.
+
+Setting `digits` (bench/evidence.py's memorisation fixture, shared with tests/integration/test_evidence.py):
+scikit-learn digits, 400 training points of which 100 carry a wrong label, 350 test points, MLP [128], Adam lr 3e-3, 100
 epochs, batch 32: the parent fits every flipped label, a model that never saw them does not. No augmentation,
 so no forget point has near-duplicates left in the retain set. The parent (seed 0, all 400 points, 3 Adam
 checkpoints kept for LESS) and its reference pool (K=16 + 4 size-shift models, `reference.fit_pool`/`score_pool`
@@ -29,7 +37,9 @@ verdict counts with Clopper–Pearson intervals.
 Also: retrain false alarms over `--fa-seeds` (seed, request) pairs of 40 random and 40 flipped points
 (bench.evidence.replicate); the less scorer before/after the own-term fix (negative share, the lowest decile's
 gradnorm percentiles); Fig 4.1 of 000: retrain without the n lowest points per scorer and random, accuracy on the
-removed points and their group LiRA AUC on the pool. Writes the JSON, a PNG next to it, and prints the tables.
+removed points and their group LiRA AUC on the pool. Writes the JSON, a PNG next to it (Fig 5.1/5.2: wall time
+against the audit statistic as q_forget and q_retain grow, do nothing and retrain marked; Fig 4.1), and prints the
+tables.
 """
 
 from __future__ import annotations
@@ -84,6 +94,39 @@ class Config:
     shift_models: int = 4
     epochs: int | None = None  # override the recipe (the unit test's smallest run)
     quick: bool = False
+    setting: str = "memorisation"  # bench.evidence.SETTINGS: memorisation (digits) or fashion
+    fashion_n: int = 5000
+    size: str = "default"  # default, quick or large (the preset the run was sized from)
+
+    def __post_init__(self) -> None:
+        if self.quick and self.size == "default":
+            self.size = "quick"
+
+
+# Per setting: the default run (≤ 60 min on 2 cores), --quick (a smoke run, ≤ 5 min) and --large. A fashion CNN
+# retrain costs ~40 s here (the digits MLP ~0.5 s): fewer seeds and pruning levels, the job's ladder only, a pool of
+# K=8 + 2, no stronger attempts (so no job ladder), Fig 4.1 at one size, and the retrain false alarms left to
+# `bench.evidence --setting fashion`.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "memorisation": {
+        "default": {},
+        "quick": {"seeds": 3, "pruning": ((0.0, 0.0), (0.4, 0.0), (0.0, 0.4)), "fa_seeds": 20, "fig41_n": (40,)},
+        "large": {"seeds": 10, "fa_seeds": 300}},
+    "fashion": {
+        "default": {"setting": "fashion", "seeds": 3, "forget_size": 100, "slice_size": 150,
+                    "pruning": ((0.0, 0.0), (0.0, 0.5)), "strengths": 1, "fa_seeds": 0,
+                    "fig41_n": (250,), "k": 8, "shift_models": 2},
+        "quick": {"setting": "fashion", "seeds": 2, "forget_size": 30, "slice_size": 40, "pruning": ((0.0, 0.0),),
+                  "strengths": 1, "fa_seeds": 0, "fig41_n": (50,), "k": 4, "shift_models": 2, "fashion_n": 1000,
+                  "epochs": 30},
+        "large": {"setting": "fashion", "seeds": 5, "forget_size": 100, "slice_size": 150, "strengths": 2,
+                  "fa_seeds": 20, "fig41_n": (100, 250, 500), "k": 16, "shift_models": 4}},
+}
+
+
+def preset(setting: str, size: str = "default") -> Config:
+    """The Config of a setting's default, quick or large run."""
+    return Config(**PRESETS[setting][size], quick=size == "quick", size=size)
 
 
 def draw_forget(setting: evb.Setting, kind: str, cfg: Config, seed: int) -> np.ndarray:
@@ -360,7 +403,7 @@ class Result:
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     torch.set_num_threads(1)
     began, load_at_start = time.perf_counter(), os.getloadavg()
-    setting = evb.memorisation(**({"epochs": cfg.epochs} if cfg.epochs else {}))
+    setting = evb.make_setting(cfg.setting, cfg.epochs, fashion_n=cfg.fashion_n)
     f = evb.fit(setting, k=cfg.k, shift_models=cfg.shift_models)
     log(f"parent {f.seconds['parent']:.1f}s (train accuracy {f.parent_train_accuracy:.3f}), pool K={cfg.k}"
         f"+{cfg.shift_models} {f.seconds['pool']:.1f}s")
@@ -376,7 +419,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     summary = summarise(rows)
     res = Result(asdict(cfg), setting.describe(), evb.machine() | {"load_at_start": load_at_start},
                  {"parent": f.seconds["parent"], "pool": f.seconds["pool"], "rows": t_rows}, rows)
-    out = asdict(res) | {"size": "quick" if cfg.quick else "default", "prune_scorer": PRUNE_SCORER,
+    out = asdict(res) | {"size": cfg.size, "prune_scorer": PRUNE_SCORER,
                          "variants": {label: {"algorithm": a, "params": validate_params(a, p)}
                                       for label, a, p in VARIANTS if label in cfg.variants},
                          "audit_rule": asdict(evb.AUDIT_RULE), "max_acc_drop": MAX_ACC_DROP,
@@ -451,6 +494,18 @@ def print_tables(r: dict[str, Any]) -> None:
         print(f"  [{t['status']}] {t['target']}: {t['shown']}")
 
 
+def fig5_points(summary: list[dict[str, Any]], kind: str, label: str, axis: str) -> list[dict[str, Any]]:
+    """One curve of 000's Fig 5.1 (axis q_forget) or 5.2 (q_retain): the variant's rows with the other fraction at 0,
+    by the growing fraction; per point the mean seconds and the audit statistic's mean and 95% interval (forget
+    quality: 0 treats the request like a model that never saw it, 1 like one trained on it)."""
+    other = "q_retain" if axis == "q_forget" else "q_forget"
+    rows = sorted((x for x in summary if x["kind"] == kind and x["label"] == label and x[other] == 0),
+                  key=lambda x: x[axis])
+    return [{"q": x[axis], "seconds": x["seconds"]["mean"], "statistic": x["statistic"]["mean"],
+             "ci95": x["statistic"]["ci95"], "passed": x["verdicts"]["passed"]["count"], "n": x["n"]}
+            for x in rows if x["statistic"]["mean"] is not None]
+
+
 def plot(r: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -462,21 +517,25 @@ def plot(r: dict[str, Any], path: Path) -> None:
     for col, kind in enumerate(kinds):
         for row, axis in enumerate(("q_forget", "q_retain")):
             ax = axes[row][col]
-            other = "q_retain" if axis == "q_forget" else "q_forget"
             for label in r["config"]["variants"]:
-                pts = sorted((s for s in r["summary"] if s["kind"] == kind and s["label"] == label
-                              and s[other] == 0), key=lambda s: s[axis])
+                pts = fig5_points(r["summary"], kind, label, axis)
                 if pts:
-                    ax.plot([s["seconds"]["mean"] for s in pts], [s["avg_gap"]["mean"] for s in pts], "o-",
-                            label=label, ms=3)
+                    y = np.array([p["statistic"] for p in pts])
+                    err = np.array([[0.0 if p["ci95"][0] is None else p["statistic"] - p["ci95"][0] for p in pts],
+                                    [0.0 if p["ci95"][1] is None else p["ci95"][1] - p["statistic"] for p in pts]])
+                    line = ax.errorbar([max(p["seconds"], 1e-3) for p in pts], y, yerr=err, fmt="o-", ms=3,
+                                       capsize=2, lw=1, label=label).lines[0]
+                    ax.annotate(f"{axis[2]}={pts[-1]['q']:g}", (max(pts[-1]["seconds"], 1e-3), y[-1]), fontsize=5,
+                                color=line.get_color())
             for ref, mark in (("do_nothing", "kx"), ("retrain", "k*")):
-                s = next((s for s in r["summary"] if s["kind"] == kind and s["label"] == ref), None)
-                if s:
-                    ax.plot([max(s["seconds"]["mean"], 1e-3)], [s["avg_gap"]["mean"]], mark, ms=10, label=ref)
+                pts = fig5_points(r["summary"], kind, ref, axis)[:1]
+                if pts:
+                    ax.plot([max(pts[0]["seconds"], 1e-3)], [pts[0]["statistic"]], mark, ms=11, label=ref)
+            ax.axhline(0, color="grey", lw=0.6, ls=":")
             ax.set_xscale("log")
-            ax.set_title(f"{kind}: {axis} grows (Fig 5.{row + 1})", fontsize=9)
-            ax.set_xlabel("seconds (log)")
-            ax.set_ylabel("Avg Gap to retrain")
+            ax.set_title(f"{r['setting'].get('name', '')} {kind}: {axis} grows (Fig 5.{row + 1})", fontsize=9)
+            ax.set_xlabel("unlearning wall time, s (log; do nothing drawn at 1 ms)")
+            ax.set_ylabel("audit statistic (0 ≈ never saw it, 1 ≈ trained on it)")
         axes[0][0].legend(fontsize=6)
     for row, key in enumerate(("removed_accuracy", "lira_auc")):
         ax = axes[row][-1]
@@ -484,12 +543,15 @@ def plot(r: dict[str, Any], path: Path) -> None:
             pts = [x for x in r["fig41"] if x["scorer"] == name]
             if pts:
                 ax.plot([x["n"] for x in pts], [x[key] for x in pts], "o-", label=name)
+        if key == "lira_auc":
+            ax.axhline(0.5, color="grey", lw=0.6, ls=":")
         ax.set_title(f"Fig 4.1: retrain without the n lowest — {key}", fontsize=9)
         ax.set_xlabel("n removed")
         ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write(r: dict[str, Any], out: Path) -> None:
@@ -498,30 +560,42 @@ def write(r: dict[str, Any], out: Path) -> None:
     plot(r, out.with_suffix(".png"))
 
 
+def describe(cfg: Config) -> str:
+    """What the run will do (printed at its start)."""
+    return (f"{cfg.size} run, setting {cfg.setting}" + (f" ({cfg.fashion_n} images)" if cfg.setting == "fashion"
+                                                         else "")
+            + f": {cfg.seeds} seeds, forget sets {cfg.kinds} ({cfg.forget_size} points; class slice "
+              f"{cfg.slice_size}), {len(cfg.variants)} variants × {len(cfg.pruning)} pruning levels "
+              f"{list(cfg.pruning)}, strengths 1..{cfg.strengths}, {cfg.fa_seeds} false-alarm seeds per kind, "
+              f"Fig 4.1 n={list(cfg.fig41_n)}, pool K={cfg.k}+{cfg.shift_models}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3 seeds, 3 pruning levels, 20 false-alarm seeds, "
-                   "Fig 4.1 at n=40 only (≤ 5 min): a smoke run, not the measurement")
-    p.add_argument("--seeds", type=int, help=f"seeds per forget set (default {Config.seeds})")
-    p.add_argument("--fa-seeds", type=int, help=f"retrain false-alarm runs per kind (default {Config.fa_seeds})")
+    p.add_argument("--setting", choices=("digits", "fashion"), default="digits",
+                   help="digits: flipped-label digits, MLP; fashion: Fashion-MNIST, CNN (writes "
+                        "unlearning-fashion.json unless --out)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smoke run (≤ 5 min), not the measurement")
+    size.add_argument("--large", action="store_true", help="more seeds, the full grid, a larger pool (PRESETS)")
+    p.add_argument("--seeds", type=int, help="seeds per forget set")
+    p.add_argument("--fa-seeds", type=int, help="retrain false-alarm runs per kind")
     p.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS])
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "unlearning.json")
+    p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    cfg = Config()
-    if args.quick:
-        cfg = Config(seeds=3, pruning=((0.0, 0.0), (0.4, 0.0), (0.0, 0.4)), fa_seeds=20, fig41_n=(40,), quick=True)
+    cfg = preset("fashion" if args.setting == "fashion" else "memorisation",
+                 "quick" if args.quick else "large" if args.large else "default")
     cfg.seeds = args.seeds or cfg.seeds
     cfg.fa_seeds = cfg.fa_seeds if args.fa_seeds is None else args.fa_seeds
     if args.variants:
         cfg.variants = tuple(args.variants)
-    print(f"{'quick' if cfg.quick else 'default'} run: {cfg.seeds} seeds, forget sets {cfg.kinds} "
-          f"({cfg.forget_size} points; class slice {cfg.slice_size}), {len(cfg.variants)} variants × "
-          f"{len(cfg.pruning)} pruning levels {list(cfg.pruning)}, {cfg.fa_seeds} false-alarm seeds per kind, "
-          f"Fig 4.1 n={list(cfg.fig41_n)}, pool K={cfg.k}+{cfg.shift_models}", flush=True)
+    out = args.out or Path(__file__).parent / "results" / (
+        "unlearning-fashion.json" if args.setting == "fashion" else "unlearning.json")
+    print(describe(cfg), flush=True)
     r = run(cfg, log=lambda m: print(m, flush=True))
-    write(r, args.out)
+    write(r, out)
     print_tables(r)
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
     return r
 
 
