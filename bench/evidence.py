@@ -11,7 +11,7 @@ Settings (the fixtures of tests/integration/test_evidence.py):
   10 epochs, batch 64.
 - fashion (`--setting fashion`, alone; writes evidence-fashion.json): 5,000 Fashion-MNIST images (Debian's
   dataset-fashion-mnist), 10% of the labels flipped, 2,000 test images, a CNN (conv 8, conv 16, dense 256), Adam
-  lr 2e-3, 40 epochs, batch 64. Sized for 2 cores (FASHION_CONFIG): 20 replicates per kind at 100 points, no sweep,
+  lr 2e-3, 40 epochs, batch 64. Sized for 2 cores (FASHION_CONFIG): 10 replicates per kind at 100 points, no sweep,
   K = 8 + 2, no fresh-shadow check.
 
 One reference pool per setting (K=16 in the balanced design, 4 size-shift models, `reference.fit_pool` and
@@ -571,7 +571,7 @@ def make_setting(name: str, epochs: int | None = None, *, fashion_n: int = 5000)
 
 # Fashion-MNIST's run (--setting fashion): a CNN retrain costs ~40 s here against ~0.5 s for the digits MLP, so
 # one request size, fewer replicates, a pool of K=8 + 2 and no fresh-shadow check (32 more CNNs).
-FASHION_CONFIG = {"settings": ("fashion",), "seeds": 20, "main_size": 100, "sizes": (100,), "sweep_seeds": 0,
+FASHION_CONFIG = {"settings": ("fashion",), "seeds": 10, "main_size": 100, "sizes": (100,), "sweep_seeds": 0,
                   "k": 8, "shift_models": 2, "shadow_k": 0, "pipeline_seeds": 0}
 
 
