@@ -35,6 +35,9 @@ EXIT_CODES = (
 )
 
 
+KEEP_ALIVE_SECONDS = 75
+
+
 def _code_for(status: int) -> int:
     if status in (404, 410):
         return NOT_FOUND
@@ -262,7 +265,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     console.print(f"Lethe on http://{host}:{port}  (docs: /docs)   admin API key: [bold]{key}[/bold]\n"
                   f"try: curl -s -H 'Authorization: Bearer {key}' http://{host}:{port}/models/digits")
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+        # Keep idle connections longer than clients and proxies do (httpx 5 s, nginx 75 s): with uvicorn's 5 s
+        # default a client reusing a connection just as the server closes it gets a ReadError mid-request.
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning",
+                    timeout_keep_alive=KEEP_ALIVE_SECONDS)
     finally:
         relay.stop()
         if child is not None:
