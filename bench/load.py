@@ -132,13 +132,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratios[level] = by["forget (all free)"]["p99_ms"] / by["healthz"]["p99_ms"]
     print("\nforget p99 / healthz p99 (target <= 3):",
           ", ".join(f"c={k}: {v:.1f}x {'PASS' if v <= 3 else 'MISS'}" for k, v in ratios.items()))
-    result = {"rows": rows, "p99_ratio_forget_to_healthz": ratios,
-              "errors": sum(r["errors"] for r in rows), "points": args.points,
-              "database": "postgres" if "LETHE_DATABASE_URL" in os.environ else "sqlite",
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    return save({"rows": rows, "p99_ratio_forget_to_healthz": ratios,
+                 "errors": sum(r["errors"] for r in rows), "points": args.points}, args.out)
+
+
+def save(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A service benchmark's result with the database and machine it ran on, written as JSON to `out`."""
+    result = result | {"database": "postgres" if "LETHE_DATABASE_URL" in os.environ else "sqlite",
+                       "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
     return result
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import load
 from tests.support import free_port, stop, wait_until_up
 
 KEY = "lethe_bench_scale_key"
@@ -189,15 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['forget_lookup_ms']['median']:>9} | "
               f"{','.join(map(str, r['forget_job_seconds'])):>14} | {r['api_rss_mib']['VmHWM']:>12} | "
               f"{r['worker_rss_mib']['VmHWM']:>15}")
-    result = {"rows": rows, "baseline_rss_mib": baseline, "features": args.features,
-              "database": "postgres" if "LETHE_DATABASE_URL" in os.environ else "sqlite",
-              "note": "peak RSS is VmHWM, cumulative over the sizes (run in rising order); it includes each "
-                      "process's imports (torch in the worker)",
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
-    return result
+    return load.save({"rows": rows, "baseline_rss_mib": baseline, "features": args.features,
+                      "note": "peak RSS is VmHWM, cumulative over the sizes (run in rising order); it includes each "
+                              "process's imports (torch in the worker)"}, args.out)
 
 
 if __name__ == "__main__":
