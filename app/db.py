@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, MetaData, Select, TypeDecorator, create_engine, event, exc, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 
 from app.settings import get_settings
 
@@ -221,19 +221,45 @@ def get_engine(readonly: bool = False) -> Engine:
     return engine_for(url)  # Postgres: row locks do the serialising; one engine serves both
 
 
+AFTER_COMMIT = ("delete_after_commit", "on_commit")  # session.info lists run once the outermost commit lands
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    """Remember how much after-commit work was registered when a savepoint began, so rolling it back drops
+    only what was registered inside it."""
+    if transaction.nested:
+        session.info.setdefault("savepoints", {})[id(transaction)] = {k: len(session.info.get(k, []))
+                                                                     for k in AFTER_COMMIT}
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_on_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A rolled-back savepoint drops what it registered; a rolled-back transaction drops everything."""
+    if previous_transaction.nested:
+        mark = session.info.get("savepoints", {}).pop(id(previous_transaction), None) or {}
+        for key, n in mark.items():
+            del session.info.get(key, [])[n:]
+    elif previous_transaction.parent is None:
+        for key in (*AFTER_COMMIT, "savepoints"):
+            session.info.pop(key, None)
+
+
 @event.listens_for(Session, "after_commit")
-def _delete_after_commit(session: Session) -> None:
-    """Artifacts superseded in a transaction are deleted only once it committed (never on rollback)."""
+def _run_after_commit(session: Session) -> None:
+    """Work that must only start once its rows are committed: deleting superseded artifacts (never on rollback),
+    then the on_commit callbacks (publishing the outbox, waking the webhook senders), run once, never raising.
+    SQLAlchemy fires after_commit when a savepoint is released too; the outer transaction may still roll back
+    (and, on SQLite, still holds the write lock a publish would wait 30 s for), so that waits for the real
+    commit."""
     from app import artifacts
 
+    if session.get_nested_transaction() is not None:
+        session.info.get("savepoints", {}).pop(id(session.get_nested_transaction()), None)
+        return
+    session.info.pop("savepoints", None)
     for uri in session.info.pop("delete_after_commit", []):
         artifacts.delete(uri)
-
-
-@event.listens_for(Session, "after_commit")
-def _run_on_commit(session: Session) -> None:
-    """Work that must only start once its rows are committed (publishing the outbox, waking the webhook
-    senders): registered with on_commit, run once per transaction, never on rollback, never raising."""
     for fn in session.info.pop("on_commit", []):
         try:
             fn()
@@ -242,16 +268,10 @@ def _run_on_commit(session: Session) -> None:
 
 
 def on_commit(session: Session, fn: Callable[[], None]) -> None:
-    """Call `fn()` once after this session's transaction commits (not at all if it rolls back)."""
+    """Call `fn()` once after this session's outermost transaction commits (not at all if it rolls back)."""
     pending = session.info.setdefault("on_commit", [])
     if fn not in pending:
         pending.append(fn)
-
-
-@event.listens_for(Session, "after_rollback")
-def _keep_on_rollback(session: Session) -> None:
-    session.info.pop("delete_after_commit", None)
-    session.info.pop("on_commit", None)
 
 
 def count(session: Session, query: Select[Any]) -> int:

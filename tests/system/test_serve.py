@@ -97,6 +97,13 @@ def test_governance_system_forgets_50_points(server: tuple[str, dict[str, str], 
                          env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "request" in cli.stdout and "job completed digits@4" in cli.stdout  # v3 was trained unpromoted
+    # registering digits@4 queued its scoring: let the worker drain the queue, then the status says so
+    with httpx.Client(base_url=url, headers=h, timeout=30) as http:
+        deadline = time.monotonic() + 300
+        while http.get("/jobs", params={"status": "queued"}).json()["total"] or \
+                http.get("/jobs", params={"status": "running"}).json()["total"]:
+            assert time.monotonic() < deadline, "the queue never drained"
+            time.sleep(0.5)
     status = subprocess.run([sys.executable, "-m", "app.cli", "status", "--url", url,
                              "--key", h["Authorization"].split()[1]], env=env, capture_output=True, text=True,
                             timeout=120)
