@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -164,3 +165,13 @@ def test_weights_and_score_cache_round_trip(tmp_path, trained: torch.nn.Module) 
     mm = load_scores(tmp_path, "gradnorm")
     assert isinstance(mm, np.memmap) and mm.tolist() == scores.tolist()
     assert load_scores(tmp_path, "hessian") is None
+
+
+def test_cv_auc_with_a_one_class_training_fold_is_a_number() -> None:
+    # 2 members among 12: a fold split can leave a training fold without members (the audit of a tiny request)
+    feats, labels = np.arange(12.0), np.r_[np.ones(2), np.zeros(10)]
+    folds = [(np.arange(2, 12), np.arange(0, 4)), (np.r_[0:2, 4:12], np.arange(2, 4))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'mean of empty slice'
+        auc = cv_auc(feats, labels, folds)
+    assert np.isfinite(auc)

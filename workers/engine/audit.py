@@ -83,7 +83,10 @@ def cv_auc(feats: np.ndarray, labels: np.ndarray, folds_idx: list[tuple[np.ndarr
     aucs = []
     for train, test in folds_idx:
         lab = labels[train]
-        direction = np.sign(feats[train][lab == 1].mean() - feats[train][lab == 0].mean()) or 1.0
+        # a training fold holding one class only (tiny sets) has no direction to learn: keep the feature's own
+        direction = 1.0
+        if (lab == 1).any() and (lab == 0).any():
+            direction = float(np.sign(feats[train][lab == 1].mean() - feats[train][lab == 0].mean())) or 1.0
         aucs.append(_auc(direction * feats[test], labels[test]))
     return float(np.mean(aucs))
 
