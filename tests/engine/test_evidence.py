@@ -54,6 +54,15 @@ def test_certification_admits_null_points_and_keeps_leaky_ones_out() -> None:
     assert ev.significantly_identifiable(leaky_group, ev.Limits())
 
 
+def test_a_pool_of_four_certifies_nothing_and_says_why() -> None:
+    phi_std, mask, _ = synthetic(n_null=2000, n_leaky=0, k=4)  # every point null: K = 8 certifies the bulk
+    cert, _ = ev.certify(phi_std, mask, seed=0)
+    assert not cert.certified.any()
+    assert all("2 models (K=4)" in h["not_certified"] for h in cert.halves)
+    eight, _ = ev.certify(*synthetic(n_null=2000, n_leaky=0, k=8)[:2], seed=0)
+    assert eight.certified.sum() >= 1000 and not any("not_certified" in h for h in eight.halves)
+
+
 def test_audit_passes_a_retrain_fails_doing_nothing_and_says_inconclusive_without_power() -> None:
     phi_std, mask, leaky = synthetic(seed=1)
     rng = np.random.default_rng(9)

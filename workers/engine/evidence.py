@@ -23,6 +23,10 @@ import numpy as np
 _GRID = 32  # quantiles per distribution when a separation is integrated
 _Z = np.array([NormalDist().inv_cdf((j + 0.5) / _GRID) for j in range(_GRID)])
 _VAR_FLOOR = 1e-4  # standardised units: φ of saturated points varies by ~1e-3 between models
+# Certification bounds group LiRA by resampling the certifying half's models: with 2 of them (K = 4) the bootstrap
+# has three model multisets and its 95% bound means nothing. K = 8 (4 per half) agreed with 16 fresh shadow models
+# in every replicate of bench/certify_k.py; K = 4 was never measured, so it serves audits but certifies nothing.
+MIN_CERTIFY_MODELS = 4
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,11 @@ def certify(phi_std: np.ndarray, in_mask: np.ndarray, *, limits: Limits = Limits
     reports = []
     for select_half in ((0, 1) if swap else (0,)):
         cert_half = 1 - select_half
+        if (held := int((half == cert_half).sum())) < MIN_CERTIFY_MODELS:
+            reports.append({"select_half": select_half, "certify_half": cert_half, "n_certified": 0, "curve": [],
+                            "not_certified": f"the certifying half holds {held} models (K={k}); a group bound "
+                                             f"resampled over fewer than {MIN_CERTIFY_MODELS} models is not a bound"})
+            continue
         sel = half == select_half
         sep = point_auc(scores[sel], in_mask[sel])
         # ties (few models: AUC moves in steps of 1/(K/4)²) broken by the fitted Gaussians' separation
