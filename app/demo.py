@@ -134,7 +134,7 @@ def run_demo(*, dataset: str = DEMO, size: int | None = None, echo=print) -> dic
         tenant_id = tenants.get_or_create_tenant(s, name=tenants.DEFAULT_TENANT).id
         ds = s.scalar(select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.name == name))
         if ds is None:
-            uri = f"datasets/{name}-demo.{demo.suffix}"
+            uri = artifacts.demo_dataset_uri(name, demo.suffix)
             data = fashion_parquet(size or FASHION_SIZE) if dataset == FASHION else digits_npz()
             path, sha, _ = artifacts.write_chunks(uri, [data])
             ds = datasets.register(s, tenant_id=tenant_id, name=name, uri=uri, sha256=sha)

@@ -50,7 +50,7 @@ async def create_dataset(request: Request, caller: Modeller, session: SessionDep
         raise Unprocessable("multipart form needs a 'name' field and a 'file' (.npz or Parquet)")
     upload.file.seek(0)
     suffix = "parquet" if upload.file.read(len(parquet.MAGIC)) == parquet.MAGIC else "npz"
-    uri = f"datasets/{new_id()}.{suffix}"
+    uri = artifacts.dataset_uri(new_id(), suffix)
     sha, _ = store_upload(upload, uri=uri)
     return _register(session, tenant_id=caller.tenant_id, name=name, uri=uri, sha=sha, by_reference=False)
 

@@ -137,7 +137,7 @@ def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
         raise Unprocessable(f"uri {uri!r} cannot be read: {exc.strerror or 'I/O error'}") from exc
     if not is_parquet:
         check_npz(path)  # a bomb is refused before anything is copied
-    copy = f"datasets/{new_id()}.{'parquet' if is_parquet else 'npz'}"
+    copy = artifacts.dataset_uri(new_id(), 'parquet' if is_parquet else 'npz')
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as fh:
@@ -310,7 +310,7 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
 
     evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(p.row) for p in erase])
     n_erased = session.scalar(select(func.count(Point.erased_at)).where(Point.dataset_id == dataset_id)) or 0
-    new_uri = f"datasets/{ds.id}-e{n_erased + len(erase)}.{'parquet' if ds.format == 'parquet' else 'npz'}"
+    new_uri = artifacts.erased_dataset_uri(ds.id, n_erased + len(erase), ds.format)
     if ds.format == "parquet":  # the rows leave the file (and are zeroed in its decoded cache)
         dest = artifacts.path_of(new_uri)
         parquet.erased_copy(artifacts.path_of(old_uri), dest, point_ids={p.point_id for p in erase},
@@ -327,10 +327,10 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                   data={"n": len(ids), "point_ids": ids if len(ids) <= 1000 else None,
                         "point_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
                         "old_sha256": old_sha, "new_sha256": new_sha})
-    if old_uri.startswith("datasets/"):  # never a file Lethe did not write (references registered before copies)
+    if artifacts.written_by_lethe(old_uri):  # never a file Lethe did not write (references registered before copies)
         session.info.setdefault("delete_after_commit", []).append(old_uri)
         if ds.format == "parquet":
-            session.info["delete_after_commit"].append(old_uri + parquet.CACHE_SUFFIX)
+            session.info["delete_after_commit"].append(artifacts.dataset_cache_uri(old_uri))
     return ids
 
 

@@ -127,7 +127,7 @@ def test_forget_json_and_wait(toy: TestClient, monkeypatch: pytest.MonkeyPatch) 
     assert status.exit_code == 0 and json.loads(status.stdout)["ledger_ok"] is True
 
     # a job that fails: --wait exits 5 (not an audit failure), with the job's error on one line
-    import workers.engine_facade as engine
+    import workers.engine.api as engine
 
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("the unlearning run crashed")
