@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from app import artifacts
 from app.datasets import service as datasets
+from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.evidence import service as evidence
@@ -139,7 +140,7 @@ def run_demo(*, dataset: str = DEMO, size: int | None = None, echo=print) -> dic
             path, sha, _ = artifacts.write_chunks(uri, [data])
             ds = datasets.register(s, tenant_id=tenant_id, name=name, uri=uri, sha256=sha)
             echo(f"registered dataset '{name}' ({ds.n_points} points, {ds.n_test} test, {demo.suffix})")
-        if ds.status == "validating":
+        if ds.status == DatasetStatus.VALIDATING:
             validate_job = datasets.validation_job(s, dataset_id=ds.id)
     if validate_job:
         echo(f"validating '{name}' (decoding every image) …")

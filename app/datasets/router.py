@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from app import artifacts
 from app.auth import Modeller, Reader
 from app.datasets import service
+from app.datasets.enums import DatasetStatus
 from app.datasets.schemas import DatasetByReference, DatasetRead
 from app.datasets.tables import Dataset
 from app.db import SessionDep, new_id
@@ -65,7 +66,7 @@ def _register(session: SessionDep, *, tenant_id: str, name: str, uri: str, sha: 
     except BaseException:
         artifacts.delete(uri)
         raise
-    if ds.status == "validating":
+    if ds.status == DatasetStatus.VALIDATING:
         kick()  # publish its validation job (outbox); the relay thread retries
     return _read(session, ds)
 

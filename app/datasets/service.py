@@ -18,12 +18,15 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from app import artifacts
+from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset, Point
 from app.db import new_id, page, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
+from app.forget.enums import REMOVED, RequestStatus
 from app.identity import keyed_hash
 from app.jobs.enums import JobKind
 from app.ledger import service as ledger
+from app.registry.enums import VersionStatus
 from app.settings import get_settings
 from app.uploads import MAX_NPY_HEADER, check_npz
 from workers.engine import parquet  # torch-free: pyarrow, numpy, Pillow
@@ -168,9 +171,9 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
             summary: NpzSummary | parquet.Index = parquet.read_index(path)
         except parquet.ParquetError as exc:
             raise Unprocessable(artifacts.redact(str(exc))) from None
-        fmt, features, status = "parquet", summary.features, "validating"
+        fmt, features, status = "parquet", summary.features, DatasetStatus.VALIDATING
     else:
-        summary, fmt, features, status = inspect_npz(path), "npz", "x", "ready"
+        summary, fmt, features, status = inspect_npz(path), "npz", "x", DatasetStatus.READY
     ds = Dataset(tenant_id=tenant_id, name=name, uri=uri, sha256=sha256, n_points=len(summary.ids),
                  n_test=summary.n_test, n_classes=summary.n_classes, input_shape=summary.input_shape,
                  has_subjects=summary.subjects is not None, by_reference=by_reference, format=fmt,
@@ -188,7 +191,7 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
                                           "n_test": ds.n_test, "by_reference": by_reference,
                                           **({"format": fmt, "features": features} if fmt != "npz" else {})})
-    if status == "validating":
+    if status == DatasetStatus.VALIDATING:
         from app.jobs import service as jobs
 
         jobs.create(session, tenant_id=tenant_id, kind=JobKind.VALIDATE, model_id=None, version=None,
@@ -198,10 +201,10 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
 
 def require_ready(ds: Dataset) -> None:
     """Models are registered only on a dataset whose every row decoded: 409 while validating, 422 if it failed."""
-    if ds.status == "validating":
+    if ds.status == DatasetStatus.VALIDATING:
         raise Conflict(f"dataset '{ds.name}' is still validating (its validation job decodes every row); "
                        "models can be registered on it once its status is ready")
-    if ds.status == "failed":
+    if ds.status == DatasetStatus.FAILED:
         raise Unprocessable(f"dataset '{ds.name}' failed validation: {ds.error}; register a corrected file "
                             "under another name")
     if ds.features == "text":
@@ -213,8 +216,8 @@ def validated(session: Session, *, dataset_id: str) -> Dataset:
     """Its validation job decoded every row: the dataset is ready (once), with its ledger entry."""
     ledger.lock_chain(session, tenant_id=session.get(Dataset, dataset_id).tenant_id)
     ds = session.get(Dataset, dataset_id)
-    if ds.status == "validating":
-        ds.status = "ready"
+    if ds.status == DatasetStatus.VALIDATING:
+        ds.status = DatasetStatus.READY
         ledger.append(session, tenant_id=ds.tenant_id, event="dataset.ready", subject_type="dataset",
                       subject_id=ds.id, data={"n_points": ds.n_points, "n_test": ds.n_test})
     return ds
@@ -224,8 +227,8 @@ def invalid(session: Session, *, dataset_id: str, error: str) -> None:
     """Rows did not decode: the dataset failed validation, naming them (once), with its ledger entry."""
     ledger.lock_chain(session, tenant_id=session.get(Dataset, dataset_id).tenant_id)
     ds = session.get(Dataset, dataset_id)
-    if ds.status == "validating":
-        ds.status, ds.error = "failed", error
+    if ds.status == DatasetStatus.VALIDATING:
+        ds.status, ds.error = DatasetStatus.FAILED, error
         ledger.append(session, tenant_id=ds.tenant_id, event="dataset.failed", subject_type="dataset",
                       subject_id=ds.id, data={"error": error[:2000]})
 
@@ -289,13 +292,13 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
         return []
     holders = session.execute(
         select(Model.id, func.min(Version.created_at)).join(Version, Version.model_id == Model.id)
-        .where(Model.dataset_id == dataset_id, Version.status == "active").group_by(Model.id)).all()
+        .where(Model.dataset_id == dataset_id, Version.status == VersionStatus.ACTIVE).group_by(Model.id)).all()
     pks = [p.id for p in candidates]
     final = set(session.execute(select(Disposition.model_id, Disposition.point_pk).where(
-        Disposition.point_pk.in_(pks), Disposition.disposition.in_(("free", "pruned", "unlearned")))).all())
+        Disposition.point_pk.in_(pks), Disposition.disposition.in_(REMOVED))).all())
     open_ = set(session.scalars(select(Disposition.point_pk).join(
         ForgetRequest, ForgetRequest.id == Disposition.request_id).where(
-        Disposition.point_pk.in_(pks), ForgetRequest.status == "accepted")))
+        Disposition.point_pk.in_(pks), ForgetRequest.status == RequestStatus.ACCEPTED)))
 
     def _cleared(p: Point) -> bool:
         tomb = p.tombstoned_at.replace(tzinfo=None)
@@ -402,7 +405,7 @@ def sweep_erasures(*, since: datetime | None = None) -> list[str]:
     if since is not None:
         query = query.where(Dataset.id.in_(
             select(Model.dataset_id).join(Disposition, Disposition.model_id == Model.id).where(
-                Disposition.updated_at >= since, Disposition.disposition.in_(("free", "pruned", "unlearned")))))
+                Disposition.updated_at >= since, Disposition.disposition.in_(REMOVED))))
     with session_scope(readonly=True) as session:
         due = session.execute(query).all()
     erased: list[str] = []
