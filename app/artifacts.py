@@ -9,13 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from app.private_files import private_dir
 from app.settings import get_settings
 from workers.engine.parquet import CACHE_SUFFIX
 
 
 def root() -> Path:
-    from app.keys import private_dir
-
     return private_dir(get_settings().artifacts)  # missing parents (the data dir) are created 0700 too
 
 

@@ -21,7 +21,7 @@ from app.db import session_scope
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
-from app.keys import private_file
+from app.private_files import private_file
 from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Policy, Recipe

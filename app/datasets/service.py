@@ -20,13 +20,18 @@ from sqlalchemy.orm import Session
 from app import artifacts
 from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset, Point
-from app.db import new_id, page, utcnow
+from app.db import new_id, page, session_scope, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
+from app.evidence import service as evidence
 from app.forget.enums import REMOVED, RequestStatus
+from app.forget.tables import Disposition, ForgetRequest
 from app.identity import keyed_hash
+from app.jobs import service as jobs
 from app.jobs.enums import JobKind
+from app.jobs.tables import Job
 from app.ledger import service as ledger
 from app.registry.enums import VersionStatus
+from app.registry.tables import Model, Version
 from app.settings import get_settings
 from app.uploads import MAX_NPY_HEADER, check_npz
 from workers.engine import parquet  # torch-free: pyarrow, numpy, Pillow
@@ -192,7 +197,6 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
                                           "n_test": ds.n_test, "by_reference": by_reference,
                                           **({"format": fmt, "features": features} if fmt != "npz" else {})})
     if status == DatasetStatus.VALIDATING:
-        from app.jobs import service as jobs
 
         jobs.create(session, tenant_id=tenant_id, kind=JobKind.VALIDATE, model_id=None, version=None,
                     dataset_id=ds.id)
@@ -235,8 +239,6 @@ def invalid(session: Session, *, dataset_id: str, error: str) -> None:
 
 def validation_job(session: Session, *, dataset_id: str) -> str | None:
     """The id of a dataset's latest validation job (None for an .npz)."""
-    from app.jobs.tables import Job
-
     return session.scalar(select(Job.id).where(Job.dataset_id == dataset_id, Job.kind == JobKind.VALIDATE)
                           .order_by(Job.created_at.desc()).limit(1))
 
@@ -282,9 +284,6 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     features for an audit. The dataset file is rewritten without them (x zeroed, subject blanked),
     the ledger records both hashes, and the old file is deleted once the transaction commits.
     """
-    from app.forget.tables import Disposition, ForgetRequest
-    from app.registry.tables import Model, Version
-
     ds = session.get(Dataset, dataset_id)
     candidates = list(session.scalars(select(Point).where(
         Point.dataset_id == dataset_id, Point.tombstoned_at.is_not(None), Point.erased_at.is_(None))))
@@ -309,7 +308,6 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     if not erase:
         return []
     old_uri, old_sha = ds.uri, ds.sha256
-    from app.evidence import service as evidence  # the pools' per-point statistics go with the points
 
     evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(p.row) for p in erase])
     n_erased = session.scalar(select(func.count(Point.erased_at)).where(Point.dataset_id == dataset_id)) or 0
@@ -339,8 +337,6 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
 
 def by_reference(session: Session, *, model_id: str) -> bool:
     """Whether the dataset of a model was registered by reference (its original is outside Lethe's reach)."""
-    from app.registry.tables import Model
-
     return bool(session.scalar(select(Dataset.by_reference).join(Model, Model.dataset_id == Dataset.id)
                                .where(Model.id == model_id)))
 
@@ -395,10 +391,6 @@ def sweep_erasures(*, since: datetime | None = None) -> list[str]:
     job are not re-examined every sweep; the job erases what it clears when it finishes). Concurrent sweeps
     (API replicas) and jobs serialise on the tenant's ledger chain; the later one finds nothing to erase.
     """
-    from app.db import session_scope
-    from app.forget.tables import Disposition
-    from app.registry.tables import Model
-
     pending = (select(Point.id).where(Point.dataset_id == Dataset.id, Point.tombstoned_at.is_not(None),
                                       Point.erased_at.is_(None)).exists())
     query = select(Dataset.id, Dataset.tenant_id).where(pending)
