@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from app.private_files import private_dir
 from app.settings import get_settings
+from workers.engine.parquet import CACHE_SUFFIX
 
 
 def root() -> Path:
-    from app.keys import private_dir
-
     return private_dir(get_settings().artifacts)  # missing parents (the data dir) are created 0700 too
 
 
@@ -76,6 +76,34 @@ def delete_after_commit(session: Any, *uris: str) -> None:
 # ----------------------------------------------------------------------------- where each artifact lives
 # Every URI the service writes is built here, so a reader finds the layout of the store in one place.
 
+DATASETS = "datasets/"
+
+
+def dataset_uri(stem: str, fmt: str) -> str:
+    """A dataset file Lethe wrote: an upload or an import's copy (`stem` a new id), its `fmt` npz or parquet."""
+    return f"{DATASETS}{stem}.{fmt}"
+
+
+def erased_dataset_uri(dataset_id: str, n_erased: int, fmt: str) -> str:
+    """The copy of a dataset written when its points' features are erased (`n_erased` counts all so far)."""
+    return dataset_uri(f"{dataset_id}-e{n_erased}", fmt)
+
+
+def demo_dataset_uri(name: str, fmt: str) -> str:
+    """The dataset `lethe demo` writes."""
+    return dataset_uri(f"{name}-demo", fmt)
+
+
+def written_by_lethe(dataset_uri: str) -> bool:
+    """Whether a dataset's file is one Lethe wrote (not a reference registered before imports were copied)."""
+    return dataset_uri.startswith(DATASETS)
+
+
+def dataset_cache_uri(dataset_uri: str) -> str:
+    """A Parquet dataset's decoded features, beside its file (workers.engine.parquet writes and reads them)."""
+    return dataset_uri + CACHE_SUFFIX
+
+
 def upload_uri(model_id: str, upload_id: str) -> str:
     """An uploaded version's weights."""
     return f"models/{model_id}/{upload_id}.safetensors"
@@ -105,6 +133,11 @@ def scores_uri(version_id: str, method: str) -> str:
 def shards_dir(version_id: str, method: str) -> str:
     """The shard files of a sharded scoring job, deleted once joined."""
     return f"{scores_dir(version_id)}/{method}.shards"
+
+
+def shard_uri(version_id: str, method: str, start: int, stop: int) -> str:
+    """The scores of rows [start, stop) in a sharded scoring job."""
+    return f"{shards_dir(version_id, method)}/{start:010d}-{stop:010d}.npz"
 
 
 def pool_uri(pool_id: str) -> str:

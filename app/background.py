@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from app.datasets import service as datasets
 from app.db import utcnow
 from app.jobs import outbox
 from app.settings import get_settings
@@ -57,11 +58,9 @@ class Sweeper:
         self.sweeps = 0
 
     def __call__(self) -> None:
-        from app.datasets.service import sweep_erasures
-
         began = utcnow() - timedelta(seconds=5)  # margin: flush vs commit
         self.sweeps += 1
-        sweep_erasures(since=None if self.sweeps % FULL_SWEEP == 0 else self.since)
+        datasets.sweep_erasures(since=None if self.sweeps % FULL_SWEEP == 0 else self.since)
         self.since = began
 
 

@@ -72,45 +72,53 @@ def engine_for(url: str, readonly: bool = False) -> Engine:
     SQLite: writing sessions BEGIN IMMEDIATE; `readonly` ones (GET requests) BEGIN deferred and, in WAL
     mode, read a snapshot without waiting for writers.
     """
-    if url.startswith("sqlite"):
-        # Pool as large as the API's threadpool (40): a request waits for SQLite's lock, not for a connection.
-        eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
-                            max_overflow=30)
+    return _sqlite_engine(url, readonly) if url.startswith("sqlite") else _postgres_engine(url)
 
-        @event.listens_for(eng, "connect")
-        def _pragmas(dbapi_conn: Any, _: Any) -> None:
-            dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event own transactions
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
 
-        @event.listens_for(eng, "begin")
-        def _begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock up front, so read-then-append (ledger chain, seq
-            # numbers) cannot interleave between API and worker; others wait on busy_timeout.
-            if readonly:
-                conn.exec_driver_sql("BEGIN")
-                return
-            # Writers of this process queue on a Python lock first: SQLite's busy handler polls with growing
-            # sleeps, so under load a waiting writer could lose the race for seconds (p99 ≫ p50). Other
-            # processes (the worker) still meet busy_timeout.
-            if not SQLITE_WRITERS.acquire(timeout=30):
-                raise exc.OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (30 s)"))
-            conn.info["lethe_writer"] = True
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                _release_writer(conn)
-                raise
+def _sqlite_engine(url: str, readonly: bool) -> Engine:
+    """WAL, foreign keys, a busy timeout, and writers that take the write lock up front (BEGIN IMMEDIATE)."""
+    # Pool as large as the API's threadpool (40): a request waits for SQLite's lock, not for a connection.
+    eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
+                        max_overflow=30)
 
-        event.listen(eng, "commit", _release_writer)
-        event.listen(eng, "rollback", _release_writer)
-        # A connection reset or invalidated by the pool without either event must not keep the lock.
-        event.listen(eng.pool, "reset", lambda _dbapi, record, *_: _release_writer(record))
-        event.listen(eng.pool, "invalidate", lambda _dbapi, record, *_: _release_writer(record))
-        return eng
+    @event.listens_for(eng, "connect")
+    def _pragmas(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event own transactions
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(eng, "begin")
+    def _begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front, so read-then-append (ledger chain, seq
+        # numbers) cannot interleave between API and worker; others wait on busy_timeout.
+        if readonly:
+            conn.exec_driver_sql("BEGIN")
+            return
+        # Writers of this process queue on a Python lock first: SQLite's busy handler polls with growing
+        # sleeps, so under load a waiting writer could lose the race for seconds (p99 ≫ p50). Other
+        # processes (the worker) still meet busy_timeout.
+        if not SQLITE_WRITERS.acquire(timeout=30):
+            raise exc.OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked (30 s)"))
+        conn.info["lethe_writer"] = True
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release_writer(conn)
+            raise
+
+    event.listen(eng, "commit", _release_writer)
+    event.listen(eng, "rollback", _release_writer)
+    # A connection reset or invalidated by the pool without either event must not keep the lock.
+    event.listen(eng.pool, "reset", lambda _dbapi, record, *_: _release_writer(record))
+    event.listen(eng.pool, "invalidate", lambda _dbapi, record, *_: _release_writer(record))
+    return eng
+
+
+def _postgres_engine(url: str) -> Engine:
+    """A short connect timeout, TCP keepalives, and WATCHDOG on every statement and checkout."""
     # Short connect timeout: a lost database must answer 503 quickly, never hang a request. libpq has no read
     # timeout, so a stalled server (connections open, no answers) is caught by WATCHDOG, which also pings
     # pooled connections on checkout (SQLAlchemy's pre-ping would wait on a stalled server for ever).

@@ -15,12 +15,13 @@ from sqlalchemy import select
 
 from app import artifacts
 from app.datasets import service as datasets
+from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.evidence import service as evidence
 from app.evidence.tables import ReferencePool
 from app.jobs.tables import Job
-from app.keys import private_file
+from app.private_files import private_file
 from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import Architecture, ModelCreate, Policy, Recipe
@@ -134,12 +135,12 @@ def run_demo(*, dataset: str = DEMO, size: int | None = None, echo=print) -> dic
         tenant_id = tenants.get_or_create_tenant(s, name=tenants.DEFAULT_TENANT).id
         ds = s.scalar(select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.name == name))
         if ds is None:
-            uri = f"datasets/{name}-demo.{demo.suffix}"
+            uri = artifacts.demo_dataset_uri(name, demo.suffix)
             data = fashion_parquet(size or FASHION_SIZE) if dataset == FASHION else digits_npz()
             path, sha, _ = artifacts.write_chunks(uri, [data])
             ds = datasets.register(s, tenant_id=tenant_id, name=name, uri=uri, sha256=sha)
             echo(f"registered dataset '{name}' ({ds.n_points} points, {ds.n_test} test, {demo.suffix})")
-        if ds.status == "validating":
+        if ds.status == DatasetStatus.VALIDATING:
             validate_job = datasets.validation_job(s, dataset_id=ds.id)
     if validate_job:
         echo(f"validating '{name}' (decoding every image) …")

@@ -24,13 +24,13 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI
 from sqlalchemy import Integer, String, Text, UniqueConstraint, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth import bearer_token, live_caller
 from app.db import Base, new_id, session_scope, utcnow
 from app.errors import MEDIA_TYPE, problem
 from app.settings import get_settings
@@ -72,8 +72,6 @@ def _mark_committed(session: Session) -> None:
 # --- claims ---------------------------------------------------------------------------------------------------
 
 def _api_key_of(scope: Scope) -> str | None:
-    from app.auth import bearer_token, live_caller
-
     token = bearer_token(dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1"))
     caller = live_caller(token) if token else None
     return caller.key_id if caller else None
@@ -274,25 +272,3 @@ async def _send_problem(send: Send, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.start", "status": payload["status"],
                 "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-def document(app: FastAPI) -> None:
-    """List the Idempotency-Key header on every POST the middleware serves (the OpenAPI document would
-    otherwise show it only where a route declares it, POST /forget)."""
-    from app.openapi import extend
-
-    param = {"name": "Idempotency-Key", "in": "header", "required": False,
-             "description": f"Replays the first 2xx answer for {get_settings().idempotency_ttl_hours:g} h; "
-                            "another request under the same key is a 409 (see README: Retries).",
-             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY}}
-
-    def edit(schema: dict[str, Any]) -> None:
-        for path, ops in schema.get("paths", {}).items():
-            post = ops.get("post")
-            if post is None or own_handling(path):
-                continue
-            params = post.setdefault("parameters", [])
-            if not any(p.get("name", "").lower() == "idempotency-key" for p in params):
-                params.append(param)
-
-    extend(app, edit)

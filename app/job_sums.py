@@ -10,8 +10,10 @@ from sqlalchemy import Float, and_, case, cast, exists, func, literal, or_, sele
 from sqlalchemy.orm import Session, aliased
 
 from app.db import utcnow
+from app.forget.enums import DispositionStatus, RequestStatus
 from app.forget.tables import Disposition, ForgetRequest
 from app.jobs.enums import FINAL as JOB_FINAL
+from app.jobs.enums import JobKind, JobStatus
 from app.jobs.tables import Job, JobRequest
 
 PHASES = ("training", "scoring", "pruning", "unlearning", "auditing", "retraining", "certifying", "registering",
@@ -47,13 +49,14 @@ def spared_jobs(s: Session) -> float:
     """Requests answered entirely free, each valued at its lineage's first completed unlearning job."""
     free_only = dict(s.execute(
         select(ForgetRequest.model_id, func.count())
-        .where(ForgetRequest.job_id.is_(None), ForgetRequest.status == "completed",
-               exists().where(Disposition.request_id == ForgetRequest.id, Disposition.disposition == "free"))
+        .where(ForgetRequest.job_id.is_(None), ForgetRequest.status == RequestStatus.COMPLETED,
+               exists().where(Disposition.request_id == ForgetRequest.id,
+                              Disposition.disposition == DispositionStatus.FREE))
         .group_by(ForgetRequest.model_id)).all())
     if not free_only:
         return 0.0
     first = (select(Job.model_id, func.min(Job.finished_at).label("at"))
-             .where(Job.kind == "unlearn", Job.status == "completed", Job.model_id.in_(free_only))
+             .where(Job.kind == JobKind.UNLEARN, Job.status == JobStatus.COMPLETED, Job.model_id.in_(free_only))
              .group_by(Job.model_id).subquery())
     j = aliased(Job)
     cost = sum((func.coalesce(phase_seconds(p, j), 0.0) for p in ("unlearning", "auditing", "registering")),
@@ -61,7 +64,7 @@ def spared_jobs(s: Session) -> float:
     per_model = dict(s.execute(
         select(j.model_id, func.max(cost))
         .join(first, and_(first.c.model_id == j.model_id, first.c.at == j.finished_at))
-        .where(j.kind == "unlearn", j.status == "completed").group_by(j.model_id)).all())
+        .where(j.kind == JobKind.UNLEARN, j.status == JobStatus.COMPLETED).group_by(j.model_id)).all())
     return sum(n * float(per_model.get(m) or 0.0) for m, n in free_only.items())
 
 
@@ -76,20 +79,20 @@ _settled: dict[str, tuple[datetime, tuple[Any, ...], GroupSums]] = {}
 def _group_sums(s: Session, dialect: str, where: Any) -> GroupSums:
     """One aggregate over finished jobs matching `where`: per (kind, status, algorithm) the bucket counts,
     count and sum of the latency and of each phase, then the savings and pruned points."""
-    done_unlearn = and_(Job.kind == "unlearn", Job.status == "completed")
+    done_unlearn = and_(Job.kind == JobKind.UNLEARN, Job.status == JobStatus.COMPLETED)
 
     def unlearn_only(expr: Any) -> Any:
         return case((done_unlearn, func.coalesce(expr, 0.0)), else_=0.0)
 
     free_in_job = (select(func.count()).select_from(Disposition)
                    .join(JobRequest, JobRequest.request_id == Disposition.request_id)
-                   .where(JobRequest.job_id == Job.id, Disposition.disposition == "free")
+                   .where(JobRequest.job_id == Job.id, Disposition.disposition == DispositionStatus.FREE)
                    .correlate(Job).scalar_subquery())
     # Each JSON field is extracted once per row into the materialised CTE; the outer query aggregates.
     rows = select(
         Job.kind.label("kind"), Job.status.label("status"),
         func.coalesce(json_text(Job.params, "algorithm"), literal(NO_ALGORITHM)).label("algorithm"),
-        case((Job.status == "completed", seconds_between(Job.created_at, Job.finished_at, dialect)),
+        case((Job.status == JobStatus.COMPLETED, seconds_between(Job.created_at, Job.finished_at, dialect)),
              else_=None).label("latency"),
         *[phase_seconds(p).label(p) for p in PHASES],
         unlearn_only(json_float(Job.result, "metrics", "n_forget_kept")).label("kept_f"),

@@ -3,16 +3,14 @@
 The identity-hash key is the configured secret itself (`LETHE_SECRET_KEY` or `secret.key`), exactly as before,
 so stored keyed hashes stay valid. Every other purpose gets its own key, derived with HKDF-SHA256 under a
 label: HKDF keys HMAC with its extracted PRK, never with the secret, so no keyed hash (which anyone may
-cause to be written to the ledger) ever equals, or helps compute, a derived key.
+cause to be written to the ledger) ever equals, or helps compute, a derived key. The files that hold key material
+are written by app.private_files.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import secrets
-from collections.abc import Callable
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -20,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from app.errors import LetheError
+from app.settings import get_settings
 
 SALT = b"lethe/hkdf/v1"
 WEBHOOK_SECRETS = "webhook-secrets/aes-gcm"  # label of the key that encrypts stored webhook secrets
@@ -33,8 +32,6 @@ class SecretUnavailable(LetheError):
 
 def derive(*, label: str, length: int = 32) -> bytes:
     """The key for one purpose: HKDF-SHA256(server secret, salt, info=label)."""
-    from app.settings import get_settings
-
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=SALT,
                 info=b"lethe:" + label.encode()).derive(get_settings().hmac_key())
 
@@ -53,32 +50,3 @@ def unseal(token: str, *, label: str, aad: str) -> str:
         return AESGCM(derive(label=label)).decrypt(raw[:12], raw[12:], aad.encode()).decode()
     except (InvalidTag, ValueError) as exc:
         raise SecretUnavailable("a stored secret cannot be decrypted (was LETHE_SECRET_KEY changed?)") from exc
-
-
-def private_dir(path: Path) -> Path:
-    """Create a directory, and its missing parents, readable by the service alone (0700); existing directories
-    are left as they are."""
-    if not path.exists():
-        private_dir(path.parent)
-        path.mkdir(mode=0o700, exist_ok=True)
-    return path
-
-
-def private_file(path: Path, make: Callable[[], bytes]) -> bytes:
-    """The file's bytes; when missing, `make()` is written 0600 (once, even when processes race)."""
-    if not path.exists():
-        private_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(make())
-            try:
-                os.link(tmp, path)  # fails if another process won the race: theirs is kept
-            except FileExistsError:
-                pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    elif path.stat().st_mode & 0o077:
-        path.chmod(0o600)  # a key written group/world-readable by an older version
-    return path.read_bytes()

@@ -15,10 +15,11 @@ from app.datasets.router import router as datasets_router
 from app.db import session_scope
 from app.errors import install_handlers
 from app.forget.router import router as forget_router
-from app.idempotency import Idempotency, document
+from app.idempotency import Idempotency
 from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
 from app.openapi import document as document_errors
+from app.openapi import document_idempotency
 from app.openapi import extend as extend_openapi
 from app.opendsr.router import router as opendsr_router
 from app.registry.router import router as models_router
@@ -62,7 +63,7 @@ def create_app() -> FastAPI:
     for router in (health.router, datasets_router, models_router, forget_router, jobs_router, ledger_router,
                    keys_router, webhooks_router, opendsr_router, metrics.router):
         app.include_router(router)
-    document(app)  # after the routes: the OpenAPI document lists Idempotency-Key on every POST
+    document_idempotency(app)  # after the routes: the OpenAPI document lists Idempotency-Key on every POST
     document_errors(app)  # every error status each operation can answer, as problem details
     extend_openapi(app, _bearer)
     return app

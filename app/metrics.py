@@ -49,14 +49,16 @@ from sqlalchemy.orm import Session
 from app import job_sums
 from app.db import session_scope, utcnow
 from app.evidence import service as evidence
+from app.evidence.enums import PoolStatus
 from app.evidence.tables import ReferencePool
 from app.forget.enums import ENDED as REQUEST_ENDED
 from app.forget.enums import DispositionStatus
 from app.forget.tables import Disposition, ForgetRequest
 from app.job_sums import BUCKETS, NO_ALGORITHM, PHASES
 from app.jobs.enums import FINAL as JOB_ENDED
-from app.jobs.enums import JobKind, Verdict
+from app.jobs.enums import JobKind, JobStatus, Verdict
 from app.jobs.tables import Audit, Job
+from app.registry.enums import RunStatus
 from app.registry.schemas import ALGORITHMS, SCORERS
 from app.registry.tables import InfluenceRun, Model, Version
 from app.settings import get_settings
@@ -197,7 +199,7 @@ class LetheCollector(Collector):
                 f["lethe_jobs"].add_metric([kind, status], counts.get((kind, status), 0))
             f["lethe_jobs_running"].add_metric([kind], counts.get((kind, "running"), 0))
             f["lethe_queue_depth"].add_metric([kind], counts.get((kind, "queued"), 0))
-        oldest = _as_utc(s.scalar(select(func.min(Job.created_at)).where(Job.status == "queued")))
+        oldest = _as_utc(s.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED)))
         f["lethe_queue_oldest_age_seconds"].add_metric(
             [], max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
 
@@ -209,7 +211,7 @@ class LetheCollector(Collector):
         latency: dict[str, list[float]] = {k: list(zero) for k in JOB_KINDS}
         phases: dict[tuple[str, str, str], list[float]] = {}
         for kind, kind_phases in KIND_PHASES.items():
-            for algorithm in (ALGORITHMS if kind == "unlearn" else (NO_ALGORITHM,)):
+            for algorithm in (ALGORITHMS if kind == JobKind.UNLEARN else (NO_ALGORITHM,)):
                 for p in kind_phases:
                     phases[(kind, p, algorithm)] = list(zero)
         compute = {k: 0.0 for k in JOB_KINDS}
@@ -222,8 +224,8 @@ class LetheCollector(Collector):
 
         for (kind, status, algorithm), values in job_sums.finished_job_sums(s, dialect).items():
             kind = _bounded(kind, JOB_KINDS)
-            algorithm = _bounded(algorithm, ALGORITHMS) if kind == "unlearn" else NO_ALGORITHM
-            if status == "completed":
+            algorithm = _bounded(algorithm, ALGORITHMS) if kind == JobKind.UNLEARN else NO_ALGORITHM
+            if status == JobStatus.COMPLETED:
                 add(latency.setdefault(kind, list(zero)), values[:width])
             for i, p in enumerate(PHASES, start=1):
                 block = values[i * width:(i + 1) * width]
@@ -259,7 +261,7 @@ class LetheCollector(Collector):
                 select(Audit.algorithm, Audit.verdict, Audit.passed, func.count())
                 .group_by(Audit.algorithm, Audit.verdict, Audit.passed)):
             # audits recorded before verdicts existed were pass/fail only
-            result = verdict if verdict in VERDICTS else ("passed" if passed else "failed")
+            result = verdict if verdict in VERDICTS else (Verdict.PASSED if passed else Verdict.FAILED)
             key = (_bounded(algorithm, ALGORITHMS), result)
             counts[key] = counts.get(key, 0) + int(n)
         for algorithm in ALGORITHMS + tuple(sorted({a for a, _ in counts if a not in ALGORITHMS})):
@@ -268,19 +270,19 @@ class LetheCollector(Collector):
         by_status = dict(s.execute(select(ReferencePool.status, func.count()).group_by(ReferencePool.status)).all())
         valid, certified = 0, 0
         for model in s.scalars(select(Model).where(Model.id.in_(select(ReferencePool.model_id).where(
-                ReferencePool.status == "completed")))):
+                ReferencePool.status == PoolStatus.COMPLETED)))):
             st = evidence.state(s, model=model)
             if st.valid and st.pool is not None:
                 valid += 1
                 certified += st.pool.n_certified or 0
-        for status in ("queued", "running", "completed", "failed", "superseded"):
+        for status in PoolStatus:
             f["lethe_reference_pools"].add_metric([status], int(by_status.get(status, 0)))
         f["lethe_reference_pools"].add_metric(["valid"], valid)
         f["lethe_certified_free_points"].add_metric([], certified)
         measured = s.scalar(select(func.count()).select_from(Disposition).where(
-            Disposition.disposition == "free", Disposition.pool_id.is_not(None))) or 0
+            Disposition.disposition == DispositionStatus.FREE, Disposition.pool_id.is_not(None))) or 0
         total_free = s.scalar(select(func.count()).select_from(Disposition).where(
-            Disposition.disposition == "free")) or 0
+            Disposition.disposition == DispositionStatus.FREE)) or 0
         f["lethe_free_points"].add_metric(["measured"], int(measured))
         f["lethe_free_points"].add_metric(["provisional"], int(total_free - measured))
         auc = job_sums.json_float(Version.metrics, "audit", "mia", "auc")
@@ -301,7 +303,7 @@ class LetheCollector(Collector):
         for method, n, secs in s.execute(
                 select(InfluenceRun.method, func.sum(InfluenceRun.n),
                        func.sum(job_sums.json_float(InfluenceRun.summary, "seconds")))
-                .where(InfluenceRun.status == "completed").group_by(InfluenceRun.method)):
+                .where(InfluenceRun.status == RunStatus.COMPLETED).group_by(InfluenceRun.method)):
             m = _bounded(method, SCORERS)
             points[m] = points.get(m, 0.0) + float(n or 0)
             seconds[m] = seconds.get(m, 0.0) + float(secs or 0)

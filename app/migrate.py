@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from app.settings import get_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,8 +22,6 @@ def alembic_config(url: str | None = None) -> Config:
 
 def upgrade(url: str | None = None) -> None:
     """Bring the database to the newest schema."""
-    from app.settings import get_settings
-
     get_settings().ensure_data_dir()  # home of the embedded SQLite file
     command.upgrade(alembic_config(url), "head")
 

@@ -5,7 +5,8 @@ checked, 403 where a scope is required, 404 where the path names an object, 409 
 middleware serves a POST, 413 where there is a body, 503 where the database is read. Statuses that follow from
 what a route does (a name in the body that may not exist, a state that refuses the call) are declared on the route
 with `responses=problems(...)`. Every error answer is documented as `application/problem+json` (`Problem`),
-except the OpenDSR routes', which keep their specification's error shape (`OpenDsrError`).
+except the OpenDSR routes', which keep their specification's error shape (`OpenDsrError`). The Idempotency-Key
+header is listed on every POST its middleware serves.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from app import examples
+from app.auth import authenticate
 from app.errors import MEDIA_TYPE, PROBLEM_TYPES, Problem, problem
+from app.idempotency import MAX_KEY, own_handling
+from app.settings import get_settings
 
 # status -> (what it means here, the problem kind shown as its example)
 STATUSES: dict[int, tuple[str, str]] = {
@@ -99,16 +103,11 @@ def _calls(dependant: Any) -> list[Any]:
 
 
 def _authenticated(route: APIRoute) -> bool:
-    from app.auth import authenticate
-
     return authenticate in _calls(route.dependant)
 
 
 def _implied(route: APIRoute, path: str, method: str) -> set[int]:
     """The statuses answered by the machinery around the route (auth, middleware, database, path lookups)."""
-    from app.auth import authenticate
-    from app.idempotency import own_handling
-
     calls = _calls(route.dependant)
     statuses: set[int] = set()
     if authenticate in calls:
@@ -268,5 +267,25 @@ def document(app: FastAPI) -> None:
                                                             "example": _example(slug, status)}}
                 op["responses"] = dict(sorted(responses.items()))
         _with_examples(schema)
+
+    extend(app, edit)
+
+
+def document_idempotency(app: FastAPI) -> None:
+    """List the Idempotency-Key header on every POST the middleware serves (the OpenAPI document would
+    otherwise show it only where a route declares it, POST /forget)."""
+    param = {"name": "Idempotency-Key", "in": "header", "required": False,
+             "description": f"Replays the first 2xx answer for {get_settings().idempotency_ttl_hours:g} h; "
+                            "another request under the same key is a 409 (see README: Retries).",
+             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY}}
+
+    def edit(schema: dict[str, Any]) -> None:
+        for path, ops in schema.get("paths", {}).items():
+            post = ops.get("post")
+            if post is None or own_handling(path):
+                continue
+            params = post.setdefault("parameters", [])
+            if not any(p.get("name", "").lower() == "idempotency-key" for p in params):
+                params.append(param)
 
     extend(app, edit)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.private_files import private_dir, private_file
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
@@ -155,11 +157,10 @@ class Settings(BaseSettings):
         return (self.import_dir or self.artifacts / "imports").expanduser().resolve()
 
     def hmac_key(self) -> bytes:
-        """The server secret for keyed hashes; the embedded default keeps a generated one on disk."""
+        """The server secret for keyed hashes (and the HKDF root of every other server key: app.keys); the
+        embedded default keeps a generated one on disk."""
         if self.secret_key:
             return self.secret_key.encode()
-        from app.keys import private_file  # (also the HKDF root of every other server key: app.keys)
-
         return private_file(self.ensure_data_dir() / "secret.key", lambda: secrets.token_hex(32).encode()).strip()
 
     @property
@@ -173,8 +174,6 @@ class Settings(BaseSettings):
     def ensure_data_dir(self) -> Path:
         """The data dir, readable by the service alone (0700: it holds keys and the embedded database); one an
         older version created group/world-readable is tightened."""
-        from app.keys import private_dir
-
         path = private_dir(self.resolved_data_dir)
         st = path.stat()
         if st.st_mode & 0o077 and st.st_uid == os.getuid():

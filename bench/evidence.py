@@ -181,7 +181,7 @@ def raw_phi(net: nn.Module, setting: Setting) -> tuple[np.ndarray, np.ndarray]:
 
 
 def std_phi(net: nn.Module, setting: Setting) -> np.ndarray:
-    """The model's φ on every training point, standardised by its own test φ (engine_facade.standardised_phi)."""
+    """The model's φ on every training point, standardised by its own test φ (workers.engine.api.standardised_phi)."""
     phi, phi_test = raw_phi(net, setting)
     return ev.standardise(phi[None], phi_test[None])[0]
 
@@ -257,7 +257,7 @@ def _brief(a: dict[str, Any]) -> dict[str, Any]:
 
 def replicate(f: Fitted, kind: str, size: int, seed: int, *, pipeline_seeds: bool = False) -> dict[str, Any]:
     """One request, one retrain without it, the audits of the retrain and of doing nothing. The retrain has a new
-    seed; with pipeline_seeds, the seeds a Lethe retrain job uses instead (engine_facade.unlearn: initialisation
+    seed; with pipeline_seeds, the seeds a Lethe retrain job uses instead (workers.engine.api.unlearn: initialisation
     from recipe seed + 1, batch order from the recipe seed, the same for every job), so that only the request
     varies between replicates."""
     rng = np.random.default_rng([seed, size, KINDS.index(kind)])

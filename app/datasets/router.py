@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from app import artifacts
 from app.auth import Modeller, Reader
 from app.datasets import service
+from app.datasets.enums import DatasetStatus
 from app.datasets.schemas import DatasetByReference, DatasetRead
 from app.datasets.tables import Dataset
 from app.db import SessionDep, new_id
@@ -50,7 +51,7 @@ async def create_dataset(request: Request, caller: Modeller, session: SessionDep
         raise Unprocessable("multipart form needs a 'name' field and a 'file' (.npz or Parquet)")
     upload.file.seek(0)
     suffix = "parquet" if upload.file.read(len(parquet.MAGIC)) == parquet.MAGIC else "npz"
-    uri = f"datasets/{new_id()}.{suffix}"
+    uri = artifacts.dataset_uri(new_id(), suffix)
     sha, _ = store_upload(upload, uri=uri)
     return _register(session, tenant_id=caller.tenant_id, name=name, uri=uri, sha=sha, by_reference=False)
 
@@ -65,7 +66,7 @@ def _register(session: SessionDep, *, tenant_id: str, name: str, uri: str, sha: 
     except BaseException:
         artifacts.delete(uri)
         raise
-    if ds.status == "validating":
+    if ds.status == DatasetStatus.VALIDATING:
         kick()  # publish its validation job (outbox); the relay thread retries
     return _read(session, ds)
 

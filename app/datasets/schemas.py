@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.datasets.enums import DatasetStatus
 from app.timestamps import Timestamp
 
 
@@ -27,7 +28,7 @@ class DatasetRead(BaseModel):
     sha256: str
     format: str = Field("npz", description="npz or parquet")
     features: str = Field("x", description="parquet: the feature column (x, image or text)")
-    status: str = Field("ready", description=(
+    status: str = Field(DatasetStatus.READY, description=(
         "ready: models may be registered on it; validating: its validation job is decoding every row; failed: "
         "some rows did not decode (named in error)"))
     error: str | None = None

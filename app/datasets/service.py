@@ -18,12 +18,20 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from app import artifacts
+from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset, Point
-from app.db import new_id, page, utcnow
+from app.db import new_id, page, session_scope, utcnow
 from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
+from app.evidence import service as evidence
+from app.forget.enums import REMOVED, RequestStatus
+from app.forget.tables import Disposition, ForgetRequest
 from app.identity import keyed_hash
+from app.jobs import service as jobs
 from app.jobs.enums import JobKind
+from app.jobs.tables import Job
 from app.ledger import service as ledger
+from app.registry.enums import VersionStatus
+from app.registry.tables import Model, Version
 from app.settings import get_settings
 from app.uploads import MAX_NPY_HEADER, check_npz
 from workers.engine import parquet  # torch-free: pyarrow, numpy, Pillow
@@ -137,7 +145,7 @@ def import_copy(*, tenant_id: str, uri: str) -> tuple[str, str]:
         raise Unprocessable(f"uri {uri!r} cannot be read: {exc.strerror or 'I/O error'}") from exc
     if not is_parquet:
         check_npz(path)  # a bomb is refused before anything is copied
-    copy = f"datasets/{new_id()}.{'parquet' if is_parquet else 'npz'}"
+    copy = artifacts.dataset_uri(new_id(), 'parquet' if is_parquet else 'npz')
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as fh:
@@ -168,9 +176,9 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
             summary: NpzSummary | parquet.Index = parquet.read_index(path)
         except parquet.ParquetError as exc:
             raise Unprocessable(artifacts.redact(str(exc))) from None
-        fmt, features, status = "parquet", summary.features, "validating"
+        fmt, features, status = "parquet", summary.features, DatasetStatus.VALIDATING
     else:
-        summary, fmt, features, status = inspect_npz(path), "npz", "x", "ready"
+        summary, fmt, features, status = inspect_npz(path), "npz", "x", DatasetStatus.READY
     ds = Dataset(tenant_id=tenant_id, name=name, uri=uri, sha256=sha256, n_points=len(summary.ids),
                  n_test=summary.n_test, n_classes=summary.n_classes, input_shape=summary.input_shape,
                  has_subjects=summary.subjects is not None, by_reference=by_reference, format=fmt,
@@ -188,8 +196,7 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
                                           "n_test": ds.n_test, "by_reference": by_reference,
                                           **({"format": fmt, "features": features} if fmt != "npz" else {})})
-    if status == "validating":
-        from app.jobs import service as jobs
+    if status == DatasetStatus.VALIDATING:
 
         jobs.create(session, tenant_id=tenant_id, kind=JobKind.VALIDATE, model_id=None, version=None,
                     dataset_id=ds.id)
@@ -198,10 +205,10 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
 
 def require_ready(ds: Dataset) -> None:
     """Models are registered only on a dataset whose every row decoded: 409 while validating, 422 if it failed."""
-    if ds.status == "validating":
+    if ds.status == DatasetStatus.VALIDATING:
         raise Conflict(f"dataset '{ds.name}' is still validating (its validation job decodes every row); "
                        "models can be registered on it once its status is ready")
-    if ds.status == "failed":
+    if ds.status == DatasetStatus.FAILED:
         raise Unprocessable(f"dataset '{ds.name}' failed validation: {ds.error}; register a corrected file "
                             "under another name")
     if ds.features == "text":
@@ -213,8 +220,8 @@ def validated(session: Session, *, dataset_id: str) -> Dataset:
     """Its validation job decoded every row: the dataset is ready (once), with its ledger entry."""
     ledger.lock_chain(session, tenant_id=session.get(Dataset, dataset_id).tenant_id)
     ds = session.get(Dataset, dataset_id)
-    if ds.status == "validating":
-        ds.status = "ready"
+    if ds.status == DatasetStatus.VALIDATING:
+        ds.status = DatasetStatus.READY
         ledger.append(session, tenant_id=ds.tenant_id, event="dataset.ready", subject_type="dataset",
                       subject_id=ds.id, data={"n_points": ds.n_points, "n_test": ds.n_test})
     return ds
@@ -224,16 +231,14 @@ def invalid(session: Session, *, dataset_id: str, error: str) -> None:
     """Rows did not decode: the dataset failed validation, naming them (once), with its ledger entry."""
     ledger.lock_chain(session, tenant_id=session.get(Dataset, dataset_id).tenant_id)
     ds = session.get(Dataset, dataset_id)
-    if ds.status == "validating":
-        ds.status, ds.error = "failed", error
+    if ds.status == DatasetStatus.VALIDATING:
+        ds.status, ds.error = DatasetStatus.FAILED, error
         ledger.append(session, tenant_id=ds.tenant_id, event="dataset.failed", subject_type="dataset",
                       subject_id=ds.id, data={"error": error[:2000]})
 
 
 def validation_job(session: Session, *, dataset_id: str) -> str | None:
     """The id of a dataset's latest validation job (None for an .npz)."""
-    from app.jobs.tables import Job
-
     return session.scalar(select(Job.id).where(Job.dataset_id == dataset_id, Job.kind == JobKind.VALIDATE)
                           .order_by(Job.created_at.desc()).limit(1))
 
@@ -279,9 +284,6 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     features for an audit. The dataset file is rewritten without them (x zeroed, subject blanked),
     the ledger records both hashes, and the old file is deleted once the transaction commits.
     """
-    from app.forget.tables import Disposition, ForgetRequest
-    from app.registry.tables import Model, Version
-
     ds = session.get(Dataset, dataset_id)
     candidates = list(session.scalars(select(Point).where(
         Point.dataset_id == dataset_id, Point.tombstoned_at.is_not(None), Point.erased_at.is_(None))))
@@ -289,13 +291,13 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
         return []
     holders = session.execute(
         select(Model.id, func.min(Version.created_at)).join(Version, Version.model_id == Model.id)
-        .where(Model.dataset_id == dataset_id, Version.status == "active").group_by(Model.id)).all()
+        .where(Model.dataset_id == dataset_id, Version.status == VersionStatus.ACTIVE).group_by(Model.id)).all()
     pks = [p.id for p in candidates]
     final = set(session.execute(select(Disposition.model_id, Disposition.point_pk).where(
-        Disposition.point_pk.in_(pks), Disposition.disposition.in_(("free", "pruned", "unlearned")))).all())
+        Disposition.point_pk.in_(pks), Disposition.disposition.in_(REMOVED))).all())
     open_ = set(session.scalars(select(Disposition.point_pk).join(
         ForgetRequest, ForgetRequest.id == Disposition.request_id).where(
-        Disposition.point_pk.in_(pks), ForgetRequest.status == "accepted")))
+        Disposition.point_pk.in_(pks), ForgetRequest.status == RequestStatus.ACCEPTED)))
 
     def _cleared(p: Point) -> bool:
         tomb = p.tombstoned_at.replace(tzinfo=None)
@@ -306,11 +308,10 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
     if not erase:
         return []
     old_uri, old_sha = ds.uri, ds.sha256
-    from app.evidence import service as evidence  # the pools' per-point statistics go with the points
 
     evidence.erase_rows(session, dataset_id=dataset_id, rows=[int(p.row) for p in erase])
     n_erased = session.scalar(select(func.count(Point.erased_at)).where(Point.dataset_id == dataset_id)) or 0
-    new_uri = f"datasets/{ds.id}-e{n_erased + len(erase)}.{'parquet' if ds.format == 'parquet' else 'npz'}"
+    new_uri = artifacts.erased_dataset_uri(ds.id, n_erased + len(erase), ds.format)
     if ds.format == "parquet":  # the rows leave the file (and are zeroed in its decoded cache)
         dest = artifacts.path_of(new_uri)
         parquet.erased_copy(artifacts.path_of(old_uri), dest, point_ids={p.point_id for p in erase},
@@ -327,17 +328,15 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                   data={"n": len(ids), "point_ids": ids if len(ids) <= 1000 else None,
                         "point_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
                         "old_sha256": old_sha, "new_sha256": new_sha})
-    if old_uri.startswith("datasets/"):  # never a file Lethe did not write (references registered before copies)
+    if artifacts.written_by_lethe(old_uri):  # never a file Lethe did not write (references registered before copies)
         session.info.setdefault("delete_after_commit", []).append(old_uri)
         if ds.format == "parquet":
-            session.info["delete_after_commit"].append(old_uri + parquet.CACHE_SUFFIX)
+            session.info["delete_after_commit"].append(artifacts.dataset_cache_uri(old_uri))
     return ids
 
 
 def by_reference(session: Session, *, model_id: str) -> bool:
     """Whether the dataset of a model was registered by reference (its original is outside Lethe's reach)."""
-    from app.registry.tables import Model
-
     return bool(session.scalar(select(Dataset.by_reference).join(Model, Model.dataset_id == Dataset.id)
                                .where(Model.id == model_id)))
 
@@ -392,17 +391,13 @@ def sweep_erasures(*, since: datetime | None = None) -> list[str]:
     job are not re-examined every sweep; the job erases what it clears when it finishes). Concurrent sweeps
     (API replicas) and jobs serialise on the tenant's ledger chain; the later one finds nothing to erase.
     """
-    from app.db import session_scope
-    from app.forget.tables import Disposition
-    from app.registry.tables import Model
-
     pending = (select(Point.id).where(Point.dataset_id == Dataset.id, Point.tombstoned_at.is_not(None),
                                       Point.erased_at.is_(None)).exists())
     query = select(Dataset.id, Dataset.tenant_id).where(pending)
     if since is not None:
         query = query.where(Dataset.id.in_(
             select(Model.dataset_id).join(Disposition, Disposition.model_id == Model.id).where(
-                Disposition.updated_at >= since, Disposition.disposition.in_(("free", "pruned", "unlearned")))))
+                Disposition.updated_at >= since, Disposition.disposition.in_(REMOVED))))
     with session_scope(readonly=True) as session:
         due = session.execute(query).all()
     erased: list[str] = []

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.datasets.enums import DatasetStatus
 from app.db import Base, new_id, utcnow
 
 
@@ -29,8 +30,7 @@ class Dataset(Base):
     # npz | parquet; a Parquet dataset's features are x (floats), image (PNG/JPEG bytes) or text (strings)
     format: Mapped[str] = mapped_column(String(20), default="npz")
     features: Mapped[str] = mapped_column(String(20), default="x")
-    # validating (its validation job decodes every row) | ready (models may train on it) | failed (see error)
-    status: Mapped[str] = mapped_column(String(20), default="ready")
+    status: Mapped[str] = mapped_column(String(20), default=DatasetStatus.READY)  # a DatasetStatus
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -23,6 +23,7 @@ from app.db import utcnow
 from app.errors import Conflict, Gone, Unprocessable
 from app.evidence.enums import ACTIVE, PoolStatus
 from app.evidence.tables import ReferencePool
+from app.forget.enums import DispositionStatus
 from app.forget.tables import Disposition
 from app.jobs import service as jobs
 from app.jobs.enums import JobKind
@@ -226,7 +227,8 @@ def triage(session: Session, *, model: Model, candidates: dict[int, int]) -> Tri
     if eligible:  # the lineage's earlier free points under this pool, tested with these as one set
         earlier = [int(r) for r in session.scalars(
             select(Point.row).join(Disposition, Disposition.point_pk == Point.id).where(
-                Disposition.model_id == model.id, Disposition.disposition == "free", Disposition.pool_id == pool.id))]
+                Disposition.model_id == model.id, Disposition.disposition == DispositionStatus.FREE,
+                Disposition.pool_id == pool.id))]
         cum_cols = np.unique(np.r_[arrays.columns(np.array(earlier, dtype=np.int64)),
                                    [col_of[k] for k in eligible]].astype(np.int64))
         cum_cols = cum_cols[cum_cols >= 0]

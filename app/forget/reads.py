@@ -11,12 +11,14 @@ from sqlalchemy.orm import Session
 from app.datasets import service as datasets
 from app.db import count, page, utcnow
 from app.errors import Conflict
+from app.forget import certificate as trail
 from app.forget.enums import ENDED, REMOVED
 from app.forget.points import chunks
 from app.forget.schemas import PointDisposition, RequestRead, RequestSummary
 from app.forget.tables import Disposition, ForgetRequest
 from app.jobs.tables import Audit, JobRequest
 from app.ledger import service as ledger
+from app.ledger import signing
 from app.registry import service as registry
 from app.registry.tables import Model
 
@@ -103,9 +105,6 @@ def evidence_page(session: Session, *, request: ForgetRequest, offset: int, limi
 
 def certificate(session: Session, *, request: ForgetRequest) -> dict[str, Any]:
     """A signed deletion certificate: points, dispositions, versions, audits and the ledger hashes behind them."""
-    from app.forget import certificate as trail
-    from app.ledger import signing
-
     if request.status not in ENDED:
         raise Conflict(f"request is {request.status}: a certificate is issued once it has ended")
     read = request_read(session, request=request)

@@ -10,7 +10,7 @@ import threading
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import session_scope, utcnow
+from app.db import on_commit, session_scope, utcnow
 from app.jobs.enums import JobStatus
 from app.jobs.tables import Job, Outbox
 
@@ -96,8 +96,6 @@ def kick() -> None:
 
 def publish_after_commit(session: Session) -> None:
     """Publish the outbox once this transaction commits."""
-    from app.db import on_commit
-
     on_commit(session, _kick)
 
 

@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.db import count, utcnow
+from app.ledger import signing
+from app.ledger.chain import GENESIS, HELD, canonical, entry_hash, stored_tip
 from app.ledger.tables import LedgerEntry
 from app.tenants.tables import Tenant
 from app.timestamps import rfc3339
 
-GENESIS = "0" * 64
-
-
-def _plain(value: Any) -> Any:
-    return rfc3339(value) if isinstance(value, datetime) else str(value)
-
-
-def canonical(value: Any) -> Any:
-    """The JSON form that is stored and hashed, so that verify recomputes the same bytes (datetimes as RFC 3339
-    UTC, the API's one format)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=_plain))
-
-
-def entry_hash(*, tenant_id: str, seq: int, event: str, subject_type: str, subject_id: str,
-               data: dict[str, Any], at: str, prev_hash: str) -> str:
-    """SHA-256 over the entry's canonical JSON, which includes the previous entry's hash."""
-    body = json.dumps(
-        {"tenant": tenant_id, "seq": seq, "event": event, "subject_type": subject_type,
-         "subject_id": subject_id, "data": data, "at": at, "prev": prev_hash},
-        sort_keys=True, separators=(",", ":"),
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 CLOSING = frozenset({"request.completed", "request.failed", "request.cancelled",
                      "job.completed", "job.failed", "job.cancelled"})
 DUE = "ledger_checkpoint_due"  # session.info: tenants on whose chain this transaction closed a request or job
-HELD = "ledger_chains"  # session.info: {tenant_id: (seq, hash) of the chain's tip, or None} locked this transaction
 
 
 def lock_chain(session: Session, *, tenant_id: str) -> None:
@@ -66,13 +40,7 @@ def append(session: Session, *, tenant_id: str, event: str, subject_type: str, s
     tip = held[tenant_id]
     if tip is None:
         with session.no_autoflush:  # nothing pending can change the tip: this chain's appends all pass here
-            last = session.execute(
-                select(LedgerEntry.seq, LedgerEntry.hash)
-                .where(LedgerEntry.tenant_id == tenant_id)
-                .order_by(LedgerEntry.seq.desc())
-                .limit(1)
-            ).first()
-        tip = (last[0], last[1]) if last else (0, GENESIS)
+            tip = stored_tip(session, tenant_id=tenant_id)
     seq, prev = tip[0] + 1, tip[1]
     payload = canonical(data or {})
     at = rfc3339(utcnow())
@@ -113,8 +81,6 @@ def _checkpoint_closings(session: Session) -> None:
     clients and auditors get a signed head after every such step, at one INSERT per transaction."""
     due = session.info.pop(DUE, None)
     if due:
-        from app.ledger import signing  # signing builds on this module
-
         for tenant_id in sorted(due):
             signing.checkpoint(session, tenant_id=tenant_id)
 

@@ -28,9 +28,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import count, session_scope, utcnow
-from app.keys import private_file
-from app.ledger import service as ledger
-from app.ledger.tables import Checkpoint, LedgerEntry
+from app.ledger import chain
+from app.ledger.tables import Checkpoint
+from app.private_files import private_file
 from app.settings import get_settings
 from app.timestamps import rfc3339
 
@@ -100,23 +100,14 @@ def verify_checkpoint(cp: dict[str, Any], public_key_pem: str | bytes) -> bool:
     return verify(msg, cp["signature"], public_key_pem)
 
 
-def _tip(session: Session, *, tenant_id: str) -> tuple[int, str]:
-    held = session.info.get(ledger.HELD, {}).get(tenant_id)
-    if held is not None:  # this transaction appended: its own tip is what it will commit
-        return held
-    last = session.execute(select(LedgerEntry.seq, LedgerEntry.hash).where(LedgerEntry.tenant_id == tenant_id)
-                           .order_by(LedgerEntry.seq.desc()).limit(1)).first()
-    return (last[0], last[1]) if last else (0, ledger.GENESIS)
-
-
 def _at(session: Session, *, tenant_id: str, seq: int) -> Checkpoint | None:
     return session.scalar(select(Checkpoint).where(Checkpoint.tenant_id == tenant_id, Checkpoint.seq == seq))
 
 
 def checkpoint(session: Session, *, tenant_id: str) -> dict[str, Any]:
     """Sign the tenant's chain head as this (writing) transaction will commit it; one checkpoint per head."""
-    appended = session.info.get(ledger.HELD, {}).get(tenant_id) is not None
-    seq, head = _tip(session, tenant_id=tenant_id)
+    appended = session.info.get(chain.HELD, {}).get(tenant_id) is not None
+    seq, head = chain.tip(session, tenant_id=tenant_id)
     done = session.info.setdefault(DONE, {})
     if tenant_id in done and done[tenant_id]["seq"] == seq:  # signed already in this transaction
         return done[tenant_id]
@@ -136,7 +127,7 @@ def current_checkpoint(session: Session, *, tenant_id: str) -> dict[str, Any]:
     """For read-only sessions: the head's checkpoint, made in a short transaction of its own if the head moved.
 
     (A writing transaction calls `checkpoint` instead: on SQLite a second writer would wait for it.)"""
-    seq, _ = _tip(session, tenant_id=tenant_id)
+    seq, _ = chain.tip(session, tenant_id=tenant_id)
     existing = _at(session, tenant_id=tenant_id, seq=seq)
     if existing is not None:
         return checkpoint_read(existing)
@@ -146,7 +137,7 @@ def current_checkpoint(session: Session, *, tenant_id: str) -> dict[str, Any]:
                 return checkpoint(writer, tenant_id=tenant_id)
         except IntegrityError:  # a concurrent reader signed the same head first: read theirs
             with session_scope(readonly=True) as reader:
-                seq, _ = _tip(reader, tenant_id=tenant_id)
+                seq, _ = chain.tip(reader, tenant_id=tenant_id)
                 existing = _at(reader, tenant_id=tenant_id, seq=seq)
                 if existing is not None:
                     return checkpoint_read(existing)
@@ -184,7 +175,7 @@ def canonical_bytes(document: dict[str, Any]) -> bytes:
 
 def sign_certificate(session: Session, *, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """A deletion certificate: `body` plus the latest signed checkpoint, signed with Ed25519."""
-    document = ledger.canonical(body | {"checkpoint": current_checkpoint(session, tenant_id=tenant_id)})
+    document = chain.canonical(body | {"checkpoint": current_checkpoint(session, tenant_id=tenant_id)})
     return {**document, "signature": {
         "alg": "Ed25519", "key_id": key_id(), "value": sign(canonical_bytes(document)),
         "signed": "canonical JSON of every other field (sorted keys, no spaces); public key: GET /ledger/public-key"}}

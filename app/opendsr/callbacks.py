@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from app.errors import Unprocessable
 from app.ledger import service as ledger
+from app.opendsr import signing
+from app.opendsr.tables import OpenDsrRequest
 from app.settings import get_settings
 from app.webhooks import service as webhooks
 from app.webhooks.tables import Delivery
@@ -38,8 +40,6 @@ def configured_domain() -> str | None:
 
 def current_signer(hint: str | None = None) -> Any:
     """The signing key and certificate (a development pair named after the domain is generated if missing)."""
-    from app.opendsr import signing
-
     return signing.signer(configured_domain() or hint)
 
 
@@ -78,8 +78,6 @@ def render(payload: dict[str, Any], delivery_id: int) -> tuple[bytes, dict[str, 
 
 def record(session: Session, *, delivery: Delivery) -> None:
     """Called by the webhook sender after each attempt at an OpenDSR callback: the attempt goes in the ledger."""
-    from app.opendsr.tables import OpenDsrRequest
-
     data = delivery.payload.get("data", {})
     srid = data.get("subject_request_id")
     row_id = session.scalar(select(OpenDsrRequest.id).where(OpenDsrRequest.tenant_id == delivery.tenant_id,

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.jobs.tables import JobRequest
+from app.opendsr import service
 
 log = logging.getLogger("lethe.opendsr")
 
@@ -27,8 +28,6 @@ def job_started(session: Session, *, job_id: str) -> None:
 
 
 def _refresh(session: Session, request_ids: list[str]) -> None:
-    from app.opendsr import service
-
     try:
         with session.begin_nested():
             service.refresh_for_requests(session, request_ids=request_ids)

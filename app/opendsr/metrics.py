@@ -10,6 +10,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app import metrics as app_metrics
+from app.db import session_scope
+from app.opendsr import service
 
 log = logging.getLogger("lethe.opendsr")
 
@@ -18,9 +20,6 @@ class DeadlineCollector(Collector):
     """lethe_opendsr_open_requests{time_left} and lethe_opendsr_deadlines_missed_total."""
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        from app.db import session_scope
-        from app.opendsr import service
-
         try:
             with session_scope(readonly=True) as session:
                 buckets, missed = service.open_by_time_left(session)

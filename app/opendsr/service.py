@@ -22,12 +22,15 @@ from app.datasets.tables import Dataset, Point
 from app.db import utcnow
 from app.errors import LetheError
 from app.forget import service as forget
+from app.forget.enums import REMOVED as FORGET_REMOVED
+from app.forget.enums import DispositionStatus, RequestStatus
 from app.forget.schemas import ForgetCreate
 from app.forget.tables import Disposition, ForgetRequest
 from app.identity import keyed_hash
 from app.jobs.tables import Job, JobRequest, Outbox
 from app.ledger import service as ledger
 from app.opendsr import callbacks
+from app.opendsr.enums import OPEN, OpenDsrStatus
 from app.opendsr.schemas import MATCHED_TYPES, SUPPORTED_REQUEST_TYPES, Identity, OpenDsrCreate
 from app.opendsr.tables import OpenDsrLink, OpenDsrRequest
 from app.registry import service as registry
@@ -35,8 +38,7 @@ from app.settings import get_settings
 from app.webhooks import service as webhooks
 
 log = logging.getLogger("lethe.opendsr")
-REMOVED = ("free", "pruned", "unlearned", "already_forgotten")
-OPEN = ("pending", "in_progress")
+REMOVED = (*FORGET_REMOVED, DispositionStatus.ALREADY_FORGOTTEN)  # what results_count counts
 
 
 class OpenDsrError(LetheError):
@@ -127,7 +129,7 @@ def submit(session: Session, *, tenant_id: str, raw: bytes, legacy: bool) -> dic
     now = utcnow()
     row = OpenDsrRequest(
         tenant_id=tenant_id, subject_request_id=body.subject_request_id, regulation=body.regulation,
-        subject_request_type=body.subject_request_type, api_version=body.api_version, status="pending",
+        subject_request_type=body.subject_request_type, api_version=body.api_version, status=OpenDsrStatus.PENDING,
         results_count=0, body_hash=canonical_hash(data),
         identities=[{"identity_type": i.identity_type, "identity_format": i.identity_format,
                      "hash": keyed_hash(f"{i.identity_format}:{i.identity_value}")} for i in body.subject_identities],
@@ -261,18 +263,18 @@ def aggregate(session: Session, *, row: OpenDsrRequest) -> tuple[str, int]:
     requests = forget_requests(session, row=row)
     count = results_count(session, request_ids=[r.id for r in requests])
     if row.cancelled_at is not None:
-        return "cancelled", count
-    live = [r for r in requests if r.status != "cancelled"]
+        return OpenDsrStatus.CANCELLED, count
+    live = [r for r in requests if r.status != RequestStatus.CANCELLED]
     if requests and not live:
-        return "cancelled", count
-    if all(r.status == "completed" for r in live):
-        return "completed", count
-    if any(r.status == "failed" for r in live):
-        return "in_progress", count
+        return OpenDsrStatus.CANCELLED, count
+    if all(r.status == RequestStatus.COMPLETED for r in live):
+        return OpenDsrStatus.COMPLETED, count
+    if any(r.status == RequestStatus.FAILED for r in live):
+        return OpenDsrStatus.IN_PROGRESS, count
     # Work has begun once any job serving a live request started (answers given at request time do not count).
     started = session.scalar(select(func.count()).select_from(Job).join(JobRequest, JobRequest.job_id == Job.id)
                              .where(JobRequest.request_id.in_([r.id for r in live]), Job.started_at.is_not(None)))
-    return ("in_progress" if started else "pending"), count
+    return (OpenDsrStatus.IN_PROGRESS if started else OpenDsrStatus.PENDING), count
 
 
 def refresh(session: Session, *, row: OpenDsrRequest) -> str:
@@ -283,9 +285,9 @@ def refresh(session: Session, *, row: OpenDsrRequest) -> str:
     if not changed:
         return status
     previous, row.status = row.status, status
-    if status in ("completed", "cancelled") and row.completed_at is None:
+    if status in (OpenDsrStatus.COMPLETED, OpenDsrStatus.CANCELLED) and row.completed_at is None:
         row.completed_at = utcnow()
-    failed = [r.id for r in forget_requests(session, row=row) if r.status == "failed"]
+    failed = [r.id for r in forget_requests(session, row=row) if r.status == RequestStatus.FAILED]
     if failed:
         log.warning("OpenDSR request %s has failed forget requests %s; it stays in_progress (deadline %s)",
                     row.subject_request_id, failed, rfc3339(row.expected_completion_at))
@@ -322,13 +324,13 @@ def cancel(session: Session, *, tenant_id: str, subject_request_id: str) -> dict
     ledger.lock_chain(session, tenant_id=tenant_id)
     row = get(session, tenant_id=tenant_id, subject_request_id=subject_request_id)
     current, _ = aggregate(session, row=row)
-    if current not in ("pending", "cancelled"):
+    if current not in (OpenDsrStatus.PENDING, OpenDsrStatus.CANCELLED):
         raise OpenDsrError(f"the request is {current}; only pending requests can be cancelled",
                            reason="InvalidRequestState")
-    if current == "pending":
+    if current == OpenDsrStatus.PENDING:
         cancelled = []
         for request in forget_requests(session, row=row):
-            if request.status == "accepted":
+            if request.status == RequestStatus.ACCEPTED:
                 try:
                     forget.cancel(session, tenant_id=tenant_id, request_id=request.id)
                 except LetheError as exc:  # its job started meanwhile

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from app.db import utcnow
-from app.keys import private_dir
+from app.private_files import private_dir
 from app.settings import get_settings
 
 log = logging.getLogger("lethe.opendsr")

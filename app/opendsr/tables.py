@@ -20,9 +20,8 @@ class OpenDsrRequest(Base):
     regulation: Mapped[str] = mapped_column(String(10))  # gdpr | ccpa
     subject_request_type: Mapped[str] = mapped_column(String(20))  # erasure
     api_version: Mapped[str | None] = mapped_column(String(20))
-    # The last status reported (callbacks fire when the aggregate differs): pending | in_progress | completed |
-    # cancelled.
-    status: Mapped[str] = mapped_column(String(20))
+    # The last status reported (callbacks fire when the aggregate differs)
+    status: Mapped[str] = mapped_column(String(20))  # an OpenDsrStatus
     results_count: Mapped[int] = mapped_column(default=0)
     body_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the canonical request JSON (idempotency)
     # Identities as keyed hashes only ({identity_type, identity_format, hash}); values are never stored in clear.

@@ -10,6 +10,7 @@ from app import artifacts
 from app.auth import Modeller, Reader
 from app.db import SessionDep, new_id
 from app.errors import Unprocessable
+from app.evidence import service as evidence
 from app.openapi import problems
 from app.paging import Page, PageParams, next_cursor, page_params
 from app.registry import scores as runs
@@ -176,8 +177,6 @@ def calibrate(name: str, number: int, caller: Modeller, session: SessionDep,
 def post_reference(name: str, number: int, caller: Modeller, session: SessionDep) -> JobAccepted:
     """Train a new reference pool on this version's data (K shadow models): the evidence behind "free" and the
     audit. Returns the queued (or already running) pool job."""
-    from app.evidence import service as evidence
-
     model = service.get_model(session, tenant_id=caller.tenant_id, name=name)
     version = service.get_version(session, model=model, number=number)
     job = evidence.request_pool(session, model=model, version=version)

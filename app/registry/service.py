@@ -13,6 +13,7 @@ from app.datasets import service as datasets
 from app.datasets.tables import Dataset
 from app.db import page, utcnow
 from app.errors import Conflict, Gone, NotFound, Unprocessable, closest, did_you_mean
+from app.evidence import service as evidence
 from app.jobs import service as jobs
 from app.jobs.enums import ACTIVE, JobKind
 from app.jobs.params import ScoreParams, TrainParams
@@ -342,8 +343,6 @@ def version_read(session: Session, *, model: Model, version: Version, with_audit
 
 
 def model_read(session: Session, *, model: Model) -> ModelRead:
-    from app.evidence import service as evidence  # evidence queues its pools through jobs, as registry does
-
     ds = session.get(Dataset, model.dataset_id)
     versions = session.scalars(select(Version).where(Version.model_id == model.id).order_by(Version.number))
     return ModelRead(

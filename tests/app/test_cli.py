@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app import cli
+from app.cli import output, remote
 from app.client import Lethe
 from app.main import create_app
 from tests.conftest import BOOTSTRAP
@@ -37,7 +38,7 @@ def toy(lethe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[
             client.headers["Authorization"] = f"Bearer {key or BOOTSTRAP}"
             return Lethe.over(client)
 
-        monkeypatch.setattr(cli, "_client", over)
+        monkeypatch.setattr(output, "client", over)
         monkeypatch.setattr(client, "close", lambda: None)  # the CLI closes its client; the test keeps it
         yield client
 
@@ -57,24 +58,24 @@ def one_error_line(result: Any) -> str:
 
 def test_errors_are_one_line_with_their_exit_code(toy: TestClient) -> None:
     bad_key = run("status", "--key", "lethe_wrong")
-    assert bad_key.exit_code == cli.REFUSED and "401" in one_error_line(bad_key)
+    assert bad_key.exit_code == output.REFUSED and "401" in one_error_line(bad_key)
     missing_job = run("job", "nope")
-    assert missing_job.exit_code == cli.NOT_FOUND and "no job nope" in one_error_line(missing_job).lower()
+    assert missing_job.exit_code == output.NOT_FOUND and "no job nope" in one_error_line(missing_job).lower()
     no_model = run("forget", "digit", "-p", "p0001")
-    assert no_model.exit_code == cli.NOT_FOUND and "digit" in one_error_line(no_model)
+    assert no_model.exit_code == output.NOT_FOUND and "digit" in one_error_line(no_model)
     unknown_point = run("forget", "toy", "-p", "p0001,nothere")
     line = one_error_line(unknown_point)
-    assert unknown_point.exit_code == cli.USAGE and "422" in line and "nothere" in line
+    assert unknown_point.exit_code == output.USAGE and "422" in line and "nothere" in line
     assert upload_version(toy, {"Authorization": f"Bearer {BOOTSTRAP}"}).status_code == 201  # toy@2 current
     stale = run("forget", "toy@1", "-p", "p0001")
-    assert stale.exit_code == cli.REFUSED and "409" in one_error_line(stale)
+    assert stale.exit_code == output.REFUSED and "409" in one_error_line(stale)
     algorithm = run("forget", "toy", "-p", "p0001", "--algorithm", "negrad")
-    assert algorithm.exit_code == cli.USAGE and "negrad" in one_error_line(algorithm)
+    assert algorithm.exit_code == output.USAGE and "negrad" in one_error_line(algorithm)
     nothing = run("forget", "toy")
-    assert nothing.exit_code == cli.USAGE and "--points or --subjects" in one_error_line(nothing)
+    assert nothing.exit_code == output.USAGE and "--points or --subjects" in one_error_line(nothing)
     usage = run("job")
-    assert usage.exit_code == cli.USAGE and "job_id" in one_error_line(usage).lower()
-    assert run("nope").exit_code == cli.USAGE
+    assert usage.exit_code == output.USAGE and "job_id" in one_error_line(usage).lower()
+    assert run("nope").exit_code == output.USAGE
     # nothing was recorded by the refused requests
     assert toy.get("/requests", headers={"Authorization": f"Bearer {BOOTSTRAP}"}).json()["total"] == 0
 
@@ -84,7 +85,7 @@ def test_server_unreachable_is_exit_7_in_one_line() -> None:
     for args in (["status"], ["job", "x"], ["forget", "toy", "-p", "p1"]):
         out = subprocess.run([sys.executable, "-m", "app.cli", *args, "--url", f"http://127.0.0.1:{port}",
                               "--key", "k"], capture_output=True, text=True, timeout=120)
-        assert out.returncode == cli.UNREACHABLE, out.stderr
+        assert out.returncode == output.UNREACHABLE, out.stderr
         assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: cannot reach the Lethe server"), \
             out.stderr
         assert "Traceback" not in out.stderr and out.stdout == ""
@@ -93,7 +94,7 @@ def test_server_unreachable_is_exit_7_in_one_line() -> None:
 def test_forget_prints_ids_counts_and_subjects_without_data(toy: TestClient) -> None:
     out = run("forget", "toy", "-p", "p0001", "-s", "s002,nobody-777")
     # the request is recorded and its job queued, but a subject without data is the caller's mistake: exit 3
-    assert out.exit_code == cli.NOT_FOUND, out.output
+    assert out.exit_code == output.NOT_FOUND, out.output
     request_id = out.stdout.split()[1]
     req = toy.get(f"/requests/{request_id}").json()
     assert req["job_id"] and f"job {req['job_id']}" in out.stdout
@@ -114,7 +115,7 @@ def test_forget_json_and_wait(toy: TestClient, monkeypatch: pytest.MonkeyPatch) 
     # The tests run without reference pools and accept inconclusive audits (conftest's LEGACY): the request
     # completes on a version whose audit is inconclusive, unverified, so --wait says so with exit 6
     out = run("forget", "toy", "-p", "p0003,p0004", "--wait", "--json")
-    assert out.exit_code == cli.AUDIT_FAILED, out.output
+    assert out.exit_code == output.AUDIT_FAILED, out.output
     doc = json.loads(out.stdout)  # stdout holds the JSON document and nothing else
     assert doc["request_status"] == "completed" and doc["job"]["status"] == "completed"
     assert doc["job"]["result"]["audit"]["verdict"] == "inconclusive"
@@ -122,25 +123,25 @@ def test_forget_json_and_wait(toy: TestClient, monkeypatch: pytest.MonkeyPatch) 
     assert "completed: audit inconclusive" in one_error_line(out)
     job = run("job", doc["job_id"], "--json")
     assert job.exit_code == 0 and json.loads(job.stdout)["result"]["ref"] == "toy@2"
-    assert run("job", doc["job_id"], "--wait").exit_code == cli.AUDIT_FAILED
+    assert run("job", doc["job_id"], "--wait").exit_code == output.AUDIT_FAILED
     status = run("status", "--json")
     assert status.exit_code == 0 and json.loads(status.stdout)["ledger_ok"] is True
 
     # a job that fails: --wait exits 5 (not an audit failure), with the job's error on one line
-    import workers.engine_facade as engine
+    import workers.engine.api as engine
 
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("the unlearning run crashed")
 
     monkeypatch.setattr(engine, "unlearn", broken)
     failed = run("forget", "toy", "-p", "p0005", "--wait")
-    assert failed.exit_code == cli.JOB_FAILED, failed.output
+    assert failed.exit_code == output.JOB_FAILED, failed.output
     line = one_error_line(failed)
     assert "failed" in line and "the unlearning run crashed" in line
     assert "job failed" in failed.stdout
     job_id = toy.get("/jobs?status=failed").json()["items"][0]["id"]
     again = run("job", job_id, "--wait")
-    assert again.exit_code == cli.JOB_FAILED and "crashed" in one_error_line(again)
+    assert again.exit_code == output.JOB_FAILED and "crashed" in one_error_line(again)
 
     # every attempt of the ladder returns an untrained network: the real audit fails each on accuracy; the ladder's
     # retrain is promoted (exact by construction) but its failed audit is said, with exit 6
@@ -149,7 +150,7 @@ def test_forget_json_and_wait(toy: TestClient, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(engine, "unlearn", untrained)
     audited = run("forget", "toy", "-p", "p0006", "--wait", "--json")
-    assert audited.exit_code == cli.AUDIT_FAILED, audited.output
+    assert audited.exit_code == output.AUDIT_FAILED, audited.output
     audit = json.loads(audited.stdout)["job"]["result"]["audit"]
     assert audit["verdict"] == "failed" and audit["evidence"]["promoted_as_retrain"] is True, audit
     assert "completed: audit failed: retain accuracy fell" in one_error_line(audited)
@@ -167,27 +168,27 @@ def test_exit_code_of_a_job_failed_on_its_audit() -> None:
                        attempts=1,
                        created_at=datetime.now(UTC), started_at=None, finished_at=None)
 
-    assert cli._outcome(job("completed", "passed", None), "completed") == cli.OK
-    assert cli._outcome(job("completed", "inconclusive", None, retrain=True), "completed") == cli.OK  # exact
-    assert cli._outcome(job("completed", "inconclusive", None), "completed") == cli.AUDIT_FAILED  # accepted
-    assert cli._outcome(job("completed", "failed", None, retrain=True), "completed") == cli.AUDIT_FAILED
-    assert cli._outcome(job("failed", "failed", "audit failed: remembers"), "failed") == cli.AUDIT_FAILED
-    assert cli._outcome(job("failed", "inconclusive", "audit failed: power"), "failed") == cli.AUDIT_FAILED
-    assert cli._outcome(job("failed", None, "RuntimeError: boom"), "failed") == cli.JOB_FAILED
-    assert cli._outcome(job("cancelled", None, None), "cancelled") == cli.JOB_FAILED
+    assert remote.outcome(job("completed", "passed", None), "completed") == output.OK
+    assert remote.outcome(job("completed", "inconclusive", None, retrain=True), "completed") == output.OK  # exact
+    assert remote.outcome(job("completed", "inconclusive", None), "completed") == output.AUDIT_FAILED  # accepted
+    assert remote.outcome(job("completed", "failed", None, retrain=True), "completed") == output.AUDIT_FAILED
+    assert remote.outcome(job("failed", "failed", "audit failed: remembers"), "failed") == output.AUDIT_FAILED
+    assert remote.outcome(job("failed", "inconclusive", "audit failed: power"), "failed") == output.AUDIT_FAILED
+    assert remote.outcome(job("failed", None, "RuntimeError: boom"), "failed") == output.JOB_FAILED
+    assert remote.outcome(job("cancelled", None, None), "cancelled") == output.JOB_FAILED
 
 
 def test_error_messages_of_either_body_shape() -> None:
     """The CLI reads the client's LetheAPIError whatever the server's error shape."""
-    assert cli._message("no model 'digit'") == "no model 'digit'"
+    assert output.message("no model 'digit'") == "no model 'digit'"
     legacy = {"message": "1 point id(s) are not in this model's dataset", "unknown_point_ids": ["x"]}
-    assert cli._message(legacy) == "1 point id(s) are not in this model's dataset (unknown point ids: x)"
+    assert output.message(legacy) == "1 point id(s) are not in this model's dataset (unknown point ids: x)"
     problem = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "no model 'digit'",
                "choices": ["digits"]}
-    assert cli._message(problem) == "no model 'digit' (choices: digits)"
-    assert cli._message(json.dumps(problem)) == "no model 'digit' (choices: digits)"  # an unparsed problem+json
+    assert output.message(problem) == "no model 'digit' (choices: digits)"
+    assert output.message(json.dumps(problem)) == "no model 'digit' (choices: digits)"  # an unparsed problem+json
     validation = [{"loc": ["body", "reason"], "msg": "Field required", "type": "missing"}]
-    assert cli._message(validation) == "reason: Field required"
+    assert output.message(validation) == "reason: Field required"
 
 
 def test_keys_errors_and_json(lethe_env: dict[str, str]) -> None:
@@ -198,9 +199,9 @@ def test_keys_errors_and_json(lethe_env: dict[str, str]) -> None:
     listed = json.loads(run("keys", "list", "--tenant", "acme", "--json").stdout)
     assert [k["id"] for k in listed] == [doc["id"]] and "key" not in listed[0]
     bad_scope = run("keys", "create", "--scopes", "root")
-    assert bad_scope.exit_code == cli.USAGE and "scopes" in one_error_line(bad_scope)
+    assert bad_scope.exit_code == output.USAGE and "scopes" in one_error_line(bad_scope)
     missing = run("keys", "revoke", "nope")
-    assert missing.exit_code == cli.NOT_FOUND and "no API key nope" in one_error_line(missing)
+    assert missing.exit_code == output.NOT_FOUND and "no API key nope" in one_error_line(missing)
     revoked = run("keys", "revoke", doc["id"], "--json")
     assert revoked.exit_code == 0 and json.loads(revoked.stdout)["revoked_at"].endswith("Z")
 

@@ -22,7 +22,7 @@ def _certified(pool_id: str) -> list[str]:
     from app import artifacts
     from workers.engine.evidence import load_pool
 
-    pool = load_pool(artifacts.path_of(f"pools/{pool_id}"))
+    pool = load_pool(artifacts.path_of(artifacts.pool_uri(pool_id)))
     return [f"p{int(r):04d}" for r in np.asarray(pool.rows)[np.asarray(pool.certified_by) >= 0]]
 
 

@@ -123,4 +123,4 @@ def test_retrain_reference_policy_reports_the_gap_and_judges_the_mia_by_it(embed
     entry = embedded.get("/ledger", headers=h, params={"event": "audit.recorded"}).json()["items"][0]
     assert entry["data"]["reference_gap"] == ref["gap"]
     model_id = embedded.get("/models/toy", headers=h).json()["id"]
-    assert not artifacts.path_of(f"models/{model_id}/job-{resp['job_id']}-reference.safetensors").exists()
+    assert not artifacts.path_of(artifacts.job_weights_uri(model_id, resp['job_id'], 'reference')).exists()

@@ -129,10 +129,11 @@ def _cli(client: TestClient, headers: dict[str, str], monkeypatch: pytest.Monkey
     from typer.testing import CliRunner
 
     from app import cli
+    from app.cli import output
     from app.client import Lethe
 
     client.headers.update(headers)
-    monkeypatch.setattr(cli, "_client", lambda url, key: Lethe.over(client))
+    monkeypatch.setattr(output, "client", lambda url, key: Lethe.over(client))
     monkeypatch.setattr(client, "close", lambda: None)  # the CLI closes its client; the test keeps using it
     return CliRunner().invoke(cli.cli, ["ledger", "verify", *args], env={"COLUMNS": "250"})
 
@@ -185,8 +186,9 @@ def test_cli_verify_reports_truncation(toy: TestClient, admin_headers: dict[str,
     (tmp_path / "ledger.json").write_text(toy.get("/ledger?limit=1000", headers=h).text)
     (tmp_path / "key.pem").write_text(toy.get("/ledger/public-key").text)
     from app import cli
+    from app.cli import output
 
-    monkeypatch.setattr(cli, "_client", lambda url, key: pytest.fail("offline mode asked the server"))
+    monkeypatch.setattr(output, "client", lambda url, key: pytest.fail("offline mode asked the server"))
     from typer.testing import CliRunner
 
     offline = CliRunner().invoke(cli.cli, ["ledger", "verify", "--against", str(tmp_path / "kept.json"), "--entries",

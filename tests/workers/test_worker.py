@@ -140,7 +140,7 @@ def _unsharded_scores(method: str) -> object:
     from app.datasets.tables import Dataset
     from app.db import session_scope
     from app.registry.tables import Model, Version
-    from workers import engine_facade as eng
+    from workers.engine import api as eng
 
     with session_scope() as s:
         m = s.scalar(select(Model).where(Model.name == "toy"))
@@ -148,7 +148,7 @@ def _unsharded_scores(method: str) -> object:
         ds = s.get(Dataset, m.dataset_id)
         arrays = eng.load_arrays(artifacts.path_of(ds.uri))
         net = eng.load_network(m.architecture, tuple(ds.input_shape), ds.n_classes, artifacts.path_of(v.uri))
-        work_dir = artifacts.path_of(f"scores/{v.id}")
+        work_dir = artifacts.path_of(artifacts.scores_dir(v.id))
     scores, _ = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=lambda _: None, work_dir=work_dir)
     return scores
 

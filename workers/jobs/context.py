@@ -117,11 +117,12 @@ def claim_held(job_id: str, attempt: int) -> Iterator[JobContext]:
 
 
 def engine() -> Any:
-    """The engine facade, imported lazily: importing a job module (API process, tests) never imports torch."""
-    from workers import engine_facade
+    """workers.engine.api on this deployment's device, imported lazily: importing a job module (API process,
+    tests) never imports torch."""
+    from workers.engine import api
 
-    engine_facade.use(get_settings().device)
-    return engine_facade
+    api.use(get_settings().device)
+    return api
 
 
 def audit_limits() -> dict[str, float]:

@@ -20,6 +20,7 @@ from app.registry import service as registry
 from app.registry.enums import VersionStatus
 from app.registry.tables import Model
 from app.settings import get_settings
+from workers.engine.evidence import save_pool
 from workers.jobs.context import JobContext, ModelInputs, complete, engine, fence, job_rows
 
 
@@ -48,8 +49,6 @@ class ReferenceJob(ModelInputs):
 
 def _certify(c: ReferenceJob, pool_arrays: object, shift: dict) -> tuple[dict, str]:
     """Certify the pool's free set and save the pool whole; (report, sha256 of what was measured)."""
-    from workers.engine.evidence import save_pool
-
     settings = get_settings()
     report = engine().score_pool(pool_arrays, auc_max=settings.free_auc_max, tpr_max=settings.free_tpr_max,
                                  seed=int(c.recipe.get("seed", 0)))

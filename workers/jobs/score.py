@@ -12,7 +12,7 @@ from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.tables import Model
 from app.settings import get_settings
-from workers.jobs import scoring
+from workers.jobs import scoring, shards
 from workers.jobs.context import JobContext, complete
 
 
@@ -53,7 +53,6 @@ def run(ctx: JobContext) -> str:
     if done:  # an earlier attempt (its worker died before completing the job) or another job scored it
         return _finish(p, seconds=0.0, reused=True)
     if _under_celery():
-        from workers.jobs import shards
 
         c = scoring.ScoringInputs.read(p.model_id, p.number)
         if c.n_rows > get_settings().score_shard_size:

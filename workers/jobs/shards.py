@@ -43,10 +43,6 @@ def plan(n_rows: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n_rows)) for a in range(0, n_rows, size)]
 
 
-def _file(version_id: str, method: str, start: int, stop: int) -> str:
-    return f"{artifacts.shards_dir(version_id, method)}/{start:010d}-{stop:010d}.npz"
-
-
 def _job_spec(job_id: str) -> dict[str, Any] | None:
     """The running job's scoring parameters, or None when it is no longer running (nothing to do)."""
     with session_scope(readonly=True) as s:
@@ -62,7 +58,8 @@ def dispatch(job_id: str, c: scoring.ScoringInputs, *, method: str) -> str:
     began = time.perf_counter()
     scoring.compute(c, method, progress=lambda _: None, prepare_only=True)
     shards = plan(c.n_rows, get_settings().score_shard_size)
-    todo = [(a, b) for a, b in shards if not artifacts.path_of(_file(c.version_id, method, a, b)).exists()]
+    todo = [(a, b) for a, b in shards
+            if not artifacts.path_of(artifacts.shard_uri(c.version_id, method, a, b)).exists()]
     with session_scope() as s:
         job = s.get(Job, job_id)
         ledger.lock_chain(s, tenant_id=job.tenant_id)
@@ -96,7 +93,7 @@ def run_shard(job_id: str, start: int, stop: int) -> str:
     if spec is None:
         return "skipped"
     c = scoring.ScoringInputs.read(spec["model_id"], spec["number"])
-    path = artifacts.path_of(_file(c.version_id, spec["method"], start, stop))
+    path = artifacts.path_of(artifacts.shard_uri(c.version_id, spec["method"], start, stop))
     if not path.exists():
         _renew(job_id)
         began = time.perf_counter()
@@ -131,7 +128,7 @@ def join(job_id: str) -> str:
     number, method = spec["number"], spec["method"]
     c = scoring.ScoringInputs.read(spec["model_id"], number)
     shards = plan(c.n_rows, get_settings().score_shard_size)
-    files = [artifacts.path_of(_file(c.version_id, method, a, b)) for a, b in shards]
+    files = [artifacts.path_of(artifacts.shard_uri(c.version_id, method, a, b)) for a, b in shards]
     if missing := [f.name for f in files if not f.exists()]:
         log.warning("job %s: %d shard(s) missing at the join (%s); the lease will re-run it",
                     job_id, len(missing), missing[:3])

@@ -34,6 +34,7 @@ from app.registry.enums import VersionSource
 from app.registry.schemas import Policy
 from app.registry.tables import Model, Version
 from app.settings import get_settings
+from workers.engine.evidence import load_pool
 from workers.engine.params import escalation
 from workers.jobs import scoring, verdict
 from workers.jobs.context import (
@@ -184,7 +185,6 @@ def _prunable(c: UnlearnJob) -> tuple[list[int], str]:
     settings = get_settings()
     if c.pool is None:
         return (c.forget_rows, "provisional") if settings.free_provisional else ([], "none")
-    from workers.engine.evidence import load_pool
 
     pool = load_pool(artifacts.path_of(c.pool["uri"]))
     cols = pool.columns(np.asarray(c.forget_rows, dtype=np.int64))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from app import artifacts
 from app.datasets import service as datasets
+from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset
 from app.db import session_scope
 from app.jobs import service as jobs
@@ -29,7 +30,7 @@ class ValidateJob:
     @classmethod
     def of(cls, job: Job, ds: Dataset) -> ValidateJob:
         return cls(job_id=job.id, dataset_id=ds.id, uri=ds.uri, features=ds.features, shape=list(ds.input_shape),
-                   n_train=ds.n_points, n_test=ds.n_test, validating=ds.status == "validating")
+                   n_train=ds.n_points, n_test=ds.n_test, validating=ds.status == DatasetStatus.VALIDATING)
 
 
 def run(ctx: JobContext) -> str:

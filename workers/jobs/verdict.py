@@ -11,6 +11,7 @@ from app import artifacts
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.jobs.enums import Verdict
+from workers.engine import evidence as ev
 from workers.jobs.context import engine
 
 
@@ -19,8 +20,6 @@ def evidence_audit(pool_info: dict[str, Any] | None, pool_why: str | None, rule:
                    reference: Any | None) -> dict[str, Any]:
     """The pool-based verdict on the request's points (free and pruned included): does the new version treat them
     like a model retrained without them? Without a valid pool: inconclusive, basis unmeasured."""
-    from workers.engine import evidence as ev
-
     if pool_info is None:
         return {"verdict": Verdict.INCONCLUSIVE, "basis": "unmeasured", "pool_id": None, "side": None, "power": None,
                 "why": f"no valid reference pool for this lineage ({pool_why})"}

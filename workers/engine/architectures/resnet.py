@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workers.engine.architectures import image_shape
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, out: int, stride: int) -> None:
@@ -29,7 +31,6 @@ class ResNet(nn.Module):
     def __init__(self, *, input_shape: tuple[int, ...], n_classes: int, width: int = 64,
                  blocks: list[int] | tuple[int, ...] = (2, 2, 2, 2)) -> None:
         super().__init__()
-        from workers.engine.architectures import image_shape
 
         if n_classes < 2:
             raise ValueError("need at least two classes")

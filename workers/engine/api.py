@@ -1,6 +1,7 @@
-"""The job modules' view of the engine: numpy arrays and paths in, networks and plain dicts out.
+"""The engine over numpy arrays and files: arrays and paths in, networks and plain dicts out.
 
-Kept apart from workers/jobs/ so that importing a job module (API process, tests) does not import torch.
+What workers/jobs/ calls (through `workers.jobs.context.engine()`, so importing a job module never imports torch).
+Like the rest of the engine it knows nothing of the service: the caller names the device once with `use()`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import torch
 from workers.engine import audit as audit_mod
 from workers.engine import parquet
 from workers.engine.architectures import build_model
+from workers.engine.calibration import removal_curve
 from workers.engine.catalog import DEFAULT_REFERENCE_MARGIN
 from workers.engine.data import ArraySet, load_npz
 from workers.engine.device import resolve_device
+from workers.engine.evidence import Limits, standardise
 from workers.engine.influence.less import CheckpointRecorder
 from workers.engine.influence.self_influence import SelfInfluence
 from workers.engine.influence.self_influence import save as save_influence
+from workers.engine.reference import fit_pool as _fit_pool
+from workers.engine.reference import logit_confidence
+from workers.engine.reference import score_pool as _score_pool
 from workers.engine.training import DEFAULT_RECIPE, train_model
 from workers.engine.unlearning import unlearn as _unlearn
 from workers.engine.weights import load_weights, save_weights
@@ -149,27 +155,19 @@ def fit_pool(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, array
              progress: Progress, cache: Path | None = None) -> tuple[Any, dict[str, Any]]:
     """Train the lineage's reference pool on the dataset rows `rows` (see workers.engine.reference); `cache`
     keeps each model's φ so a re-run trains only what is missing."""
-    from workers.engine.reference import fit_pool as _fit
-
     seed = int(recipe.get("seed", 0))
-    return _fit(lambda s: _build(arch, shape, n_classes, seed=s), arrays["x"], arrays["y"], arrays["x_test"],
+    return _fit_pool(lambda s: _build(arch, shape, n_classes, seed=s), arrays["x"], arrays["y"], arrays["x_test"],
                 arrays["y_test"], rows=np.asarray(rows), k=k, seed=seed, recipe=recipe, device=device(),
                 progress=progress, shift_models=shift_models, target=target, cache=cache)
 
 
 def score_pool(pool: Any, *, auc_max: float, tpr_max: float, seed: int) -> dict[str, Any]:
-    from workers.engine.evidence import Limits
-    from workers.engine.reference import score_pool as _score
-
-    return _score(pool, limits=Limits(auc_max=auc_max, tpr_max=tpr_max), seed=seed)
+    return _score_pool(pool, limits=Limits(auc_max=auc_max, tpr_max=tpr_max), seed=seed)
 
 
 def standardised_phi(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
                      y_test: np.ndarray) -> np.ndarray:
     """The network's φ on (x, y), standardised by its own test φ as the pool's models are."""
-    from workers.engine.evidence import standardise
-    from workers.engine.reference import logit_confidence
-
     dev = device()
     return standardise(logit_confidence(net, x, y, device=dev)[None],
                        logit_confidence(net, x_test, y_test, device=dev)[None])[0]
@@ -179,8 +177,6 @@ def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...]
               y: np.ndarray, *, orders: dict[str, np.ndarray], grid: list[int], recipe: dict[str, Any],
               progress: Progress) -> dict[str, list[dict[str, Any]]]:
     """Removal curves (Figure 4.1) for each ordering of the training points."""
-    from workers.engine.calibration import removal_curve
-
     curves = {}
     for k, (name, order) in enumerate(orders.items()):
         def part(f: float, k: int = k) -> None:
