@@ -17,7 +17,7 @@ from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import SCORERS
 from app.registry.tables import Model, Version
-from workers.jobs import scoring
+from workers.jobs import revocation, scoring
 from workers.jobs.context import JobContext, ModelInputs, complete, engine, job_rows
 
 
@@ -111,6 +111,10 @@ def run(ctx: JobContext) -> str:
     with ctx.phase("registering", 0.95, 1.0):
         summary = _summary(c, curves, grid, every[c.method][live])
         with session_scope() as s:
+            why = revocation.reason(s, model_id=c.model_id, number=c.number)
+            if why is not None:  # revoked while the curves were computed: nothing is recorded on it
+                artifacts.delete(summary["png"])
+                raise revocation.VersionRevoked(why)
             job = s.get(Job, ctx.job_id)
             runs.record_calibration(s, model=s.get(Model, c.model_id), version=s.get(Version, c.version_id),
                                         summary=summary)
