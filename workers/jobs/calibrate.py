@@ -106,8 +106,8 @@ def run(ctx: JobContext) -> str:
     arrays = eng.load_arrays(artifacts.path_of(c.ds_uri))
     net = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.uri))
     with ctx.phase("retraining", 0.1, 0.95) as progress:
-        curves = eng.calibrate(net, c.arch, c.shape, c.n_classes, arrays["x"][live], arrays["y"][live],
-                               orders=orders, grid=grid, recipe=c.recipe, progress=progress)
+        curves = eng.calibrate(net, c.arch, c.shape, c.n_classes, eng.rows(arrays, live), orders=orders, grid=grid,
+                               recipe=c.recipe, progress=progress)
     with ctx.phase("registering", 0.95, 1.0):
         summary = _summary(c, curves, grid, every[c.method][live])
         with session_scope() as s:

@@ -46,9 +46,9 @@ def compute(c: ScoringInputs, method: str, *, progress: Progress, rows: slice | 
     net = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.w_uri))
     work_dir = artifacts.path_of(artifacts.scores_dir(c.version_id))
     if prepare_only:
-        eng.prepare_scoring(method, net, arrays["x"], arrays["y"], work_dir=work_dir)
+        eng.prepare_scoring(method, net, eng.rows(arrays), work_dir=work_dir)
         return np.empty(0), {}
-    return eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress, work_dir=work_dir,
+    return eng.self_influence(method, net, eng.rows(arrays), progress=progress, work_dir=work_dir,
                               checkpoints_dir=artifacts.path_of(artifacts.checkpoints_uri(c.w_uri)), rows=rows)
 
 
