@@ -68,6 +68,10 @@ def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Mode
         raise Unprocessable("the model name 'kinds' is reserved: GET /models/kinds lists the installed model kinds")
     ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
     datasets.require_ready(ds)
+    try:  # a text dataset needs a kind whose encode tokenises; a text kind cannot read feature tensors
+        plugins.check_reads(body.architecture.kind, ds.features or "x", ds.name)
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
     check_limits(body, input_shape=list(ds.input_shape), n_classes=ds.n_classes)
     check_applies(body.architecture.model_dump(exclude_none=True), [body.policy.scorer, body.policy.algorithm])
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):
