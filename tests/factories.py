@@ -135,6 +135,33 @@ def parquet_bytes(n: int = 120, n_test: int = 40, *, features: str = "image", si
     return buf.getvalue()
 
 
+def text_parquet_bytes(n: int = 160, n_test: int = 60, *, classes: int = 3, seed: int = 0,
+                       subjects: bool = True) -> bytes:
+    """A text dataset in Lethe's Parquet format: ids p0000…, 4 points per subject, a test split, and sentences
+    whose class shows in some of their words (each class has its own vocabulary, mixed with shared filler)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    total = n + n_test
+    y = rng.integers(0, classes, size=total)
+    vocab = [[f"{w}{k}" for w in ("alpha", "bravo", "delta", "omega", "sigma", "kappa")] for k in range(classes)]
+    filler = ["the", "a", "report", "said", "today", "about", "some", "new", "Items", "and"]
+    texts = []
+    for label in y:
+        words = list(rng.choice(filler, size=rng.integers(3, 9))) + list(rng.choice(vocab[label], size=2))
+        texts.append(" ".join(rng.permutation(words)) + ("." if rng.random() < 0.5 else "!"))
+    columns: dict[str, Any] = {
+        "point_id": [f"p{i:04d}" if i < n else f"t{i - n:04d}" for i in range(total)],
+        "label": pa.array(y, pa.int64()), "split": ["train"] * n + ["test"] * n_test, "text": texts,
+    }
+    if subjects:
+        columns["subject_id"] = [f"s{i // 4:03d}" if i < n else None for i in range(total)]
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf, row_group_size=50)
+    return buf.getvalue()
+
+
 def upload_parquet(client: TestClient, headers: dict[str, str], name: str = "pq", **kw: Any) -> dict[str, Any]:
     resp = client.post("/datasets", headers=headers, data={"name": name},
                        files={"file": ("data.parquet", parquet_bytes(**kw), "application/octet-stream")})

@@ -211,9 +211,6 @@ def require_ready(ds: Dataset) -> None:
     if ds.status == DatasetStatus.FAILED:
         raise Unprocessable(f"dataset '{ds.name}' failed validation: {ds.error}; register a corrected file "
                             "under another name")
-    if ds.features == "text":
-        raise Unprocessable(f"dataset '{ds.name}' holds text: Lethe validates and stores text datasets, but its "
-                            "engine does not feed strings to a plugin's encode() yet, so no model can train on it")
 
 
 def validated(session: Session, *, dataset_id: str) -> Dataset:

@@ -180,11 +180,16 @@ def fail(session: Session, *, job: Job, error: str, attempt: int | None, result:
                   data={"error": job.error[:2000], **(data or {})})
 
 
-def cancel(session: Session, *, job: Job) -> None:
-    """Cancel a queued job that no longer serves any request, with its ledger entry."""
-    job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
+def cancel(session: Session, *, job: Job, reason: str | None = None, attempt: int | None = None) -> None:
+    """Cancel a job that will not run to its end: a queued one that no longer serves any request, or one whose
+    version was revoked (`reason`, kept in its result and its ledger entry). With `attempt` (a running job's
+    claim), fenced like complete and fail."""
+    fence(session, job_id=job.id, attempt=attempt)
+    job.status, job.finished_at, job.phase = JobStatus.CANCELLED, utcnow(), None
+    if reason is not None:
+        job.result = {**(job.result or {}), "reason": reason}
     ledger.append(session, tenant_id=job.tenant_id, event="job.cancelled", subject_type="job", subject_id=job.id,
-                  data={})
+                  data={"reason": reason} if reason is not None else {})
 
 
 def record_audit(session: Session, *, job: Job, parent_version: int, attempt: int, algorithm: str,

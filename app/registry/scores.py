@@ -84,6 +84,13 @@ def scoring_failed(session: Session, *, version: Version, method: str) -> None:
         run.status = RunStatus.FAILED
 
 
+def scoring_cancelled(session: Session, *, version: Version, method: str) -> None:
+    """The job computing the version's run of `method` was cancelled (the version was revoked)."""
+    run = influence_run(session, version=version, method=method)
+    if run is not None and run.status != RunStatus.COMPLETED:
+        run.status = RunStatus.CANCELLED
+
+
 def record_calibration(session: Session, *, model: Model, version: Version, summary: dict[str, Any]) -> None:
     """A calibration's outcome: the free threshold and budget (when it calibrated the policy's scorer), the
     prune threshold and the curves on the version, with its ledger entry."""

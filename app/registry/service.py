@@ -15,7 +15,7 @@ from app.db import page, utcnow
 from app.errors import Conflict, Gone, NotFound, Unprocessable, closest, did_you_mean
 from app.evidence import service as evidence
 from app.jobs import service as jobs
-from app.jobs.enums import ACTIVE, JobKind
+from app.jobs.enums import ACTIVE, JobKind, JobStatus
 from app.jobs.params import ScoreParams, TrainParams
 from app.jobs.tables import Audit, Job
 from app.ledger import service as ledger
@@ -69,6 +69,10 @@ def create_model(session: Session, *, tenant_id: str, body: ModelCreate) -> Mode
         raise Unprocessable("the model name 'kinds' is reserved: GET /models/kinds lists the installed model kinds")
     ds = datasets.get(session, tenant_id=tenant_id, name_or_id=body.dataset)
     datasets.require_ready(ds)
+    try:  # a text dataset needs a kind whose encode tokenises; a text kind cannot read feature tensors
+        plugins.check_reads(body.architecture.kind, ds.features or "x", ds.name)
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
     check_limits(body, input_shape=list(ds.input_shape), n_classes=ds.n_classes)
     check_applies(body.architecture.model_dump(exclude_none=True), [body.policy.scorer, body.policy.algorithm])
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == body.name)):
@@ -268,6 +272,25 @@ def revoke(session: Session, *, model: Model, version: Version) -> None:
     version.revoked_at = utcnow()
     ledger.append(session, tenant_id=model.tenant_id, event="version.revoked", subject_type="version",
                   subject_id=version.id, data={"ref": ref(model, version.number), "purged": purged})
+    # Work queued on it can no longer run (its weights are gone): cancelled now, with the reason. A job already
+    # running finds the version revoked and ends cancelled the same way (workers/jobs/revocation.py).
+    why = revoked_reason(model, version)
+    for job in session.scalars(select(Job).where(Job.model_id == model.id, Job.version == version.number,
+                                                 Job.kind.in_(VERSION_JOBS), Job.status == JobStatus.QUEUED)):
+        jobs.cancel(session, job=job, reason=why)
+    for run in session.scalars(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
+                                                          InfluenceRun.status.in_((RunStatus.QUEUED,
+                                                                                   RunStatus.RUNNING)))):
+        run.status = RunStatus.CANCELLED
+
+
+# The job kinds that compute on one version's weights (a reference job's target version is optional to it).
+VERSION_JOBS = (JobKind.SCORE, JobKind.CALIBRATE)
+
+
+def revoked_reason(model: Model, version: Version) -> str:
+    return (f"{ref(model, version.number)} was revoked (superseded by an unlearned version; its weights were purged) "
+            "before this job could run")
 
 
 def start_training(session: Session, *, model: Model, promote: bool) -> Job:
@@ -280,8 +303,11 @@ def start_training(session: Session, *, model: Model, promote: bool) -> Job:
 
 
 def start_scoring(session: Session, *, model: Model, version: Version, method: str) -> Job:
-    """Queue (or return the queued) scoring job of `method` for a version; 422 when it cannot apply to the model."""
+    """Queue (or return the queued) scoring job of `method` for a version; 422 when it cannot apply to the model,
+    410 when the version was revoked."""
     check_applies(model.architecture, [method])
+    if version.status == VersionStatus.REVOKED:
+        raise Gone(f"{ref(model, version.number)} was revoked: its weights were purged")
     run = session.scalar(select(InfluenceRun).where(InfluenceRun.version_id == version.id,
                                                     InfluenceRun.method == method))
     if run is not None and run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED) and run.job_id:

@@ -189,8 +189,8 @@ def test_a_parquet_file_registers_by_reference_from_the_import_directory(client:
     assert (cache["x"][5].ravel() == table.column("x")[5].values.to_numpy()).all()
 
 
-def test_a_text_dataset_validates_but_no_model_trains_on_it_yet(client: TestClient,
-                                                               admin_headers: dict[str, str]) -> None:
+def test_a_text_dataset_validates_and_kinds_without_a_tokeniser_are_refused(client: TestClient,
+                                                                           admin_headers: dict[str, str]) -> None:
     import io
 
     from tests.factories import drain
@@ -206,4 +206,6 @@ def test_a_text_dataset_validates_but_no_model_trains_on_it_yet(client: TestClie
     assert client.get("/datasets/txt", headers=admin_headers).json()["status"] == "ready"
     refused = client.post("/models", headers=admin_headers, json={"name": "m", "dataset": "txt",
                                                                   "architecture": {"kind": "mlp"}})
-    assert refused.status_code == 422 and "does not feed strings" in refused.json()["detail"]
+    assert refused.status_code == 422 and "holds text" in refused.json()["detail"]
+    assert "no encode() to tokenise strings" in refused.json()["detail"]  # bag: tests/workers/test_text_dataset.py
+    assert client.get("/models", headers=admin_headers).json()["total"] == 0

@@ -149,7 +149,7 @@ def _unsharded_scores(method: str) -> object:
         arrays = eng.load_arrays(artifacts.path_of(ds.uri))
         net = eng.load_network(m.architecture, tuple(ds.input_shape), ds.n_classes, artifacts.path_of(v.uri))
         work_dir = artifacts.path_of(artifacts.scores_dir(v.id))
-    scores, _ = eng.self_influence(method, net, arrays["x"], arrays["y"], progress=lambda _: None, work_dir=work_dir)
+    scores, _ = eng.self_influence(method, net, eng.rows(arrays), progress=lambda _: None, work_dir=work_dir)
     return scores
 
 

@@ -1,4 +1,7 @@
-"""The engine over numpy arrays and files: arrays and paths in, networks and plain dicts out.
+"""The engine over numpy arrays, row sets and files: arrays and paths in, networks and plain dicts out.
+
+Datasets reach the engine as row sets (`rows`: a dataset's arrays, memory-mapped for Parquet, and the rows a job
+uses), never as copies of their features: every engine path reads them a batch at a time (workers/engine/rows.py).
 
 What workers/jobs/ calls (through `workers.jobs.context.engine()`, so importing a job module never imports torch).
 Like the rest of the engine it knows nothing of the service: the caller names the device once with `use()`.
@@ -25,7 +28,7 @@ from workers.engine.influence.less import CheckpointRecorder
 from workers.engine.influence.self_influence import SelfInfluence
 from workers.engine.influence.self_influence import save as save_influence
 from workers.engine.reference import fit_pool as _fit_pool
-from workers.engine.reference import logit_confidence
+from workers.engine.reference import phi_of
 from workers.engine.reference import score_pool as _score_pool
 from workers.engine.training import DEFAULT_RECIPE, train_model
 from workers.engine.unlearning import unlearn as _unlearn
@@ -51,6 +54,14 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     return parquet.load_cache(path) if path.suffix == ".parquet" else load_npz(path)
 
 
+def rows(arrays: dict[str, np.ndarray], which: Any = None, *, test: bool = False) -> ArraySet:
+    """Train rows `which` (None: all) of a dataset's arrays, or its test split, as a row set (nothing copied)."""
+    if test:
+        return ArraySet(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else ArraySet(
+            arrays["x"][:0], arrays["y"][:0])
+    return ArraySet(arrays["x"], arrays["y"], which)
+
+
 def _build(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model(arch, input_shape=tuple(shape), n_classes=n_classes)
@@ -65,14 +76,14 @@ def save_network(net: torch.nn.Module, path: Path) -> str:
     return save_weights(net, path)
 
 
-def train(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray, y: np.ndarray, *,
+def train(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, data: ArraySet, *,
           recipe: dict[str, Any], progress: Progress,
           checkpoints_to: Path | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train from the recipe; with checkpoints_to, keep `recipe.checkpoints` (default 3) for LESS scoring."""
     net = _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0)))
     keep, epochs = int(recipe.get("checkpoints", 3)), int({**DEFAULT_RECIPE, **recipe}["epochs"])
     recorder = CheckpointRecorder(epochs, k=keep) if checkpoints_to and keep > 0 else None
-    metrics = train_model(net, ArraySet(x, y), recipe=recipe, device=device(), progress=progress,
+    metrics = train_model(net, data, recipe=recipe, device=device(), progress=progress,
                           on_epoch_end=recorder)
     if recorder is not None and checkpoints_to is not None:
         recorder.save(checkpoints_to)
@@ -80,54 +91,53 @@ def train(arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.nd
     return net.cpu(), metrics
 
 
-def accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    return float(audit_mod.accuracy(net, ArraySet(x, y), device=device()))
+def accuracy(net: torch.nn.Module, data: ArraySet) -> float:
+    return float(audit_mod.accuracy(net, data, device=device()))
 
 
-def self_influence(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, progress: Progress,
+def self_influence(method: str, net: torch.nn.Module, data: ArraySet, *, progress: Progress,
                    work_dir: Path, checkpoints_dir: Path | None = None,
                    rows: slice | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Scores and what produced them; work_dir caches fitted factors (hessian), checkpoints feed LESS.
 
     With `rows`, one shard's scores (a sharded job calls this once per shard, after prepare_scoring)."""
-    result = SelfInfluence(work_dir, net, ArraySet(x, y), device=device(), checkpoints=checkpoints_dir).score(
+    result = SelfInfluence(work_dir, net, data, device=device(), checkpoints=checkpoints_dir).score(
         method, rows=rows, progress=progress)
     return result.scores, result.info
 
 
-def prepare_scoring(method: str, net: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, work_dir: Path) -> None:
+def prepare_scoring(method: str, net: torch.nn.Module, data: ArraySet, *, work_dir: Path) -> None:
     """What every shard of a sharded scoring job shares, computed once: hessian's factors (cached)."""
-    SelfInfluence(work_dir, net, ArraySet(x, y), device=device()).fit(method)
+    SelfInfluence(work_dir, net, data, device=device()).fit(method)
 
 
 def save_scores(root: Path, name: str, scores: np.ndarray, *, meta: dict[str, Any]) -> dict[str, Any]:
     return save_influence(root, name, scores, meta=meta)
 
 
-def unlearn(algorithm: str, net: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
-            retain: tuple[np.ndarray, np.ndarray] | None, params: dict[str, Any], recipe: dict[str, Any],
+def unlearn(algorithm: str, net: torch.nn.Module, *, forget: ArraySet, retain: ArraySet | None,
+            params: dict[str, Any], recipe: dict[str, Any],
             arch: dict[str, Any], shape: tuple[int, ...], n_classes: int,
             progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
     result = _unlearn(
-        algorithm, net, forget=ArraySet(*forget), retain=ArraySet(*retain) if retain is not None else None,
-        params=params, device=device(), seed=int(recipe.get("seed", 0)), progress=progress,
+        algorithm, net, forget=forget, retain=retain, params=params, device=device(), seed=int(recipe.get("seed", 0)),
+        progress=progress,
         build=lambda: _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0)) + 1), recipe=recipe)
     return result.model.cpu(), dict(result.metrics)
 
 
-def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.ndarray, np.ndarray],
-          retain: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray | None, np.ndarray | None],
+def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: ArraySet, retain: ArraySet, test: ArraySet,
           rule: dict[str, float], min_points: int, retrained: bool = False,
           policy: dict[str, Any] | None = None, reference: torch.nn.Module | None = None) -> dict[str, Any]:
     """Audit the new network against its parent on the request's points: `passed` says whether retain and test
     accuracy stayed within the policy's max_acc_drop (the pool's verdict is workers/jobs/verdict.py's, on top). The MIAs
     are reported as informational. With a retrain `reference` (a model retrained without the forget set) the
     report adds its numbers and the gap of each metric to them."""
-    if test[0] is None or len(test[0]) == 0:
+    if len(test) == 0:
         raise ValueError("the dataset has no test split (x_test, y_test): the audit cannot run")
     rule = dict(rule) | {k: v for k, v in (policy or {}).items() if k in rule and v is not None}
     dev = device()
-    sets = {"forget": ArraySet(*forget), "retain": ArraySet(*retain), "test": ArraySet(test[0], test[1])}
+    sets = {"forget": forget, "retain": retain, "test": test}
     kw = {"device": dev, "min_points": min_points}
     after = audit_mod.audit_model(net, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
     before = audit_mod.audit_model(parent, forget=sets["forget"], retain=sets["retain"], test=sets["test"], **kw)
@@ -146,7 +156,7 @@ def audit(net: torch.nn.Module, parent: torch.nn.Module, *, forget: tuple[np.nda
     # test points differ in class and difficulty, so they pass doing nothing and fail correct retrains.
     reasons = audit_mod.accuracy_reasons(after, before, max_acc_drop=rule["max_acc_drop"])
     return {"passed": not reasons, "reasons": reasons, "after": after, "before": before,
-            "mia_reference": mia_reference, "n_audit": len(forget[0]), "policy": rule,
+            "mia_reference": mia_reference, "n_audit": len(forget), "policy": rule,
             "informational": ["after.mia", "after.mia_conf", "before.mia", "before.mia_conf"], **extra}
 
 
@@ -165,16 +175,14 @@ def score_pool(pool: Any, *, auc_max: float, tpr_max: float, seed: int) -> dict[
     return _score_pool(pool, limits=Limits(auc_max=auc_max, tpr_max=tpr_max), seed=seed)
 
 
-def standardised_phi(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
-                     y_test: np.ndarray) -> np.ndarray:
-    """The network's φ on (x, y), standardised by its own test φ as the pool's models are."""
+def standardised_phi(net: torch.nn.Module, data: ArraySet, test: ArraySet) -> np.ndarray:
+    """The network's φ on `data`, standardised by its own φ on `test` as the pool's models are."""
     dev = device()
-    return standardise(logit_confidence(net, x, y, device=dev)[None],
-                       logit_confidence(net, x_test, y_test, device=dev)[None])[0]
+    return standardise(phi_of(net, data, device=dev)[None], phi_of(net, test, device=dev)[None])[0]
 
 
-def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, x: np.ndarray,
-              y: np.ndarray, *, orders: dict[str, np.ndarray], grid: list[int], recipe: dict[str, Any],
+def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...], n_classes: int, data: ArraySet,
+              *, orders: dict[str, np.ndarray], grid: list[int], recipe: dict[str, Any],
               progress: Progress) -> dict[str, list[dict[str, Any]]]:
     """Removal curves (Figure 4.1) for each ordering of the training points."""
     curves = {}
@@ -184,5 +192,5 @@ def calibrate(net: torch.nn.Module, arch: dict[str, Any], shape: tuple[int, ...]
 
         # Same initialisation and data order as the version's own training: only the removal differs.
         curves[name] = removal_curve(net, lambda: _build(arch, shape, n_classes, seed=int(recipe.get("seed", 0))),
-                                     ArraySet(x, y), order, grid=grid, recipe=recipe, device=device(), progress=part)
+                                     data, order, grid=grid, recipe=recipe, device=device(), progress=part)
     return curves

@@ -10,19 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 
 
 @torch.no_grad()
 def _outputs(model: nn.Module, data: ArraySet, device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     model = model.to(device).eval()
-    x, y = to_tensors(data, device)
     losses, correct = [], []
-    for idx in batches(len(data), batch_size, shuffle=False):
-        idx = idx.to(device)
-        logits, loss = hooks.logits_and_losses(model, x[idx], y[idx])
+    for _, xb, yb in data.loader(batch_size, device):
+        logits, loss = hooks.logits_and_losses(model, xb, yb)
         losses.append(loss.cpu().numpy())
-        correct.append((logits.argmax(1) == y[idx]).cpu().numpy())
+        correct.append((logits.argmax(1) == yb).cpu().numpy())
     if not losses:
         return np.empty(0), np.empty(0, dtype=bool)
     return np.concatenate(losses).astype(np.float64), np.concatenate(correct)
@@ -96,12 +94,10 @@ def confidence_features(model: nn.Module, data: ArraySet, *, device: torch.devic
                         batch_size: int = 512) -> np.ndarray:
     """Per example: the softmax confidence in the true class and the prediction entropy (SalUn's features)."""
     model = model.to(device).eval()
-    x, y = to_tensors(data, device)
     rows = []
-    for idx in batches(len(data), batch_size, shuffle=False):
-        idx = idx.to(device)
-        logp = F.log_softmax(hooks.forward(model, x[idx]).double(), dim=1)
-        conf = logp.gather(1, y[idx, None]).exp().squeeze(1)
+    for _, xb, yb in data.loader(batch_size, device):
+        logp = F.log_softmax(hooks.forward(model, xb).double(), dim=1)
+        conf = logp.gather(1, yb[:, None]).exp().squeeze(1)
         entropy = -(logp.exp() * logp).sum(1)
         rows.append(torch.stack([conf, entropy], 1).cpu().numpy())
     return np.concatenate(rows) if rows else np.empty((0, 2))
@@ -126,8 +122,7 @@ def confidence_mia(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test
     def sample(data: ArraySet, k: int) -> ArraySet:
         if len(data) <= k:
             return data
-        pick = np.sort(rng.choice(len(data), k, replace=False))
-        return ArraySet(data.x[pick], data.y[pick])
+        return data.subset(np.sort(rng.choice(len(data), k, replace=False)))
 
     members = confidence_features(model, sample(retain, n), device=device)
     outsiders = confidence_features(model, sample(test, n), device=device)
@@ -155,8 +150,7 @@ def audit_model(model: nn.Module, *, forget: ArraySet, retain: ArraySet, test: A
     confidence MIA efficacy (retain vs test SVC, fraction of forget predicted non-member) under `mia_conf`."""
     rng = np.random.default_rng(seed)
     if len(retain) > retain_sample:
-        pick = np.sort(rng.choice(len(retain), retain_sample, replace=False))
-        retain = ArraySet(retain.x[pick], retain.y[pick])
+        retain = retain.subset(np.sort(rng.choice(len(retain), retain_sample, replace=False)))
     f_losses, f_correct = _outputs(model, forget, device, 512)
     t_losses, t_correct = _outputs(model, test, device, 512)
     fa = float(f_correct.mean()) if len(f_correct) else None

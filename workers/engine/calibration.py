@@ -40,8 +40,8 @@ def removal_curve(full: nn.Module, build: Callable[[], nn.Module], data: ArraySe
     for k, n in enumerate(grid):
         removed, kept = order[:n], order[n:]
         model = build()
-        train_model(model, ArraySet(data.x[kept], data.y[kept]), recipe=recipe, device=device)
-        out = ArraySet(data.x[removed], data.y[removed])
+        train_model(model, data.subset(kept), recipe=recipe, device=device)
+        out = data.subset(removed)
         full_loss = predict_losses(full, out, device=device)
         new_loss = predict_losses(model, out, device=device)
         rows.append({"n": int(n), "acc_full": round(accuracy(full, out, device=device), 6),

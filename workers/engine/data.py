@@ -1,23 +1,18 @@
-"""Dataset files and batching: numpy arrays on disk, tensors per batch."""
+"""Dataset files and batching: numpy arrays on disk, read a batch at a time (workers/engine/rows.py)."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from workers.engine.rows import Batch, Rows, batches
 
-@dataclass
-class ArraySet:
-    x: np.ndarray
-    y: np.ndarray
+# The engine's name for a set of rows since it held two arrays; every set is a Rows (a row-indexed batch source).
+ArraySet = Rows
 
-    def __len__(self) -> int:
-        return len(self.y)
+__all__ = ["ArraySet", "Batch", "Rows", "batches", "load_npz", "to_tensors"]
 
 
 def load_npz(path: Path | str) -> dict[str, np.ndarray]:
@@ -26,18 +21,6 @@ def load_npz(path: Path | str) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def to_tensors(data: ArraySet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tensors of the set; a read-only memory map (a Parquet dataset's feature cache) is shared, not copied: the
-    engine only ever indexes x (a copy per batch), so its pages are read as batches touch them."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return (torch.as_tensor(np.asarray(data.x), dtype=torch.float32, device=device),
-                torch.as_tensor(np.asarray(data.y), dtype=torch.long, device=device))
-
-
-def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[
-        torch.Tensor]:
-    """Index batches over n items (seeded shuffle when asked)."""
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+def to_tensors(data: Rows, device: torch.device) -> tuple[Batch, torch.Tensor]:
+    """The whole set as tensors (benchmarks comparing with libraries that take tensors; the engine reads batches)."""
+    return data.tensors(device)

@@ -10,9 +10,14 @@ An entry point names an object whose module imports no torch (the API loads it t
   `layer_count(config) -> int` (optional, torch-free): the API applies LETHE_MAX_* limits with them;
 - `tracked_modules(model) -> list[str]` (optional): the layers the influence scorers and K-FAC see; default every
   Linear and Conv2d;
-- `encode(batch) -> dict of tensors` (optional): a batch of feature rows (a float tensor) as the model's keyword
-  inputs; default `{"x": batch}`. Every forward pass of the engine calls `model(**encode(batch))`; scorers that
-  take per-example gradients call it under torch.func.vmap, so it must be made of tensor operations;
+- `features` (optional tuple of dataset feature kinds, default `("x", "image")`: float tensors): what the kind's
+  models read. A text kind says `("text",)`: its batches are the dataset's strings, which only its encode turns
+  into tensors. `POST /models` pairing a kind with a dataset it cannot read is a 422 naming why;
+- `encode(batch) -> dict of tensors` (optional): a batch of rows (a float tensor; a text kind's: a list of str) as
+  the model's keyword inputs; default `{"x": batch}`. Every forward pass of the engine calls
+  `model(**encode(batch))`. Scorers that take per-example gradients call a tensor batch's encode under
+  torch.func.vmap (tensor operations only); a text batch is encoded once outside it, so a text encode must return
+  tensors whose first dimension is the batch (workers/engine/textbag.py is the built-in text kind);
 - `loss(model, inputs, y) -> per-example loss tensor` (optional): default cross entropy on `model(**inputs)`.
   Training, gradnorm, LESS (its vmap path), every unlearning algorithm but imu and the audit's losses use it;
   hessian (K-FAC/EK-FAC: cross entropy's Fisher) and imu (refits the head with cross entropy) cannot apply then;
@@ -102,6 +107,35 @@ def check_applies(kind: str, names: list[str] | tuple[str, ...]) -> None:
     for name in names:
         if name in refused:
             raise ValueError(f"{name} cannot apply to a {kind!r} model: {refused[name]}")
+
+
+TENSOR_FEATURES = ("x", "image")
+
+
+def reads(kind: str) -> tuple[str, ...]:
+    """The dataset feature kinds (x, image, text) this kind's models read (torch-free)."""
+    return tuple(getattr(plugin(kind), "features", None) or TENSOR_FEATURES)
+
+
+def check_reads(kind: str, features: str, dataset: str) -> None:
+    """ValueError naming why, when this kind's models cannot read the dataset's features."""
+    readable = reads(kind)
+    if features in readable:
+        return
+    if features == "text":
+        text_kinds = [k for k in installed_kinds() if "text" in _safe_reads(k)]
+        raise ValueError(f"dataset {dataset!r} holds text, and {kind!r} models read feature tensors "
+                         f"({', '.join(readable)}), with no encode() to tokenise strings; a text kind can "
+                         f"(installed: {', '.join(text_kinds) or 'none'})")
+    raise ValueError(f"{kind!r} models read {', '.join(readable)} datasets; dataset {dataset!r} holds "
+                     f"{'feature tensors' if features in TENSOR_FEATURES else features} ({features})")
+
+
+def _safe_reads(kind: str) -> tuple[str, ...]:
+    try:
+        return reads(kind)
+    except UnknownKind:  # a broken plugin is listed nowhere
+        return ()
 
 
 def norm_policy(kind: str) -> str:

@@ -18,23 +18,26 @@ from torch import nn
 
 from workers.engine import evidence
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 from workers.engine.evidence import Pool
 from workers.engine.training import train_model
 
 
-@torch.no_grad()
 def logit_confidence(model: nn.Module, x: np.ndarray, y: np.ndarray, *, device: torch.device,
                      batch_size: int = 1024) -> np.ndarray:
-    """φ = z_y − logsumexp(z_≠y) per example (float64 logits: saturated points differ in the last digits)."""
+    """φ = z_y − logsumexp(z_≠y) per example of the arrays x, y (see phi_of)."""
+    return phi_of(model, ArraySet(x, y), device=device, batch_size=batch_size)
+
+
+@torch.no_grad()
+def phi_of(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    """φ = z_y − logsumexp(z_≠y) per row of `data` (float64 logits: saturated points differ in the last digits)."""
     model = model.to(device).eval()
-    xt, yt = to_tensors(ArraySet(x, y), device)
     out = []
-    for idx in batches(len(yt), batch_size, shuffle=False):
-        idx = idx.to(device)
-        z = hooks.forward(model, xt[idx]).double()
-        zy = z.gather(1, yt[idx, None]).squeeze(1)
-        others = z.scatter(1, yt[idx, None], float("-inf"))
+    for _, xb, yb in data.loader(batch_size, device):
+        z = hooks.forward(model, xb).double()
+        zy = z.gather(1, yb[:, None]).squeeze(1)
+        others = z.scatter(1, yb[:, None], float("-inf"))
         out.append((zy - torch.logsumexp(others, 1)).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0)
 
@@ -54,7 +57,7 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
     rows = np.asarray(rows, dtype=np.int64)
     n = len(rows)
     mask = evidence.design(n, k, seed)
-    xs, ys = x[rows], y[rows]
+    data, test = ArraySet(x, y, rows), ArraySet(x_test, y_test)  # row views: features are read a batch at a time
     phi = np.empty((k, n), dtype=np.float64)
     phi_test = np.empty((k, len(y_test)), dtype=np.float64)
     total = k + shift_models
@@ -62,7 +65,7 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
         model_seed = seed * 1000 + 100 + m  # apart from a job's seed + 1 retrain
         phi[m], phi_test[m] = _measured(
             cache, f"shadow-{m}", model_seed, n, lambda ms=model_seed, m=m: _train_and_measure(
-                build, ms, xs[mask[m]], ys[mask[m]], (xs, ys), (x_test, y_test), recipe, device))
+                build, ms, data.subset(mask[m]), data, test, recipe, device))
         if progress:
             progress((m + 1) / total)
     phi_std = evidence.standardise(phi, phi_test)
@@ -82,7 +85,7 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
             left_out, left_out_test = _measured(
                 cache, f"shift-{s}", model_seed, len(out_cols),
                 lambda ms=model_seed, keep=keep, out_cols=out_cols: _train_and_measure(
-                    build, ms, xs[keep], ys[keep], (xs[out_cols], ys[out_cols]), (x_test, y_test), recipe, device))
+                    build, ms, data.subset(keep), data.subset(out_cols), test, recipe, device))
             std = evidence.standardise(left_out[None], left_out_test[None])[0]
             offsets.append((std - stats.mu_out[out_cols]) / np.sqrt(stats.var_out[out_cols]))
             shift_cols.append(out_cols)
@@ -96,8 +99,8 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
                   "shift_out_se": round(float(every.std(ddof=1) / np.sqrt(len(every))), 6) if len(every) > 1 else None,
                   "n_points": int(len(every))}
     if target is not None:
-        std = evidence.standardise(logit_confidence(target, xs, ys, device=device)[None],
-                                   logit_confidence(target, x_test, y_test, device=device)[None])[0]
+        std = evidence.standardise(phi_of(target, data, device=device)[None],
+                                   phi_of(target, test, device=device)[None])[0]
         rel = (std - stats.mu_in) / np.sqrt(stats.var_in)
         shift |= {"shift_in": round(float(np.median(rel)), 6), "shift_in_mean": round(float(rel.mean()), 6)}
     pool = Pool(rows=rows, in_mask=mask, phi=phi, phi_test=phi_test, phi_std=phi_std,
@@ -108,13 +111,12 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
     return pool, shift
 
 
-def _train_and_measure(build: Callable[[int], nn.Module], model_seed: int, x_train: np.ndarray, y_train: np.ndarray,
-                       on: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], recipe: dict[str, Any],
-                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _train_and_measure(build: Callable[[int], nn.Module], model_seed: int, train: ArraySet, on: ArraySet,
+                       test: ArraySet, recipe: dict[str, Any], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """One pool model: trained with its own seed, then only its φ is kept (on `on` and on the test split)."""
     net = build(model_seed)
-    train_model(net, ArraySet(x_train, y_train), recipe={**recipe, "seed": model_seed}, device=device)
-    return logit_confidence(net, *on, device=device), logit_confidence(net, *test, device=device)
+    train_model(net, train, recipe={**recipe, "seed": model_seed}, device=device)
+    return phi_of(net, on, device=device), phi_of(net, test, device=device)
 
 
 def _measured(cache: Path | None, name: str, model_seed: int, n: int,

@@ -11,7 +11,7 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine.audit import accuracy
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, Batch
 
 DEFAULT_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 64,
                                   "weight_decay": 0.0, "seed": 0}
@@ -19,17 +19,14 @@ DEFAULT_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "epochs": 20,
 # alpha · mean_i ‖∇θ CE_i‖₂ over each batch (double backprop; the paper uses alpha = 0.005).
 
 
-def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def per_sample_grad_norms(model: nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
     """‖∇θ CE(model(x_i), y_i)‖₂ for each i, differentiable in the parameters (for double backprop)."""
     from torch.func import grad, vmap
 
     params = {k: v for k, v in model.named_parameters() if v.requires_grad}
     buffers = dict(model.named_buffers())
-
-    def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return hooks.functional_losses(model, p, buffers, xi[None], yi[None])[0]
-
-    per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(params, x, y)
+    loss_one, inputs = hooks.example_loss(model, buffers, x)
+    per = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(params, inputs, y)
     return torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in per.values()) + 1e-12)
 
 
@@ -53,7 +50,6 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
     r = DEFAULT_RECIPE | (recipe or {})
     began = time.perf_counter()
     model.to(device).train()
-    x, y = to_tensors(train, device)
     opt = make_optimizer(model.parameters(), name=r["optimizer"], lr=r["lr"], weight_decay=r["weight_decay"])
     gen = torch.Generator().manual_seed(int(r["seed"]))
     epochs = int(r["epochs"])
@@ -61,12 +57,11 @@ def train_model(model: nn.Module, train: ArraySet, *, recipe: dict[str, Any], de
     loss_sum = 0.0
     for epoch in range(epochs):
         loss_sum, seen = 0.0, 0
-        for idx in batches(len(train), int(r["batch_size"]), shuffle=True, generator=gen):
-            idx = idx.to(device)
+        for idx, xb, yb in train.loader(int(r["batch_size"]), device, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            loss = hooks.losses(model, x[idx], y[idx]).mean()
+            loss = hooks.losses(model, xb, yb).mean()
             if restriction:
-                (loss + restriction * per_sample_grad_norms(model, x[idx], y[idx]).mean()).backward()
+                (loss + restriction * per_sample_grad_norms(model, xb, yb).mean()).backward()
             else:
                 loss.backward()
             opt.step()

@@ -17,7 +17,7 @@ from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.schemas import SCORERS
 from app.registry.tables import Model, Version
-from workers.jobs import scoring
+from workers.jobs import revocation, scoring
 from workers.jobs.context import JobContext, ModelInputs, complete, engine, job_rows
 
 
@@ -106,11 +106,15 @@ def run(ctx: JobContext) -> str:
     arrays = eng.load_arrays(artifacts.path_of(c.ds_uri))
     net = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.uri))
     with ctx.phase("retraining", 0.1, 0.95) as progress:
-        curves = eng.calibrate(net, c.arch, c.shape, c.n_classes, arrays["x"][live], arrays["y"][live],
-                               orders=orders, grid=grid, recipe=c.recipe, progress=progress)
+        curves = eng.calibrate(net, c.arch, c.shape, c.n_classes, eng.rows(arrays, live), orders=orders, grid=grid,
+                               recipe=c.recipe, progress=progress)
     with ctx.phase("registering", 0.95, 1.0):
         summary = _summary(c, curves, grid, every[c.method][live])
         with session_scope() as s:
+            why = revocation.reason(s, model_id=c.model_id, number=c.number)
+            if why is not None:  # revoked while the curves were computed: nothing is recorded on it
+                artifacts.delete(summary["png"])
+                raise revocation.VersionRevoked(why)
             job = s.get(Job, ctx.job_id)
             runs.record_calibration(s, model=s.get(Model, c.model_id), version=s.get(Version, c.version_id),
                                         summary=summary)

@@ -71,7 +71,10 @@ def run(ctx: JobContext) -> str:
     arrays = eng.load_arrays(artifacts.path_of(c.ds_uri))
     target = None
     if c.w_uri and artifacts.path_of(c.w_uri).exists():
-        target = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.w_uri))
+        try:
+            target = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.w_uri))
+        except FileNotFoundError:  # the version was revoked since: the pool is the lineage's, it goes on without
+            target = None
     with ctx.phase("training", 0.0, 0.9) as progress:
         pool_arrays, shift = eng.fit_pool(c.arch, c.shape, c.n_classes, arrays, rows=c.live, k=c.k,
                                           recipe=c.recipe, shift_models=c.shift_models, target=target,

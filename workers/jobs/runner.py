@@ -17,7 +17,7 @@ from app.jobs.enums import JobKind, JobStatus
 from app.jobs.service import Superseded
 from app.jobs.tables import Job, Outbox
 from app.opendsr import hooks as opendsr
-from workers.jobs import calibrate, reference, score, train, unlearn, validate_dataset
+from workers.jobs import calibrate, reference, revocation, score, train, unlearn, validate_dataset
 from workers.jobs.context import JobContext, claim_held, claimed
 
 log = logging.getLogger("lethe.jobs")
@@ -56,15 +56,34 @@ def run_job(job_id: str, *, worker: str) -> str:
     kind, attempt = claimed_as
     with claim_held(job_id, attempt) as ctx:
         try:
+            why = revocation.of_job(job_id)
+            if why is not None:  # revoked after the job was queued: nothing to compute on
+                raise revocation.VersionRevoked(why)
             status = RUN[kind](ctx)
         except Superseded:
             log.warning("job %s: attempt %d lost its lease to another worker; its results are dropped", job_id,
                         attempt)
             status = "superseded"
+        except revocation.VersionRevoked as exc:
+            log.info("job %s cancelled: %s", job_id, exc)
+            status = _cancel(job_id, str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure ends the job visibly, never silently
-            log.exception("job %s failed", job_id)
-            status = fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
+            why = revocation.of_job(job_id)  # a file it read was purged with its revoked version: not a failure
+            if why is not None:
+                log.info("job %s cancelled: %s (%s: %s)", job_id, why, type(exc).__name__, exc)
+                status = _cancel(job_id, why)
+            else:
+                log.exception("job %s failed", job_id)
+                status = fail(job_id, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
     return status
+
+
+def _cancel(job_id: str, why: str) -> str:
+    try:
+        return revocation.cancel(job_id, why)
+    except Superseded:
+        log.warning("job %s: not cancelled by this worker, another attempt owns it", job_id)
+        return "superseded"
 
 
 def run_inline(job_id: str) -> str:

@@ -14,6 +14,7 @@ from app.db import session_scope
 from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.tables import Model
+from workers.jobs import revocation
 from workers.jobs.context import ModelInputs, Progress, engine
 
 
@@ -45,20 +46,26 @@ def compute(c: ScoringInputs, method: str, *, progress: Progress, rows: slice | 
     net = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.w_uri))
     work_dir = artifacts.path_of(artifacts.scores_dir(c.version_id))
     if prepare_only:
-        eng.prepare_scoring(method, net, arrays["x"], arrays["y"], work_dir=work_dir)
+        eng.prepare_scoring(method, net, eng.rows(arrays), work_dir=work_dir)
         return np.empty(0), {}
-    return eng.self_influence(method, net, arrays["x"], arrays["y"], progress=progress, work_dir=work_dir,
+    return eng.self_influence(method, net, eng.rows(arrays), progress=progress, work_dir=work_dir,
                               checkpoints_dir=artifacts.path_of(artifacts.checkpoints_uri(c.w_uri)), rows=rows)
 
 
 def store(c: ScoringInputs, *, method: str, scores: np.ndarray, seconds: float, info: dict) -> None:
-    """Save the score array (the cache) and record the run, its threshold and the ledger entry."""
+    """Save the score array (the cache) and record the run, its threshold and the ledger entry; VersionRevoked
+    (nothing kept) when the version was revoked meanwhile."""
+    revocation.check(c.model_id, c.number)
     meta = engine().save_scores(artifacts.path_of(artifacts.scores_dir(c.version_id)), method, scores,
                                 meta={"method": method, "version_id": c.version_id, "seconds": seconds,
                                       "info": info})
     with session_scope() as s:
         model = s.get(Model, c.model_id)
         version = registry.get_version(s, model=model, number=c.number)
+        why = revocation.reason(s, model_id=c.model_id, number=c.number)
+        if why is not None:  # revoked between the check and now: its purge must not be undone by these scores
+            artifacts.delete(artifacts.scores_dir(c.version_id))
+            raise revocation.VersionRevoked(why)
         runs.finish_scoring(s, model=model, version=version, method=method,
                                 uri=artifacts.scores_uri(c.version_id, method), sha256=meta["sha256"],
                                 scores=scores, live_rows=c.live, seconds=seconds, info=info)

@@ -29,7 +29,7 @@ from app.ledger import service as ledger
 from app.registry import service as registry
 from app.registry.tables import Model
 from app.settings import get_settings
-from workers.jobs import scoring
+from workers.jobs import revocation, scoring
 from workers.jobs.context import complete
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,14 @@ def run_shard(job_id: str, start: int, stop: int) -> str:
     if not path.exists():
         _renew(job_id)
         began = time.perf_counter()
-        scores, info = scoring.compute(c, spec["method"], progress=lambda _: None, rows=slice(start, stop))
+        try:
+            revocation.check(c.model_id, c.number)
+            scores, info = scoring.compute(c, spec["method"], progress=lambda _: None, rows=slice(start, stop))
+        except Exception as exc:
+            why = str(exc) if isinstance(exc, revocation.VersionRevoked) else revocation.of_job(job_id)
+            if why is None:
+                raise
+            return revocation.cancel(job_id, why)  # the version was revoked: the job ends cancelled, not failed
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, scores=scores, seconds=time.perf_counter() - began,
@@ -134,7 +141,10 @@ def join(job_id: str) -> str:
                     job_id, len(missing), missing[:3])
         return "incomplete"
     scores, seconds, info = _assemble(c, method, shards, files)
-    scoring.store(c, method=method, scores=scores, seconds=seconds, info=info)
+    try:
+        scoring.store(c, method=method, scores=scores, seconds=seconds, info=info)
+    except revocation.VersionRevoked as exc:
+        return revocation.cancel(job_id, str(exc))
     with session_scope() as s:
         job = s.get(Job, job_id)
         ledger.lock_chain(s, tenant_id=job.tenant_id)

@@ -38,11 +38,10 @@ def run(ctx: JobContext) -> str:
     has_test = "x_test" in arrays and len(arrays["x_test"])
     uri = artifacts.job_weights_uri(p.model_id, ctx.job_id)
     with ctx.phase("training", 0.0, 0.9) as progress:
-        net, metrics = eng.train(p.arch, p.shape, p.n_classes, arrays["x"][p.live], arrays["y"][p.live],
-                                 recipe=p.recipe, progress=progress,
-                                 checkpoints_to=artifacts.path_of(artifacts.checkpoints_uri(uri)))
+        net, metrics = eng.train(p.arch, p.shape, p.n_classes, eng.rows(arrays, p.live), recipe=p.recipe,
+                                 progress=progress, checkpoints_to=artifacts.path_of(artifacts.checkpoints_uri(uri)))
         if has_test:
-            metrics["test_accuracy"] = eng.accuracy(net, arrays["x_test"], arrays["y_test"])
+            metrics["test_accuracy"] = eng.accuracy(net, eng.rows(arrays, test=True))
     with ctx.phase("registering", 0.9, 1.0):
         sha = eng.save_network(net, artifacts.path_of(uri))
         with session_scope() as s:

@@ -231,8 +231,8 @@ def _prune(ctx: JobContext, c: UnlearnJob, scores: np.ndarray, bound: float | No
                   retain_kept=retain_kept, summary=summary)
 
 
-def _retrain_reference(ctx: JobContext, c: UnlearnJob, parent_net: Any, x: np.ndarray,
-                       y: np.ndarray) -> tuple[Any, str | None, float]:
+def _retrain_reference(ctx: JobContext, c: UnlearnJob, parent_net: Any,
+                       arrays: dict[str, np.ndarray]) -> tuple[Any, str | None, float]:
     """The retrain reference when the policy asks for one: (network, uri, progress where unlearning starts).
 
     Retrained on the whole retain set (never pruned: it is the gold standard the audit measures against), kept
@@ -244,11 +244,10 @@ def _retrain_reference(ctx: JobContext, c: UnlearnJob, parent_net: Any, x: np.nd
     ref_uri = artifacts.job_weights_uri(c.model_id, ctx.job_id, "reference")
     if artifacts.path_of(ref_uri).exists():
         return eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(ref_uri)), ref_uri, 0.4
-    forget_rows, retain_rows = c.forget_rows, c.retain_rows
     with ctx.phase("reference", 0.2, 0.4) as progress:
         ref_recipe = {**c.recipe, "seed": int(c.recipe.get("seed", 0)) + REFERENCE_SEED_OFFSET}
-        net, _ = eng.unlearn("retrain", parent_net, forget=(x[forget_rows], y[forget_rows]),
-                             retain=(x[retain_rows], y[retain_rows]), params={}, recipe=ref_recipe, arch=c.arch,
+        net, _ = eng.unlearn("retrain", parent_net, forget=eng.rows(arrays, c.forget_rows),
+                             retain=eng.rows(arrays, c.retain_rows), params={}, recipe=ref_recipe, arch=c.arch,
                              shape=c.shape, n_classes=c.n_classes, progress=progress)
         eng.save_network(net, artifacts.path_of(ref_uri))
     return net, ref_uri, 0.4
@@ -263,28 +262,26 @@ class _Runner:
         self.arrays = eng.load_arrays(artifacts.path_of(c.ds_uri))
         self.parent_net = eng.load_network(c.arch, c.shape, c.n_classes, artifacts.path_of(c.parent_uri))
         self.uri = artifacts.job_weights_uri(c.model_id, ctx.job_id)
-        self.reference_net, self.ref_uri, self.start = _retrain_reference(
-            ctx, c, self.parent_net, self.arrays["x"], self.arrays["y"])
+        self.reference_net, self.ref_uri, self.start = _retrain_reference(ctx, c, self.parent_net, self.arrays)
 
     def _unlearn(self, algorithm: str, params: dict, progress: Progress) -> tuple[Any, str, float, dict]:
-        x, y, p, c = self.arrays["x"], self.arrays["y"], self.pruned, self.c
+        eng, p, c = engine(), self.pruned, self.c
         began = time.perf_counter()
-        net, metrics = engine().unlearn(
-            algorithm, self.parent_net, forget=(x[p.forget_kept], y[p.forget_kept]),
-            retain=(x[p.retain_kept], y[p.retain_kept]), params=params, recipe=c.recipe, arch=c.arch,
+        net, metrics = eng.unlearn(
+            algorithm, self.parent_net, forget=eng.rows(self.arrays, p.forget_kept),
+            retain=eng.rows(self.arrays, p.retain_kept), params=params, recipe=c.recipe, arch=c.arch,
             shape=c.shape, n_classes=c.n_classes, progress=progress)
         seconds = time.perf_counter() - began
         sha = engine().save_network(net, artifacts.path_of(self.uri))  # the candidate: audited, registered as is
         return net, sha, seconds, metrics
 
     def _audit(self, net: Any, algorithm: str) -> dict[str, Any]:
-        x, y, c, a = self.arrays["x"], self.arrays["y"], self.c, self.arrays
-        report = engine().audit(net, self.parent_net, forget=(x[c.audit_rows], y[c.audit_rows]),
-                                retain=(x[self.pruned.retain_kept], y[self.pruned.retain_kept]),
-                                test=(a.get("x_test"), a.get("y_test")), rule=audit_limits(),
-                                min_points=get_settings().audit_min_points,
-                                retrained=algorithm == "retrain", policy=c.policy.audit.model_dump(),
-                                reference=self.reference_net)
+        eng, c, a = engine(), self.c, self.arrays
+        report = eng.audit(net, self.parent_net, forget=eng.rows(a, c.audit_rows),
+                           retain=eng.rows(a, self.pruned.retain_kept), test=eng.rows(a, test=True),
+                           rule=audit_limits(), min_points=get_settings().audit_min_points,
+                           retrained=algorithm == "retrain", policy=c.policy.audit.model_dump(),
+                           reference=self.reference_net)
         pool_verdict = verdict.evidence_audit(c.pool, c.pool_why, c.audit_rule, a, c.audit_rows, net=net,
                                               parent=self.parent_net, reference=self.reference_net)
         return verdict.judge(report, pool_verdict, algorithm=algorithm, on_inconclusive=c.on_inconclusive)

@@ -34,12 +34,11 @@ def evidence_audit(pool_info: dict[str, Any] | None, pool_why: str | None, rule:
     if not len(cols):
         return base | {"verdict": Verdict.INCONCLUSIVE, "side": None, "power": None,
                        "why": "none of the request's points was measured by the pool"}
-    x, y = arrays["x"], arrays["y"]
     eng = engine()
-    phi = {name: eng.standardised_phi(m, x[rows], y[rows], arrays["x_test"], arrays["y_test"])
+    phi = {name: eng.standardised_phi(m, eng.rows(arrays, rows), eng.rows(arrays, test=True))
            for name, m in (("new", net), ("parent", parent), ("reference", reference)) if m is not None}
     audit_rule = ev.AuditRule(alpha=float(rule["alpha"]), min_power=float(rule["min_power"]))
-    conc = ev.request_concentration(pool, y[np.asarray(pool.rows)], cols, rule=audit_rule)
+    conc = ev.request_concentration(pool, arrays["y"][np.asarray(pool.rows)], cols, rule=audit_rule)
     shift = None
     if len(pool.shift_cols):  # the measured size mismatch: OUT means of the shift points and their offsets
         at = np.asarray(pool.shift_cols)

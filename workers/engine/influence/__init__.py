@@ -63,7 +63,7 @@ def compute_self_influence(method: str, model: nn.Module, data: ArraySet, *, dev
         raise ValueError(f"{method} cannot score a {kind!r} model: {why}")
     rows = options.pop("rows", None)
     if rows is not None and method != "hessian":
-        data = ArraySet(data.x[rows], data.y[rows])
+        data = data.subset(rows)
     elif rows is not None:
         options["rows"] = rows
     return SCORERS[method](model, data, device=device, batch_size=batch_size, **options)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, Batch
 
 STRUCTURED = (nn.Linear, nn.Conv2d)
 
@@ -48,7 +48,7 @@ def _conv_sq(module: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> torch.Tenso
     return sq + (dd.sum(2) ** 2).sum(1) if module.bias is not None else sq
 
 
-def _structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _structured(model: nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
     saved: dict[nn.Module, torch.Tensor] = {}
     outputs: dict[nn.Module, torch.Tensor] = {}
     handles = []
@@ -65,7 +65,7 @@ def _structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     finally:
         for h in handles:
             h.remove()
-    total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    total = torch.zeros(len(y), dtype=torch.float64, device=y.device)
     for module, a in saved.items():
         d = outputs[module].grad
         if isinstance(module, nn.Linear):
@@ -75,16 +75,13 @@ def _structured(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return total
 
 
-def _vmap(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _vmap(model: nn.Module, x: Batch, y: torch.Tensor) -> torch.Tensor:
     from torch.func import grad, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return hooks.functional_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0))[0]
-
-    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    loss, inputs = hooks.example_loss(model, buffers, x)
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, inputs, y)
     return sum((g.flatten(1).double() ** 2).sum(1) for g in grads.values())
 
 
@@ -95,11 +92,9 @@ def gradnorm_self_influence(model: nn.Module, data: ArraySet, *, device: torch.d
     fallback = _has_other_params(model) or any(
         isinstance(m, nn.Conv2d) and m.groups != 1 for m in model.modules())
     out = np.empty(len(data), dtype=np.float64)
-    x_all, y_all = to_tensors(data, device)
     for p in model.parameters():
         p.requires_grad_(True)
-    for idx in batches(len(data), batch_size, shuffle=False):
-        x, y = x_all[idx.to(device)], y_all[idx.to(device)]
+    for idx, x, y in data.loader(batch_size, device):
         model.zero_grad(set_to_none=True)
         sq = _vmap(model, x, y) if fallback else _structured(model, x, y)
         out[idx.numpy()] = sq.clamp_min(0).sqrt().cpu().numpy()

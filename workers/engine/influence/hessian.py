@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 from workers.engine.influence.kfac import (
     Capture,
     KFACFactors,
@@ -53,7 +53,7 @@ def _factors(model: nn.Module, data: ArraySet, *, device: torch.device, batch_si
              ekfac: bool, factors_dir: Path | None, max_fit_points: int | None) -> tuple[KFACFactors, str]:
     if factors_dir is not None:
         n_fit = min(len(data), max_fit_points or len(data))
-        fisher = resolve_fisher(fisher, model, ArraySet(data.x[:n_fit], data.y[:n_fit]), device)
+        fisher = resolve_fisher(fisher, model, data.subset(slice(0, n_fit)), device)
         cached = load_factors(factors_dir, device)
         if cached is not None and cached.meta.get("fisher") == fisher and cached.meta.get("ekfac") == ekfac \
                 and cached.meta.get("fingerprint") == fingerprint(model, data) \
@@ -93,7 +93,7 @@ def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.de
     factors, how = _factors(model, data, device=device, batch_size=batch_size, fisher=fisher, ekfac=ekfac,
                             factors_dir=factors_dir, max_fit_points=max_fit_points)
     if rows is not None:
-        data = ArraySet(data.x[rows], data.y[rows])
+        data = data.subset(rows)
     layers = tracked_layers(model)
     if set(layers) != set(factors.layers):
         raise ValueError("the factors do not describe this model's layers")
@@ -103,11 +103,9 @@ def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.de
     us = {n: f.s_eigvecs.to(device, dtype) for n, f in factors.layers.items()}
     inv = {n: (1.0 / (f.eigenvalues() + lams[n])).to(device, dtype) for n, f in factors.layers.items()}
     out = np.zeros(len(data), dtype=np.float64)
-    x_all, y_all = to_tensors(data, device)
     for p in model.parameters():
         p.requires_grad_(True)
-    for idx in batches(len(data), batch_size, shuffle=False):
-        x, y = x_all[idx.to(device)], y_all[idx.to(device)]
+    for idx, x, y in data.loader(batch_size, device):
         with Capture(layers) as cap:
             logits = hooks.forward(model, x)
         seed = torch.softmax(logits.detach(), 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
@@ -155,20 +153,20 @@ def _exact(model: nn.Module, data: ArraySet, *, device: torch.device, batch_size
     def one(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss(flat, x.unsqueeze(0), y.unsqueeze(0))
 
-    x_all, y_all = to_tensors(data, device)
-    x_all = x_all.double()
+    if data.text:
+        raise ValueError("the exact Hessian maps over feature tensors; a text dataset's batches are strings")
     hess = torch.zeros(n_params, n_params, dtype=torch.float64, device=device)
-    for idx in batches(len(data), batch_size, shuffle=False):
-        hess += jacrev(grad(loss), chunk_size=256)(flat0, x_all[idx.to(device)], y_all[idx.to(device)])
+    for _, xb, yb in data.loader(batch_size, device):
+        hess += jacrev(grad(loss), chunk_size=256)(flat0, xb.double(), yb)
     hess /= len(data)
     hess = (hess + hess.T) / 2
     lam = float(damping) if damping is not None else 0.1 * float(torch.diagonal(hess).mean())
     lu = torch.linalg.lu_factor(hess + lam * torch.eye(n_params, dtype=hess.dtype, device=device))
     out = np.empty(len(data), dtype=np.float64)
     per_sample = vmap(grad(one), in_dims=(None, 0, 0))
-    for idx in batches(len(data), batch_size, shuffle=False):
+    for idx, xb, yb in data.loader(batch_size, device):
+        xb = xb.double()
         for part in chunks(len(idx), n_params):
-            sub = idx[part].to(device)
-            g = per_sample(flat0, x_all[sub], y_all[sub])  # (b, P), b bounded by chunks()
+            g = per_sample(flat0, xb[part], yb[part])  # (b, P), b bounded by chunks()
             out[idx[part].numpy()] = (g * torch.linalg.lu_solve(*lu, g.T).T).sum(1).cpu().numpy()
     return out, lam, n_params

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 from workers.engine.model_hooks import tracked_names
 
 FORMAT = "lethe-kfac-1"
@@ -162,8 +162,7 @@ def resolve_fisher(fisher: str, model: nn.Module, data: ArraySet, device: torch.
             raise ValueError(f"unknown fisher '{fisher}' (auto | {' | '.join(FISHERS)})")
         return fisher
     with torch.no_grad():
-        n_classes = hooks.forward(model, torch.as_tensor(np.asarray(data.x[:1]), dtype=torch.float32,
-                                                           device=device)).shape[1]
+        n_classes = hooks.forward(model, data.batch([0], device)[0]).shape[1]
     return "ggn" if len(data) * n_classes <= GGN_BUDGET else "mc"
 
 
@@ -215,8 +214,11 @@ def fingerprint(model: nn.Module, data: ArraySet) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(np.ascontiguousarray(data.x).tobytes())
-    h.update(np.ascontiguousarray(data.y).tobytes())
+    # The set's rows a chunk at a time (the same digest as hashing them whole, without holding them whole).
+    step = max(1, min(1024, (4 << 20) // max(1, int(np.prod(data.x.shape[1:])) * data.x.dtype.itemsize)))
+    for start in range(0, len(data), step):
+        h.update(np.ascontiguousarray(data.features(slice(start, start + step))).tobytes())
+    h.update(np.ascontiguousarray(data.labels()).tobytes())
     return h.hexdigest()
 
 
@@ -224,9 +226,7 @@ def _passes(model: nn.Module, data: ArraySet, layers: dict[str, nn.Module], *, d
             batch_size: int, fisher: str, generator: torch.Generator
             ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], Iterator[dict[str, torch.Tensor]]]]:
     """Per batch: the indices, each layer's (B, T, D) inputs, and an iterator of Fisher δ per seed."""
-    x_all, y_all = to_tensors(data, device)
-    for idx in batches(len(data), batch_size, shuffle=False):
-        x, y = x_all[idx.to(device)], y_all[idx.to(device)]
+    for idx, x, y in data.loader(batch_size, device):
         with Capture(layers) as cap:
             logits = hooks.forward(model, x)
         a = {n: layer_inputs(m, cap.inputs[n]) for n, m in layers.items()}
@@ -256,7 +256,7 @@ def fit_factors(model: nn.Module, data: ArraySet, *, device: torch.device, batch
     fit_data = data
     if max_points is not None and len(data) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(data), max_points, replace=False))
-        fit_data = ArraySet(np.asarray(data.x)[keep], np.asarray(data.y)[keep])
+        fit_data = data.subset(keep)
     n = len(fit_data)
     fisher = resolve_fisher(fisher, model, fit_data, device)
     gen = torch.Generator().manual_seed(seed)

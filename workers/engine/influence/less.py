@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, Batch
 from workers.engine.influence.gradnorm import gradnorm_self_influence
 from workers.engine.influence.kfac import (
     Capture,
@@ -165,11 +165,9 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
             moments[name] = _scaled_moments(*(layer_param_matrix(module, t, name).to(device, dtype)
                                               for t in (ck.exp_avg, ck.exp_avg_sq)), ck)
     out = np.zeros(len(data), dtype=np.float64)
-    x_all, y_all = to_tensors(data, device)
     for p in model.parameters():
         p.requires_grad_(True)
-    for idx in batches(len(data), batch_size, shuffle=False):
-        x, y = x_all[idx.to(device)], y_all[idx.to(device)]
+    for idx, x, y in data.loader(batch_size, device):
         total = torch.zeros(len(idx), dtype=torch.float64, device=device)
         if fallback:
             _vmap_adam(model, x, y, ck, total, own_term)
@@ -187,7 +185,7 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
     return out
 
 
-def _vmap_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ck: Checkpoint, total: torch.Tensor,
+def _vmap_adam(model: nn.Module, x: Batch, y: torch.Tensor, ck: Checkpoint, total: torch.Tensor,
                own_term: bool = False) -> None:
     """Models with parameters outside Linear/Conv2d: per-sample gradients by vmap, chunked by P."""
     from torch.func import grad, vmap
@@ -195,13 +193,10 @@ def _vmap_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ck: Checkpoin
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     n_params = sum(p.numel() for p in params.values())
-
-    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return hooks.functional_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0))[0]
-
+    loss, inputs = hooks.example_loss(model, buffers, x)
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
-    for part in chunks(len(x), n_params):
-        grads = per_sample(params, x[part], y[part])
+    for part in chunks(len(y), n_params):
+        grads = per_sample(params, hooks.take(inputs, part), y[part])
         for name, g in grads.items():
             ms, vs = _scaled_moments(ck.exp_avg[name].to(g.device, g.dtype), ck.exp_avg_sq[name].to(g.device, g.dtype),
                                      ck)

@@ -9,24 +9,22 @@ import torch
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 
 
 def finetune(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
              device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
     if retain is None or len(retain) == 0:
         raise ValueError("finetune needs retain data")
-    x, y = to_tensors(retain, device)
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
                           weight_decay=params["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
     model.train()
     steps = 0
     for epoch in range(params["epochs"]):
-        for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
-            idx = idx.to(device)
+        for _, xb, yb in retain.loader(params["batch_size"], device, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            hooks.losses(model, x[idx], y[idx]).mean().backward()
+            hooks.losses(model, xb, yb).mean().backward()
             opt.step()
             steps += 1
         progress((epoch + 1) / params["epochs"])

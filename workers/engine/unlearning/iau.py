@@ -11,18 +11,16 @@ import torch
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 
 
 def mean_gradient(model: nn.Module, data: ArraySet, device: torch.device, batch_size: int) -> list[torch.Tensor]:
     """Full-batch gradient of the mean cross-entropy, computed in chunks (eval mode: no dropout noise)."""
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
-    x, y = to_tensors(data, device)
     n = len(data)
-    for idx in batches(n, batch_size, shuffle=False):
-        idx = idx.to(device)
-        loss = hooks.losses(model, x[idx], y[idx]).sum() / n
+    for _, xb, yb in data.loader(batch_size, device):
+        loss = hooks.losses(model, xb, yb).sum() / n
         for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
             acc.add_(g)
     return total

@@ -13,7 +13,7 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine import plugins
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, batches
 
 
 def head_of(model: nn.Module) -> nn.Linear:
@@ -25,17 +25,24 @@ def head_of(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The features entering the head (eval mode), captured by a forward hook."""
+def head_inputs(model: nn.Module, head: nn.Linear, data: ArraySet | torch.Tensor, device: torch.device | None = None,
+                batch_size: int = 1024) -> torch.Tensor:
+    """The features entering the head (eval mode) for every row of `data` (a set, or a tensor of rows), captured by
+    a forward hook."""
+    if isinstance(data, torch.Tensor):
+        device = data.device
+        inputs = (data[idx.to(device)] for idx in batches(len(data), batch_size, shuffle=False))
+    else:
+        inputs = (xb for _, xb, _ in data.loader(batch_size, device))
     seen: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))
     try:
         model.eval()
-        for idx in batches(len(x), batch_size, shuffle=False):
-            hooks.forward(model, x[idx.to(x.device)])
+        for xb in inputs:
+            hooks.forward(model, xb)
     finally:
         hook.remove()
-    return torch.cat(seen) if seen else x.new_zeros((0, head.in_features))
+    return torch.cat(seen) if seen else torch.zeros((0, head.in_features), device=device)
 
 
 @torch.no_grad()
@@ -100,8 +107,8 @@ def imu(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: 
     if why:  # the API refuses this at request time; this guards the engine used as a library
         raise ValueError(f"imu cannot unlearn a {kind!r} model: {why}")
     head = head_of(model)
-    xf, yf = to_tensors(forget, device)
-    feats = head_inputs(model, head, xf)
+    yf = torch.as_tensor(forget.labels(), dtype=torch.long, device=device)
+    feats = head_inputs(model, head, forget, device)
     influence, gradnorm = head_influences(head, feats, yf, params["fisher_damping"])
     weights, how = imu_weights(influence.cpu().numpy(), gradnorm.cpu().numpy(), params)
     rows = np.flatnonzero(weights > 0)

@@ -10,15 +10,13 @@ import torch
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, batches
 
 
 def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
             device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
     if retain is None or len(retain) == 0:
         raise ValueError("neggrad needs retain data")
-    xr, yr = to_tensors(retain, device)
-    xf, yf = to_tensors(forget, device)
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
                           weight_decay=params["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
@@ -29,12 +27,10 @@ def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, para
         forget_batches = itertools.cycle(list(batches(len(forget), params["batch_size"], shuffle=True,
                                                       generator=gen))) if len(forget) else None
         for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
-            idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = alpha * hooks.losses(model, xr[idx], yr[idx]).mean()
+            loss = alpha * hooks.losses(model, *retain.batch(idx, device)).mean()
             if forget_batches is not None:
-                fidx = next(forget_batches).to(device)
-                f_loss = hooks.losses(model, xf[fidx], yf[fidx]).mean()
+                f_loss = hooks.losses(model, *forget.batch(next(forget_batches), device)).mean()
                 # Unbounded ascent diverges and wrecks utility; stop pushing once a batch is forgotten enough.
                 if float(f_loss.detach()) < ceiling:
                     loss = loss - (1 - alpha) * f_loss

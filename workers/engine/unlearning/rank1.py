@@ -12,15 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, batches
 
 
 def rank1(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
           device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
     if retain is None or len(retain) == 0:
         raise ValueError("rank1 needs retain data")
-    xr, yr = to_tensors(retain, device)
-    xf, _ = to_tensors(forget, device)
     gen = torch.Generator().manual_seed(seed)
     fb, rounds = params["forget_batch_size"], params["rounds"]
     # Progress: the uniform stage counts as much as one round.
@@ -34,9 +32,8 @@ def rank1(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
     if uniform_stage:
         opt = torch.optim.SGD(model.parameters(), lr=params["uniform_lr"], momentum=params["momentum"])
         for _ in range(params["uniform_epochs"]):
-            for idx in batches(len(forget), fb, shuffle=True, generator=gen):
-                idx = idx.to(device)
-                logits = hooks.forward(model, xf[idx])
+            for _, xf, _ in forget.loader(fb, device, shuffle=True, generator=gen):
+                logits = hooks.forward(model, xf)
                 uniform = torch.full_like(logits, 1.0 / logits.shape[1])
                 loss = F.kl_div(F.log_softmax(logits, dim=1), uniform, reduction="batchmean")
                 opt.zero_grad(set_to_none=True)
@@ -61,20 +58,18 @@ def rank1(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
         if len(forget):
             partners = torch.randperm(len(retain), generator=gen)
             for k, idx in enumerate(batches(len(forget), fb, shuffle=True, generator=gen)):
-                ridx = partners[(torch.arange(len(idx)) + k * fb) % len(retain)].to(device)
-                idx = idx.to(device)
-                o_f = hooks.forward(model, xf[idx])
+                ridx = partners[(torch.arange(len(idx)) + k * fb) % len(retain)]
+                o_f = hooks.forward(model, forget.batch(idx, device)[0])
                 with torch.no_grad():
-                    o_r = hooks.forward(model, xr[ridx])
+                    o_r = hooks.forward(model, retain.batch(ridx, device)[0])
                 # Every forget output made equally similar to all retain outputs.
                 loss = -F.log_softmax(o_f @ o_r.T / t, dim=1).mean()
                 contrast.zero_grad(set_to_none=True)
                 loss.backward()
                 contrast.step()
                 contrast_steps += 1
-        for idx in batches(len(retain), params["retain_batch_size"], shuffle=True, generator=gen):
-            idx = idx.to(device)
-            loss = hooks.losses(model, xr[idx], yr[idx]).mean()
+        for _, xr, yr in retain.loader(params["retain_batch_size"], device, shuffle=True, generator=gen):
+            loss = hooks.losses(model, xr, yr).mean()
             ce_opt.zero_grad(set_to_none=True)
             loss.backward()
             ce_opt.step()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 
 
 def target_weights(model: nn.Module, target: str) -> list[nn.Parameter]:
@@ -27,20 +27,17 @@ def target_weights(model: nn.Module, target: str) -> list[nn.Parameter]:
     return convs or linears
 
 
-def _accumulate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sign: float, batch_size: int) -> None:
-    """Add sign · ∇(mean cross-entropy over x) to the .grad of every parameter."""
-    n = len(y)
-    for idx in batches(n, batch_size, shuffle=False):
-        idx = idx.to(x.device)
-        (sign * hooks.losses(model, x[idx], y[idx]).sum() / n).backward()
+def _accumulate(model: nn.Module, data: ArraySet, sign: float, batch_size: int, device: torch.device) -> None:
+    """Add sign · ∇(mean cross-entropy over the set) to the .grad of every parameter."""
+    n = len(data)
+    for _, xb, yb in data.loader(batch_size, device):
+        (sign * hooks.losses(model, xb, yb).sum() / n).backward()
 
 
 def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
           device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
     if retain is None or len(retain) == 0:
         raise ValueError("rank2 needs retain data")
-    xr, yr = to_tensors(retain, device)
-    xf, yf = to_tensors(forget, device)
     gen = torch.Generator().manual_seed(seed)
     weights = target_weights(model, params["target"])
     if not weights:
@@ -49,10 +46,10 @@ def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
     # 1. Gradients of +CE on a retain sample and −CE on the forget set, accumulated.
     model.train()
     model.zero_grad(set_to_none=True)
-    sample = torch.randperm(len(retain), generator=gen)[:params["retain_sample"]].to(device)
-    _accumulate(model, xr[sample], yr[sample], 1.0, 512)
+    sample = torch.randperm(len(retain), generator=gen)[:params["retain_sample"]]
+    _accumulate(model, retain.subset(sample), 1.0, 512, device)
     if len(forget):
-        _accumulate(model, xf, yf, -1.0, 512)
+        _accumulate(model, forget, -1.0, 512, device)
 
     # 2. Re-initialise (Kaiming normal, fan_out) the reinit_fraction of each targeted tensor with smallest |grad|.
     reinit: dict[nn.Parameter, torch.Tensor] = {}
@@ -93,10 +90,9 @@ def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
     wd = params["weight_decay"]
     steps = 0
     for epoch in range(epochs):
-        for idx in batches(len(retain), bs, shuffle=True, generator=gen):
-            idx = idx.to(device)
+        for _, xb, yb in retain.loader(bs, device, shuffle=True, generator=gen):
             opt.zero_grad(set_to_none=True)
-            hooks.losses(model, xr[idx], yr[idx]).mean().backward()
+            hooks.losses(model, xb, yb).mean().backward()
             with torch.no_grad():
                 for p in model.parameters():
                     if p.grad is not None:

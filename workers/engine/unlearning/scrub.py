@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -29,8 +29,6 @@ def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
     teacher = copy.deepcopy(model).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    xr, yr = to_tensors(retain, device)
-    xf, _ = to_tensors(forget, device)
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
                           weight_decay=params["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
@@ -41,11 +39,10 @@ def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
     model.train()
     for epoch in range(epochs):
         if epoch < params["max_epochs"] and len(forget):
-            for idx in batches(len(forget), params["forget_batch_size"], shuffle=True, generator=gen):
-                idx = idx.to(device)
+            for _, xf, _ in forget.loader(params["forget_batch_size"], device, shuffle=True, generator=gen):
                 with torch.no_grad():
-                    target = hooks.forward(teacher, xf[idx])
-                kl = distill_kl(hooks.forward(model, xf[idx]), target, t)
+                    target = hooks.forward(teacher, xf)
+                kl = distill_kl(hooks.forward(model, xf), target, t)
                 last_forget_kl = float(kl.detach())
                 # Unbounded ascent diverges; a batch already this far from the teacher is forgotten enough.
                 if last_forget_kl >= ceiling:
@@ -55,11 +52,10 @@ def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
                 (-kl).backward()
                 opt.step()
                 max_steps += 1
-        for idx in batches(len(retain), params["batch_size"], shuffle=True, generator=gen):
-            idx = idx.to(device)
+        for _, xr, yr in retain.loader(params["batch_size"], device, shuffle=True, generator=gen):
             with torch.no_grad():
-                target = hooks.forward(teacher, xr[idx])
-            logits, ce = hooks.logits_and_losses(model, xr[idx], yr[idx])
+                target = hooks.forward(teacher, xr)
+            logits, ce = hooks.logits_and_losses(model, xr, yr)
             loss = gamma * ce.mean() + alpha * distill_kl(logits, target, t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
