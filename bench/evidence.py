@@ -17,7 +17,7 @@ Settings (the fixtures of tests/integration/test_evidence.py):
 One reference pool per setting (K=16 in the balanced design, 4 size-shift models, `reference.fit_pool` and
 `score_pool`, as a `reference` job runs them). Then, per replicate seed: draw a request (random points, or flipped
 points), retrain from scratch without it with a new seed (initialisation and batch order), and audit as
-workers/pipeline.py `_evidence_audit` does (`evidence.audit` on the pool's columns of the request, the parent as
+workers/jobs/verdict.py `evidence_audit` does (`evidence.audit` on the pool's columns of the request, the parent as
 parent_phi_std, the pool's measured size shift). The do-nothing candidate is the parent itself.
 
 1. False alarms: share of retrains the audit calls "failed" (two-sided 95% Clopper-Pearson interval; PASS when
@@ -218,7 +218,7 @@ def fit(setting: Setting, *, k: int, shift_models: int, checkpoints: int = 3) ->
     began = time.perf_counter()
     report = score_pool(pool, seed=int(setting.recipe["seed"]))
     shift_arg = None
-    if len(pool.shift_cols):  # as workers/pipeline.py _evidence_audit
+    if len(pool.shift_cols):  # as workers/jobs/verdict.py evidence_audit
         at = pool.shift_cols
         shift_arg = (ev.point_stats(pool.phi_std[:, at], pool.in_mask[:, at]).mu_out, pool.shift_offsets)
     return Fitted(setting, pool, shift, report, parent, std_phi(parent, setting), shift_arg,
@@ -227,7 +227,7 @@ def fit(setting: Setting, *, k: int, shift_models: int, checkpoints: int = 3) ->
 
 
 def concentration(f: Fitted, cols: np.ndarray) -> dict[str, Any]:
-    """workers/pipeline.py's rule (evidence.request_concentration): more than 10% of the pool's points, 25% of one
+    """workers/jobs/verdict.py's rule (evidence.request_concentration): more than 10% of the pool's points, 25% of one
     class, or a depletion of the points like the request's beyond 10 points of percentage."""
     return ev.request_concentration(f.pool, f.setting.y, np.sort(cols), rule=AUDIT_RULE)
 

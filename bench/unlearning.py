@@ -29,7 +29,7 @@ self-influence, the policy's default scorer, dropped before unlearning; the audi
 Per row: forget/retain/test accuracy (FA/RA/TA) on the full sets, loss-MIA AUC and confidence-MIA efficacy
 (workers.engine.audit.audit_model), the pool audit's statistic and verdict (evidence.audit on the request's pool
 columns with the parent, the measured size shift, and for the class slice the reference; the pipeline's accuracy
-rule, RA and TA within 2 points of the parent, is applied first, as workers/pipeline.py `_judge` does), the gap to
+rule, RA and TA within 2 points of the parent, is applied first, as workers/jobs/verdict.py `judge` does), the gap to
 the same seed's retrain per metric and Avg Gap (mean over UA, RA, TA, MIA efficacy: the NeurIPS 2023 challenge's
 summary as SalUn reports it), and the unlearning call's wall time. Summaries: mean and 95% t-interval over seeds,
 verdict counts with Clopper–Pearson intervals.
