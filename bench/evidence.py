@@ -744,8 +744,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_rho.set_ylabel("Spearman ρ with the pool's separation")
     ax_rho.set_title("self-influence scorers vs measured separation (they rank; they never decide)", fontsize=10)
     ax_rho.legend(fontsize=7)
-    if mem:
-        p = mem["_plot"]
+    # the scatter needs a setting with flipped labels: memorisation in a digits run, fashion in a Fashion-MNIST one
+    shown = next(((n, r) for n, r in results["settings"].items() if len(r.get("_plot", {}).get("flipped", []))),
+                 None)
+    if shown is None:
+        ax_sc.set_axis_off()
+        ax_sc.text(0.5, 0.5, "no setting with flipped labels in this run", ha="center", va="center")
+    else:
+        shown_name, shown_res = shown
+        p = shown_res["_plot"]
         sep, score = p["separation"], p["scores"]["hessian"]
         flip = np.zeros(len(sep), dtype=bool)
         flip[p["flipped"]] = True
@@ -753,8 +760,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax_sc.scatter(q[~flip], sep[~flip], s=6, alpha=0.5, label="clean")
         ax_sc.scatter(q[flip], sep[flip], s=6, alpha=0.7, label="flipped")
         ax_sc.axvline(0.1, color="grey", ls="--", lw=1, label="lowest decile")
-        rho = mem["scorers"]["scorers"]["hessian"]["spearman"]
-        ax_sc.set_title(f"memorisation: separation vs hessian self-influence rank (ρ = {rho:.2f})", fontsize=10)
+        rho = shown_res["scorers"]["scorers"]["hessian"]["spearman"]
+        ax_sc.set_title(f"{shown_name}: separation vs hessian self-influence rank (ρ = {rho:.2f})", fontsize=10)
         ax_sc.set_xlabel("hessian self-influence (rank quantile)")
         ax_sc.set_ylabel("pool separation (per-point LiRA AUC)")
         ax_sc.axhline(0.5, color="grey", ls=":", lw=1)

@@ -20,7 +20,7 @@ def test_clopper_pearson_matches_the_exact_bounds() -> None:
     assert lo < 0.01 < hi and hi > 0.05  # one false alarm in 100 seeds cannot show ≤ 5%
 
 
-def test_smallest_run_writes_every_part(tmp_path: Path) -> None:
+def test_smallest_run_writes_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = evidence.Config(seeds=3, sweep_seeds=2, main_size=10, sizes=(5, 10), k=8, shift_models=2, shadow_k=4,
                           pipeline_seeds=1, epochs=5)
     results = evidence.run(cfg, log=lambda _: None)
@@ -28,6 +28,13 @@ def test_smallest_run_writes_every_part(tmp_path: Path) -> None:
     evidence.write(results, out)
     evidence.print_tables(results)
     assert out.with_suffix(".png").stat().st_size > 0
+    # a run of one setting with flipped labels under another name (fashion) still draws its scatter
+    import matplotlib.pyplot as plt
+
+    drawn, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (drawn.append(fig), close(fig)))
+    evidence.plot(results | {"settings": {"fashion": results["settings"]["memorisation"]}}, tmp_path / "f.png")
+    assert drawn[0].axes[3].collections and "fashion:" in drawn[0].axes[3].get_title()
     saved = json.loads(out.read_text())
     assert set(saved["settings"]) == {"memorisation", "blobs"}
     mem = saved["settings"]["memorisation"]
