@@ -25,7 +25,7 @@ from app.errors import Conflict, NotFound, Unprocessable, closest, did_you_mean
 from app.evidence import service as evidence
 from app.forget.enums import REMOVED, RequestStatus
 from app.forget.tables import Disposition, ForgetRequest
-from app.identity import keyed_hash
+from app.identity import keyed_hasher
 from app.jobs import service as jobs
 from app.jobs.enums import JobKind
 from app.jobs.tables import Job
@@ -64,7 +64,7 @@ class NpzSummary:
 
 
 MAX_ID_CHARS = parquet.MAX_ID_CHARS  # points.point_id
-INSERT_ROWS = 20_000  # point rows per INSERT when a dataset is registered
+INSERT_ROWS = 50_000  # point rows per COPY / executemany when a dataset is registered
 INDEX_ARRAYS = ("y", "ids", "subjects", "y_test")  # read in full by the API: one entry per point
 FEATURE_ARRAYS = ("x", "x_test")  # only their .npy headers are read here; workers load them
 
@@ -185,13 +185,12 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
                  features=features, status=status)
     session.add(ds)
     session.flush()
-    subjects = summary.subjects or [None] * len(summary.ids)
-    for start in range(0, len(summary.ids), INSERT_ROWS):  # in slices: the parameter lists stay small
-        session.execute(insert(Point), [
-            {"dataset_id": ds.id, "point_id": pid, "row": i, "subject_hash": keyed_hash(s) if s else None}
-            for i, pid, s in zip(range(start, start + INSERT_ROWS), summary.ids[start:start + INSERT_ROWS],
-                                 subjects[start:start + INSERT_ROWS], strict=False)
-        ])
+    hashed = keyed_hasher()
+    slices = summary.slices(INSERT_ROWS) if isinstance(summary, parquet.Index) else _npz_slices(summary)
+    for start, ids, subjects in slices:  # in slices: the Python values and parameter lists stay small
+        memo: dict[str, str] = {}  # a subject's points are usually near each other: one HMAC for them
+        hashes = [None if s is None else memo[s] if s in memo else memo.setdefault(s, hashed(s)) for s in subjects]
+        _insert_points(session, ds.id, start, ids, hashes)
     ledger.append(session, tenant_id=tenant_id, event="dataset.registered", subject_type="dataset",
                   subject_id=ds.id, data={"name": name, "sha256": sha256, "n_points": ds.n_points,
                                           "n_test": ds.n_test, "by_reference": by_reference,
@@ -201,6 +200,31 @@ def register(session: Session, *, tenant_id: str, name: str, uri: str, sha256: s
         jobs.create(session, tenant_id=tenant_id, kind=JobKind.VALIDATE, model_id=None, version=None,
                     dataset_id=ds.id)
     return ds
+
+
+def _npz_slices(summary: NpzSummary) -> Iterator[tuple[int, list[str], list[str | None]]]:
+    for start in range(0, len(summary.ids), INSERT_ROWS):
+        ids = summary.ids[start:start + INSERT_ROWS]
+        yield start, ids, summary.subjects[start:start + INSERT_ROWS] if summary.subjects else [None] * len(ids)
+
+
+def _insert_points(session: Session, dataset_id: str, start: int, ids: list[str],
+                   hashes: list[str | None]) -> None:
+    """Point rows start.. of a dataset by the driver's fastest path, in the session's transaction: COPY on
+    PostgreSQL, a plain executemany on SQLite (the ORM's per-row bookkeeping cost several times the insert)."""
+    rows = [(dataset_id, pid, start + i, h) for i, (pid, h) in enumerate(zip(ids, hashes, strict=True))]
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        with conn.connection.driver_connection.cursor() as cur, cur.copy(
+                'COPY points (dataset_id, point_id, "row", subject_hash) FROM STDIN') as copy:
+            for r in rows:
+                copy.write_row(r)
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql('INSERT INTO points (dataset_id, point_id, "row", subject_hash) VALUES (?, ?, ?, ?)',
+                             rows)
+    else:
+        conn.execute(insert(Point), [{"dataset_id": d, "point_id": p, "row": r, "subject_hash": h}
+                                     for d, p, r, h in rows])
 
 
 def require_ready(ds: Dataset) -> None:

@@ -48,14 +48,25 @@ class ParquetError(ValueError):
 
 @dataclass
 class Index:
-    """What the API records of a Parquet dataset: its train points' ids and subjects, and its shape."""
+    """What the API records of a Parquet dataset: its train points' ids and subjects, and its shape.
 
-    ids: list[str]
-    subjects: list[str | None] | None
+    Ids and subjects stay Arrow string arrays (a few bytes a point, not a Python object each): the API turns them
+    into Python values a slice at a time as it records the points (`slices`)."""
+
+    ids: pa.ChunkedArray
+    subjects: pa.ChunkedArray | None
     n_test: int
     n_classes: int
     features: str
     input_shape: list[int]
+
+    def slices(self, size: int) -> Iterator[tuple[int, list[str], list[str | None]]]:
+        """(first row, ids, subjects) of the train points, `size` at a time, in row order."""
+        for start in range(0, len(self.ids), size):
+            ids = self.ids.slice(start, size).to_pylist()
+            subjects = (self.subjects.slice(start, size).to_pylist() if self.subjects is not None
+                        else [None] * len(ids))
+            yield start, ids, subjects
 
 
 @dataclass
@@ -173,9 +184,9 @@ def read_index(path: Path) -> Index:
     data = _open(path)
     features = _check_schema(data.schema)
     columns = [c for c in INDEX if c in data.schema.names]
-    ids: list[str] = []
-    subjects: list[str | None] | None = [] if "subject_id" in columns else None
-    seen: set[str] = set()
+    every: list[pa.Array] = []  # every row's point_id (uniqueness covers the test split too)
+    ids: list[pa.Array] = []  # the train rows'
+    subjects: list[pa.Array] | None = [] if "subject_id" in columns else None
     n_test, max_label, row = 0, -1, 0
     for batch in _batches(data, columns):
         cols = dict(zip(batch.schema.names, batch.columns, strict=True))
@@ -188,33 +199,45 @@ def read_index(path: Path) -> Index:
         lengths = pc.utf8_length(cols["point_id"])
         if len(lengths) and (pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_ID_CHARS):
             raise ParquetError(f"point_id must be non-empty strings of at most {MAX_ID_CHARS} characters")
-        test = np.zeros(len(batch), bool)
+        train = None
         if "split" in cols:
             bad = pc.invert(pc.is_in(cols["split"], value_set=pa.array(["train", "test"])))
             if pc.any(bad).as_py():
                 at = pc.index(bad, True).as_py()
                 raise ParquetError(f"column split must be 'train' or 'test'; row {row + at} has "
                                    f"{cols['split'][at].as_py()!r}")
-            test = pc.equal(cols["split"], "test").to_numpy(zero_copy_only=False)
-        batch_ids = cols["point_id"].to_pylist()
-        for pid in batch_ids:
-            if pid in seen:
-                raise ParquetError(f"point_id must be unique; {pid!r} occurs more than once")
-            seen.add(pid)
-        n_test += int(test.sum())
+            train = pc.not_equal(cols["split"], "test")
+            n_test += int(pc.sum(pc.invert(train)).as_py() or 0)
         max_label = max(max_label, int(pc.max(cols["label"]).as_py()) if len(batch) else -1)
-        ids.extend(pid for pid, t in zip(batch_ids, test, strict=True) if not t)
+        every.append(cols["point_id"])
+        ids.append(cols["point_id"] if train is None else cols["point_id"].filter(train))
         if subjects is not None:
-            subjects.extend(s for s, t in zip(cols["subject_id"].to_pylist(), test, strict=True) if not t)
+            subjects.append(cols["subject_id"] if train is None else cols["subject_id"].filter(train))
         row += len(batch)
-    if not ids:
+    _unique(pa.chunked_array(every, type=data.schema.field("point_id").type))
+    train_ids = pa.chunked_array(ids, type=data.schema.field("point_id").type)
+    if not len(train_ids):
         raise ParquetError("the dataset needs at least one train row")
     shape = (_x_shape(data.schema) if features == "x" else _first_image_shape(data) if features == "image"
              else [])
-    if subjects is not None and all(s is None for s in subjects):
-        subjects = None
-    return Index(ids=ids, subjects=subjects, n_test=n_test, n_classes=max_label + 1, features=features,
-                 input_shape=shape)
+    train_subjects = (pa.chunked_array(subjects, type=data.schema.field("subject_id").type)
+                      if subjects is not None else None)
+    if train_subjects is not None and train_subjects.null_count == len(train_subjects):
+        train_subjects = None
+    return Index(ids=train_ids, subjects=train_subjects, n_test=n_test, n_classes=max_label + 1,
+                 features=features, input_shape=shape)
+
+
+def _unique(ids: pa.ChunkedArray) -> None:
+    """ParquetError naming a point id that occurs more than once. Sorted in Arrow, equal neighbours compared: a
+    few bytes a point (Arrow's hash kernels took ~170 bytes a point, Python strings in a set more)."""
+    if len(ids) < 2:
+        return
+    ordered = ids.take(pc.sort_indices(ids)).combine_chunks()
+    same = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))
+    if pc.any(same).as_py():
+        raise ParquetError(f"point_id must be unique; {ordered[pc.index(same, True).as_py()].as_py()!r} occurs "
+                           "more than once")
 
 
 # ----------------------------------------------------------------------------- decoding (the worker)

@@ -15,6 +15,7 @@ from app.jobs import service as jobs
 from app.jobs.enums import JobKind, JobStatus
 from app.jobs.params import ScoreParams
 from app.jobs.tables import Job
+from app.ledger import service as ledger
 from app.registry import scores as runs
 from app.registry import service as registry
 from app.registry.enums import VersionStatus
@@ -55,6 +56,8 @@ def of_job(job_id: str) -> str | None:
 def cancel(job_id: str, why: str) -> str:
     """End the job cancelled with `why` (fenced by this process's claim); its run of the version is cancelled."""
     with session_scope() as s:
+        tenant_id = s.scalar(select(Job.tenant_id).where(Job.id == job_id))
+        ledger.lock_chain(s, tenant_id=tenant_id)  # the chain lock first, then the job row: one lock order
         job = s.get(Job, job_id)
         if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
             return "skipped"
