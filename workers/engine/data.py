@@ -41,3 +41,14 @@ def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generato
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+def scoring_batches(model: torch.nn.Module, data: ArraySet, *, device: torch.device,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(indices, x, y) of `data` in order, a batch at a time on `device`, with every parameter of `model` requiring
+    gradients: what a scorer that differentiates each point's loss iterates over."""
+    x_all, y_all = to_tensors(data, device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for idx in batches(len(data), batch_size, shuffle=False):
+        yield idx, x_all[idx.to(device)], y_all[idx.to(device)]

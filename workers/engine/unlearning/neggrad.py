@@ -10,15 +10,14 @@ import torch
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, batches, to_tensors
+from workers.engine.data import ArraySet, batches
+from workers.engine.unlearning.common import as_tensors, retain_needed
 
 
 def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
             device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
-    if retain is None or len(retain) == 0:
-        raise ValueError("neggrad needs retain data")
-    xr, yr = to_tensors(retain, device)
-    xf, yf = to_tensors(forget, device)
+    retain = retain_needed("neggrad", retain)
+    xr, yr, xf, yf = as_tensors(forget, retain, device)
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
                           weight_decay=params["weight_decay"])
     gen = torch.Generator().manual_seed(seed)
