@@ -34,7 +34,13 @@ def tiny_fashion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_fashion_mnist_demo_registers_parquet_images_and_trains_a_cnn(sqlite_env: dict[str, str],
-                                                                         tiny_fashion: Path) -> None:
+                                                                         tiny_fashion: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.celery_app as ca
+    from app.settings import get_settings
+
+    # this process publishes to this test's broker (an earlier test may have built the Celery app on another)
+    monkeypatch.setattr(ca, "celery", ca.make_celery(get_settings()))
     from app.datasets.tables import Dataset
     from app.db import session_scope
     from app.demo import run_demo
