@@ -25,11 +25,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_worker(*, verbose: bool = False) -> subprocess.Popen:
-    """A `lethe worker` process beside this one, ended when this process dies."""
+def start_worker(*, verbose: bool = False, stdout: int | None = None) -> subprocess.Popen:
+    """A `lethe worker` process beside this one, ended when this process dies (stdout: where its own goes)."""
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel",
                              "INFO" if verbose else "WARNING", *([] if verbose else ["--quiet"])],
-                            preexec_fn=_die_with_parent)
+                            stdout=stdout, preexec_fn=_die_with_parent)
 
 
 def stop_worker(child: subprocess.Popen) -> None:
@@ -42,14 +42,15 @@ def stop_worker(child: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running(*, worker: bool = True, verbose: bool = False) -> Iterator[None]:
+def running(*, worker: bool = True, verbose: bool = False,
+            worker_stdout: int | None = None) -> Iterator[subprocess.Popen | None]:
     """While inside: the background loops (outbox publisher, webhooks, erasure sweeps, requeues) and, with
-    `worker`, one worker process."""
-    child = start_worker(verbose=verbose or get_settings().verbose) if worker else None
+    `worker`, one worker process (yielded, so a caller waiting on its jobs can tell when it died)."""
+    child = start_worker(verbose=verbose or get_settings().verbose, stdout=worker_stdout) if worker else None
     background = Background(get_settings().relay_interval)
     background.start()
     try:
-        yield
+        yield child
     finally:
         background.stop()
         if child is not None:

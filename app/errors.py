@@ -29,26 +29,44 @@ log = logging.getLogger("lethe.errors")
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://lethe.dev/problems/"
 
-# slug -> (status, title, when it is answered). The type URI is TYPE_BASE + slug; documented in the README.
-PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
-    "bad-request": (400, "Bad request", "the request cannot be served as sent"),
-    "unauthorized": (401, "Unauthorized", "no bearer API key, or an unknown or revoked one"),
-    "forbidden": (403, "Forbidden", "the API key lacks the scope the operation needs"),
-    "not-found": (404, "Not found", "no such object (or route) for this tenant; `suggestions` names close ones"),
-    "method-not-allowed": (405, "Method not allowed", "the route exists but not with this HTTP method"),
-    "conflict": (409, "Conflict", "the object's state refuses the operation (exists, busy, not current, ...)"),
-    "idempotency-conflict": (409, "Idempotency-Key conflict",
-                             "the Idempotency-Key was used for another request, or its first use is unfinished"),
-    "gone": (410, "Gone", "the version was revoked and its weights purged"),
-    "too-large": (413, "Payload too large", "the body exceeds LETHE_MAX_BODY_MB or LETHE_MAX_UPLOAD_MB"),
-    "validation": (422, "Validation failed", "fields that do not match the schema; `errors` lists each"),
-    "unprocessable": (422, "Unprocessable request", "well-formed but refused input (unknown ids, bad files, ...)"),
-    "rate-limited": (429, "Too many requests", "the key's rate limit, or failed authentications; see Retry-After"),
-    "internal": (500, "Internal server error", "a fault of the server; the log has the details"),
-    "unavailable": (503, "Service unavailable", "a dependency is unavailable; retry after Retry-After"),
-    "database-unavailable": (503, "Database unavailable", "the ledger database is unreachable"),
-    "database-busy": (503, "Database busy", "no database connection became free in time"),
-}
+# Every kind of problem: its slug (the type URI is TYPE_BASE + slug), status, title, and when it is answered (an
+# indented line continues it). Documented in the README.
+_KINDS = """
+bad-request          | 400 | Bad request              | the request cannot be served as sent
+unauthorized         | 401 | Unauthorized             | no bearer API key, or an unknown or revoked one
+forbidden            | 403 | Forbidden                | the API key lacks the scope the operation needs
+not-found            | 404 | Not found                | no such object (or route) for this tenant; `suggestions` names
+                                                        close ones
+method-not-allowed   | 405 | Method not allowed       | the route exists but not with this HTTP method
+conflict             | 409 | Conflict                 | the object's state refuses the operation (exists, busy, not
+                                                        current, ...)
+idempotency-conflict | 409 | Idempotency-Key conflict | the Idempotency-Key was used for another request, or its first
+                                                        use is unfinished
+gone                 | 410 | Gone                     | the version was revoked and its weights purged
+too-large            | 413 | Payload too large        | the body exceeds LETHE_MAX_BODY_MB or LETHE_MAX_UPLOAD_MB
+validation           | 422 | Validation failed        | fields that do not match the schema; `errors` lists each
+unprocessable        | 422 | Unprocessable request    | well-formed but refused input (unknown ids, bad files, ...)
+rate-limited         | 429 | Too many requests        | the key's rate limit, or failed authentications; see Retry-After
+internal             | 500 | Internal server error    | a fault of the server; the log has the details
+unavailable          | 503 | Service unavailable      | a dependency is unavailable; retry after Retry-After
+database-unavailable | 503 | Database unavailable     | the ledger database is unreachable
+database-busy        | 503 | Database busy            | no database connection became free in time
+"""
+
+
+def _read(table: str) -> dict[str, tuple[int, str, str]]:
+    """{slug: (status, title, when)} from the table's rows."""
+    rows: list[list[str]] = []
+    for line in table.strip("\n").splitlines():
+        if line.startswith(" "):
+            rows[-1][3] += " " + line.strip()
+        else:
+            rows.append([cell.strip() for cell in line.split("|")])
+    return {slug: (int(status), title, when) for slug, status, title, when in rows}
+
+
+# slug -> (status, title, when it is answered)
+PROBLEM_TYPES: dict[str, tuple[int, str, str]] = _read(_KINDS)
 RESERVED = frozenset({"type", "title", "status", "detail", "instance"})
 
 
@@ -79,6 +97,15 @@ class LetheError(Exception):
     status_code = 400
     slug = "bad-request"
 
+    def __init_subclass__(cls, *, status_code: int | None = None, slug: str | None = None, **kwargs: Any) -> None:
+        """A kind of error names its status and problem type in its class line: `class Gone(LetheError,
+        status_code=410, slug="gone")`."""
+        super().__init_subclass__(**kwargs)
+        if status_code is not None:
+            cls.status_code = status_code
+        if slug is not None:
+            cls.slug = slug
+
     def __init__(self, detail: str | None = None, *, status_code: int | None = None, **extensions: Any) -> None:
         clash = RESERVED & extensions.keys()
         if clash:
@@ -98,44 +125,36 @@ class LetheError(Exception):
         return problem(slug, self.detail or PROBLEM_TYPES[slug][1], status=self.status_code, **self.extensions)
 
 
-class NotFound(LetheError):
-    status_code = 404
-    slug = "not-found"
+class NotFound(LetheError, status_code=404, slug="not-found"):
+    """No such object for this tenant (another tenant's objects are not found either)."""
 
 
-class Unprocessable(LetheError):
-    status_code = 422
-    slug = "unprocessable"
+class Unprocessable(LetheError, status_code=422, slug="unprocessable"):
+    """Well-formed input the service refuses: unknown ids, a bad file, a value out of range."""
 
 
-class Conflict(LetheError):
-    status_code = 409
-    slug = "conflict"
+class Conflict(LetheError, status_code=409, slug="conflict"):
+    """The object's state refuses the operation: it exists, is busy, or is not the current version."""
 
 
-class Gone(LetheError):
-    status_code = 410
-    slug = "gone"
+class Gone(LetheError, status_code=410, slug="gone"):
+    """The version was revoked and its weights purged."""
 
 
-class Unauthorized(LetheError):
-    status_code = 401
-    slug = "unauthorized"
+class Unauthorized(LetheError, status_code=401, slug="unauthorized"):
+    """No bearer API key, or an unknown or revoked one."""
 
 
-class Forbidden(LetheError):
-    status_code = 403
-    slug = "forbidden"
+class Forbidden(LetheError, status_code=403, slug="forbidden"):
+    """The API key lacks the scope the operation needs."""
 
 
-class TooLarge(LetheError):
-    status_code = 413
-    slug = "too-large"
+class TooLarge(LetheError, status_code=413, slug="too-large"):
+    """The body exceeds LETHE_MAX_BODY_MB or LETHE_MAX_UPLOAD_MB."""
 
 
-class RateLimited(LetheError):
-    status_code = 429
-    slug = "rate-limited"
+class RateLimited(LetheError, status_code=429, slug="rate-limited"):
+    """Too many requests from this key or address; `retry_after` says when to try again."""
 
     def __init__(self, detail: str | None = None, *, retry_after: float = 1.0, **extensions: Any) -> None:
         super().__init__(detail, **extensions)

@@ -31,7 +31,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import bearer_token, live_caller
-from app.db import Base, new_id, session_scope, utcnow
+from app.columns import CreatedAt, UuidPk
+from app.db import Base, session_scope, utcnow
 from app.errors import MEDIA_TYPE, problem
 from app.settings import get_settings
 
@@ -47,7 +48,7 @@ STORED_HEADERS = (b"content-type", b"location")
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("api_key_id", "key"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UuidPk]
     api_key_id: Mapped[str] = mapped_column(String(36))
     key: Mapped[str] = mapped_column(String(MAX_KEY))
     method: Mapped[str] = mapped_column(String(10))
@@ -57,7 +58,7 @@ class IdempotencyKey(Base):
     status: Mapped[int | None] = mapped_column(Integer)
     response_headers: Mapped[list[Any]] = mapped_column(default=list)
     response_body: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 @event.listens_for(Session, "before_commit")

@@ -52,7 +52,7 @@ from app.evidence import service as evidence
 from app.evidence.enums import PoolStatus
 from app.evidence.tables import ReferencePool
 from app.forget.enums import ENDED as REQUEST_ENDED
-from app.forget.enums import DispositionStatus
+from app.forget.enums import DispositionStatus, RequestStatus
 from app.forget.tables import Disposition, ForgetRequest
 from app.job_sums import BUCKETS, NO_ALGORITHM, PHASES
 from app.jobs.enums import FINAL as JOB_ENDED
@@ -80,6 +80,11 @@ KIND_PHASES = {
 }
 
 _LABEL = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+def _count_by(s: Session, column: Any) -> dict[str, int]:
+    """How many rows hold each value of `column`."""
+    return {value: int(n) for value, n in s.execute(select(column, func.count()).group_by(column))}
 
 
 def _bounded(value: Any, allowed: Iterable[str]) -> str:
@@ -164,28 +169,24 @@ class LetheCollector(Collector):
 
     def _fill(self, s: Session, f: dict[str, Metric]) -> None:
         dialect = s.get_bind().dialect.name
-        self._requests(s, f)
-        self._points(s, f)
+        self._by_status(s, ForgetRequest.status, final=(REQUEST_FINAL, f["lethe_forget_requests"]),
+                        waiting=(RequestStatus.ACCEPTED, f["lethe_forget_requests_open"]))
+        self._by_status(s, Disposition.disposition, final=(DISPOSITIONS, f["lethe_forget_points"]),
+                        waiting=(DispositionStatus.PENDING, f["lethe_forget_points_pending"]))
         self._jobs(s, f)
         self._job_rows(s, f, dialect)
         self._audits(s, f)
         self._scoring(s, f)
 
     @staticmethod
-    def _requests(s: Session, f: dict[str, Metric]) -> None:
-        counts = {status: int(n) for status, n in s.execute(
-            select(ForgetRequest.status, func.count()).group_by(ForgetRequest.status))}
-        for outcome in REQUEST_FINAL:
-            f["lethe_forget_requests"].add_metric([outcome], counts.get(outcome, 0))
-        f["lethe_forget_requests_open"].add_metric([], counts.get("accepted", 0))
-
-    @staticmethod
-    def _points(s: Session, f: dict[str, Metric]) -> None:
-        counts = {d: int(n) for d, n in s.execute(
-            select(Disposition.disposition, func.count()).group_by(Disposition.disposition))}
-        for d in DISPOSITIONS:
-            f["lethe_forget_points"].add_metric([d], counts.get(d, 0))
-        f["lethe_forget_points_pending"].add_metric([], counts.get("pending", 0))
+    def _by_status(s: Session, column: Any, *, final: tuple[Iterable[str], Metric],
+                   waiting: tuple[str, Metric]) -> None:
+        """How many rows hold each final value of `column` (final[1] labelled by it), and how many wait (the
+        gauge waiting[1], rows holding waiting[0])."""
+        counts = _count_by(s, column)
+        for value in final[0]:
+            final[1].add_metric([value], counts.get(value, 0))
+        waiting[1].add_metric([], counts.get(waiting[0], 0))
 
     @staticmethod
     def _jobs(s: Session, f: dict[str, Metric]) -> None:

@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,18 +44,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from scipy.stats import spearmanr
 
+from bench import common
+from bench.influence_report import plot, print_table
+from bench.influence_worker import CNN, CPU, MLP, SETUPS
 from workers.engine.architectures import build_model
-from workers.engine.data import ArraySet, batches, to_tensors
-from workers.engine.influence import compute_self_influence
+from workers.engine.data import ArraySet
 from workers.engine.influence.less import CheckpointRecorder, save_checkpoints
 from workers.engine.training import train_model
 
-CPU = torch.device("cpu")
-BATCH = 256
 REFERENCE = "hessian ekfac ggn"
 # name -> (method, options); *_dir options are folders under the setup's folder.
 JOBS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -114,11 +111,6 @@ def synthetic_images(n: int, seed: int = 0) -> ArraySet:
     return ArraySet((0.3 * templates[y] + rng.normal(size=(n, 3, 32, 32))).astype(np.float32), y)
 
 
-MLP, CNN = "digits mlp 64-512-512-10", "cnn conv32-conv64-fc128"
-SETUPS: dict[str, dict[str, Any]] = {
-    MLP: {"spec": {"kind": "mlp", "hidden": [512, 512]}, "shape": (64,), "epochs": 6},
-    CNN: {"spec": {"kind": "cnn", "channels": [32, 64], "hidden": 128}, "shape": (3, 32, 32), "epochs": 3},
-}
 
 
 def prepare(name: str, data: ArraySet, folder: Path) -> dict[str, Any]:
@@ -140,129 +132,8 @@ def prepare(name: str, data: ArraySet, folder: Path) -> dict[str, Any]:
             "train_accuracy": stats["train_accuracy"]}
 
 
-def plain_epoch(model: torch.nn.Module, data: ArraySet, batch_size: int = BATCH) -> None:
-    x, y = to_tensors(data, CPU)
-    for idx in batches(len(data), batch_size, shuffle=False):
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-
-
-def kronfluence_self_scores(model: torch.nn.Module, data: ArraySet, out_dir: Path, *, batch_size: int,
-                            info: dict[str, Any]) -> np.ndarray:
-    """Kronfluence's EK-FAC self-influence, by its documented API: Task, prepare_model, Analyzer."""
-    import logging
-    import warnings
-
-    import kronfluence
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
-
-    class Classification(Task):
-        def compute_train_loss(self, batch: Any, model: torch.nn.Module, sample: bool = False) -> torch.Tensor:
-            x, y = batch
-            logits = model(x)
-            if sample:  # the true Fisher: labels drawn from the model's own predictions
-                with torch.no_grad():
-                    y = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, y, reduction="sum")
-
-        def compute_measurement(self, batch: Any, model: torch.nn.Module) -> torch.Tensor:
-            x, y = batch
-            return F.cross_entropy(model(x), y, reduction="sum")
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.cuda.amp.GradScaler deprecation
-    torch.manual_seed(0)
-    task = Classification()
-    dataset = torch.utils.data.TensorDataset(*to_tensors(data, CPU))
-    factor_args = FactorArguments(strategy="ekfac")
-    score_args = ScoreArguments(damping_factor=None)  # None: 0.1 × mean eigenvalue per module, as ours
-    began = time.perf_counter()
-    analyzer = Analyzer("bench", prepare_model(model, task), task, cpu=True, disable_tqdm=True,
-                        output_dir=str(out_dir), log_level=logging.WARNING)
-    analyzer.fit_all_factors("ekfac", dataset, per_device_batch_size=batch_size, factor_args=factor_args,
-                             overwrite_output_dir=True)
-    fitted = time.perf_counter()
-    analyzer.compute_self_scores("self", "ekfac", dataset, per_device_train_batch_size=batch_size,
-                                 score_args=score_args, overwrite_output_dir=True)
-    scores = analyzer.load_self_scores("self")["all_modules"].double().numpy()
-    info.update({"kronfluence": kronfluence.__version__, "strategy": "ekfac", "damping": "heuristic 0.1 × mean",
-                 "fisher": "mc (sampled labels)", "batch_size": batch_size,
-                 "factor_seconds": fitted - began, "score_seconds": time.perf_counter() - fitted,
-                 "factor_args": factor_args.to_str_dict(), "score_args": score_args.to_str_dict()})
-    return scores
-
-
-def _peak_rss_mb() -> float:
-    """This process image's peak RSS: VmHWM, which starts afresh at exec. (getrusage's ru_maxrss does not:
-    Linux carries the parent's high-water mark into a forked-and-exec'd child, so every worker would report
-    at least the bench process's own peak.)"""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def worker(folder: Path, spec: dict[str, Any], out: Path) -> None:
-    """One scorer in a fresh process: seconds, CPU seconds, peak RSS and the scores (out.npy).
-
-    spec: method, options, and optionally threads (torch intra-op threads), subset (first n points only),
-    rows ([a, b): one shard, as compute_self_influence's `rows`).
-    """
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    setup = SETUPS[json.loads((folder / "setup.json").read_text())["name"]]
-    with np.load(folder / "data.npz") as npz:
-        data = ArraySet(npz["x"], npz["y"])
-    if spec.get("subset"):
-        data = ArraySet(data.x[:spec["subset"]], data.y[:spec["subset"]])
-    model = build_model(setup["spec"], input_shape=setup["shape"], n_classes=10)
-    model.load_state_dict(load_file(str(folder / "weights.safetensors")))
-    method = spec["method"]
-    options = {k: folder / v if k.endswith("_dir") else v for k, v in spec.get("options", {}).items()}
-    if spec.get("rows") is not None:
-        options["rows"] = slice(*spec["rows"])
-    info: dict[str, Any] = {}
-    load = os.getloadavg()[0]
-    scores = None
-    cpu, started = _cpu_seconds(), time.time()
-    if method == "epoch":  # the best of two: the unit every other cost is divided by
-        seconds = float("inf")
-        for _ in range(2):
-            began, cpu = time.perf_counter(), _cpu_seconds()
-            plain_epoch(model, data)
-            if time.perf_counter() - began < seconds:
-                seconds, epoch_cpu = time.perf_counter() - began, _cpu_seconds() - cpu
-        cpu = _cpu_seconds() - epoch_cpu  # cpu_seconds below: the best epoch's
-    elif method == "kronfluence":
-        began = time.perf_counter()
-        scores = kronfluence_self_scores(model, data, folder / f"kronfluence-{out.stem}", batch_size=BATCH,
-                                         info=info)
-        seconds = time.perf_counter() - began
-    else:
-        began = time.perf_counter()
-        scores = compute_self_influence(method, model, data, device=CPU, batch_size=BATCH, info=info, **options)
-        seconds = time.perf_counter() - began
-    finished, cpu = time.time(), _cpu_seconds() - cpu
-    if scores is not None:
-        np.save(out.with_suffix(".npy"), scores)
-    info = {k: v for k, v in info.items() if k != "damping"}
-    peak = _peak_rss_mb()
-    out.write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "started": started, "finished": finished,
-                               "threads": torch.get_num_threads(), "load_before": load,
-                               "load_after": os.getloadavg()[0], "peak_rss_mb": peak, "info": info}, default=str))
-
-
 def _command(folder: Path, spec: dict[str, Any], out: Path) -> list[str]:
-    return [sys.executable, "-m", "bench.influence", "--worker", str(folder), json.dumps(spec), str(out)]
+    return [sys.executable, "-m", "bench.influence_worker", str(folder), json.dumps(spec), str(out)]
 
 
 def _slug(text: str) -> str:
@@ -428,135 +299,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def print_table(results: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=180)
-    for name, res in results["setups"].items():
-        table = Table(title=f"{name}: {res['n']:,} points, {res['params']:,} parameters (one epoch = "
-                            f"{res['rows']['epoch']['seconds']:.2f} s; {results['threads_per_process']} torch "
-                            "thread(s) per process; load = 1-min load average before)")
-        for col in ("scorer", "seconds", "cpu s", "points/s", "× epoch", "× epoch cpu", "peak RSS MB", "ρ vs ref",
-                    "low-decile ∩ ref", "load"):
-            table.add_column(col, justify="left" if col == "scorer" else "right")
-        for job, row in res["rows"].items():
-            table.add_row(job, f"{row['seconds']:.2f}", f"{row['cpu_seconds']:.1f}", f"{row['points_per_second']:,.0f}",
-                          f"{row['epochs']:.1f}", f"{row['epochs_cpu']:.1f}", f"{row['peak_rss_mb']:.0f}",
-                          f"{row.get('spearman_vs_reference', float('nan')):.3f}",
-                          f"{row.get('low_decile_overlap_vs_reference', float('nan')):.2f}",
-                          f"{row['load_before']:.1f}")
-        console.print(table)
-    if results.get("scale_out"):
-        n = results["setups"][CNN]["n"]
-        table = Table(title=f"{CNN}: two workers vs one on {n:,} points (workers × torch threads each; "
-                            "hessian: prepare fits the factors once, shards load them)")
-        for col in ("scorer", "config", "prepare s", "shards wall s", "total s", "points/s", "× epoch",
-                    "cpu s (crit. path)", "peak RSS MB/worker", "speed-up", "load"):
-            table.add_column(col, justify="left" if col in ("scorer", "config") else "right")
-        for job, res in results["scale_out"].items():
-            for cfg, run in res["runs"].items():
-                speed = ""
-                if cfg == "2x1":
-                    short = {k: "vs 1×" + k.split(" vs 1 worker × ")[1][0] for k in res["speedup"]}
-                    speed = "\n".join(f"{v:.2f}× {short[k]}" for k, v in res["speedup"].items())
-                    speed += "".join(f"\n{v:.2f}× {short[k]} (cpu)"
-                                     for k, v in res["speedup_from_cpu_time"].items())
-                table.add_row(job, f"{run['workers']} × {run['threads_per_worker']}", f"{run['prepare_seconds']:.1f}",
-                              f"{run['parallel_wall_seconds']:.1f}", f"{run['total_seconds']:.1f}",
-                              f"{run['points_per_second']:,.0f}", f"{run['epochs']:.1f}",
-                              f"{run['critical_path_cpu_seconds']:.1f}", f"{run['peak_rss_mb']:.0f}",
-                              speed, f"{run['load_before']:.1f}")
-        console.print(table)
-    if results.get("kronfluence"):
-        kf = results["kronfluence"]
-        table = Table(title=f"Kronfluence {kf['rows'][KRONFLUENCE]['info'].get('kronfluence')} EK-FAC vs ours on the "
-                            f"CNN's first {kf['n']:,} points (factor fitting included on both sides)")
-        for col in ("scorer", "seconds", "factors s", "cpu s", "points/s", "Kronfluence s ÷ ours", "cpu s ÷ ours",
-                    "ρ vs Kronfluence", "low-decile ∩", "peak RSS MB", "load"):
-            table.add_column(col, justify="left" if col == "scorer" else "right")
-        for job, row in kf["rows"].items():
-            factors = row['info'].get('factor_seconds')
-            table.add_row(job, f"{row['seconds']:.1f}", "–" if factors is None else f"{factors:.1f}",
-                          f"{row['cpu_seconds']:.1f}", f"{row['points_per_second']:,.1f}",
-                          f"{row.get('kronfluence_seconds_ratio', 1.0):.1f}",
-                          f"{row.get('kronfluence_cpu_seconds_ratio', 1.0):.1f}",
-                          f"{row.get('spearman_vs_reference', float('nan')):.3f}",
-                          f"{row.get('low_decile_overlap_vs_reference', float('nan')):.2f}",
-                          f"{row['peak_rss_mb']:.0f}", f"{row['load_before']:.1f}")
-        console.print(table)
-    table = Table(title="Issue 4 targets (at N ≥ 20,000)")
-    for col in ("target", "setup", "measured (wall)", "status", "on CPU time"):
-        table.add_column(col)
-    for t in results["targets"]:
-        style = "green" if t["status"] == "PASS" else "red" if t["status"] == "MISS" else "dim"
-        cpu = "" if t["measured_cpu_time"] is None else \
-            f"{t['measured_cpu_time']:.2f} {t['status_cpu_time'].split()[0]}"
-        table.add_row(t["target"], t["setup"], t["shown"], f"[{style}]{t['status']}[/{style}]", cpu)
-    console.print(table)
-
-
-def plot(results: dict[str, Any], kf_scores: tuple[np.ndarray, np.ndarray] | None, path: Path) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    ax = axes[0]
-    names = [j for j in JOBS if j != "epoch"]
-    width = 0.4
-    for k, (setup, res) in enumerate(results["setups"].items()):
-        ax.barh(np.arange(len(names)) + (k - 0.5) * width, [res["rows"][j]["epochs"] for j in names], width,
-                label=f"{setup} (N={res['n']:,})")
-    ax.set_yticks(np.arange(len(names)), names)
-    ax.invert_yaxis()
-    ax.axvline(1.5, color="grey", ls=":", lw=1)
-    ax.axvline(3.0, color="grey", ls="--", lw=1)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("cost in plain forward+backward epochs (log; targets 1.5× gradnorm, 3× hessian)")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    kf = results.get("kronfluence")
-    if kf and kf_scores is not None:
-        from scipy.stats import rankdata
-
-        theirs, ours = kf_scores
-        ax.scatter(rankdata(theirs) / len(theirs), rankdata(ours) / len(ours), s=3, alpha=0.5)
-        row = kf["rows"][MATCHED]
-        ax.set_title(f"first {kf['n']:,} CNN points: ρ = {row['spearman_vs_reference']:.3f}, "
-                     f"Kronfluence {row['kronfluence_seconds_ratio']:.1f}× slower", fontsize=10)
-        ax.set_xlabel("Kronfluence EK-FAC self-influence (rank quantile)")
-        ax.set_ylabel(f"ours, {MATCHED} (rank quantile)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
-                            "torch": torch.__version__, "python": platform.python_version(),
-                            "platform": platform.platform()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                           if line.startswith("model name"))
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
-        info["memory_gb"] = round(int(mem[1]) / 2**20, 1)
-    except (OSError, StopIteration, IndexError, ValueError):
-        pass
-    try:
-        import kronfluence
-
-        info["kronfluence"] = kronfluence.__version__
-    except ImportError:
-        info["kronfluence"] = None
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-cnn", type=int, default=20_000)
@@ -568,13 +310,9 @@ def main() -> None:
                         help="torch threads of the training and every single-process job (0: torch's default)")
     parser.add_argument("--skip-mlp", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "influence.json")
-    parser.add_argument("--worker", nargs=3, metavar=("FOLDER", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        worker(Path(args.worker[0]), json.loads(args.worker[1]), Path(args.worker[2]))
-        return
     began = time.perf_counter()
-    host = machine()
+    host = common.machine() | {"kronfluence": _kronfluence_version()}
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"machine": host, "threads_per_process": torch.get_num_threads(),
@@ -610,6 +348,15 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print_table(results)
     print(f"total {results['total_seconds'] / 60:.1f} min; wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+
+def _kronfluence_version() -> str | None:
+    try:
+        import kronfluence
+    except ImportError:
+        return None
+    return kronfluence.__version__
 
 
 if __name__ == "__main__":

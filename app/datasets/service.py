@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import re
-import shutil
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +15,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from app import artifacts
+from app.datasets import npz_erasure
 from app.datasets.enums import DatasetStatus
 from app.datasets.tables import Dataset, Point
 from app.db import new_id, page, session_scope, utcnow
@@ -33,7 +31,7 @@ from app.ledger import service as ledger
 from app.registry.enums import VersionStatus
 from app.registry.tables import Model, Version
 from app.settings import get_settings
-from app.uploads import MAX_NPY_HEADER, check_npz
+from app.uploads import check_npz
 from workers.engine import parquet  # torch-free: pyarrow, numpy, Pillow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -339,7 +337,7 @@ def erase_cleared(session: Session, *, dataset_id: str) -> list[str]:
                             rows={p.row for p in erase})
         new_sha = artifacts.sha256_file(dest)
     else:
-        new_sha = _erased_copy(artifacts.path_of(old_uri), new_uri, rows={p.row for p in erase})
+        new_sha = npz_erasure.erased_copy(artifacts.path_of(old_uri), new_uri, rows={p.row for p in erase})
     ds.uri, ds.sha256 = new_uri, new_sha
     now = utcnow()
     for p in erase:
@@ -360,48 +358,6 @@ def by_reference(session: Session, *, model_id: str) -> bool:
     """Whether the dataset of a model was registered by reference (its original is outside Lethe's reach)."""
     return bool(session.scalar(select(Dataset.by_reference).join(Model, Model.dataset_id == Dataset.id)
                                .where(Model.id == model_id)))
-
-
-ERASED_ARRAYS = ("x", "subjects")  # the rows of these are zeroed (a blank subject is all zero bytes)
-
-
-def _erased_copy(src: Path, uri: str, *, rows: set[int]) -> str:
-    """Write a copy of the npz at `src` to `uri` with `rows` of x and subjects zeroed; its sha256.
-
-    Streamed member by member and a few MiB of rows at a time: the API process never holds the dataset.
-    """
-    dest = artifacts.path_of(uri)
-    tmp = dest.with_name(dest.name + ".tmp")
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", allowZip64=True) as zout:
-        for info in zin.infolist():
-            out = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-            out.compress_type = info.compress_type
-            with zin.open(info) as fin, zout.open(out, "w", force_zip64=True) as fout:
-                if info.filename.removesuffix(".npy") not in ERASED_ARRAYS:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-                    continue
-                version = np.lib.format.read_magic(fin)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0  # 3.0 differs only in a UTF-8 header: same reader for ASCII
-                shape, fortran, dtype = read_header(fin, max_header_size=MAX_NPY_HEADER)
-                header_len = fin.tell()
-                fin.seek(0)
-                fout.write(fin.read(header_len))  # the header as it was
-                if fortran:  # rows are not contiguous on disk: load this one member (rare: np.save writes C order)
-                    arr = np.frombuffer(fin.read(), dtype).reshape(shape, order="F").copy()
-                    arr[sorted(rows)] = 0
-                    fout.write(arr.tobytes(order="F"))
-                    continue
-                row_bytes = math.prod(shape[1:]) * dtype.itemsize
-                step = max(1, (4 << 20) // max(1, row_bytes))
-                for start in range(0, shape[0] if shape else 0, step):
-                    chunk = bytearray(fin.read(row_bytes * min(step, shape[0] - start)))
-                    for r in range(start, start + step):
-                        if r in rows:
-                            chunk[(r - start) * row_bytes:(r - start + 1) * row_bytes] = bytes(row_bytes)
-                    fout.write(chunk)
-    os.replace(tmp, dest)
-    return artifacts.sha256_file(dest)
 
 
 def sweep_erasures(*, since: datetime | None = None) -> list[str]:

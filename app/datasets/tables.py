@@ -5,19 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CreatedAt, NamedPerTenant, PointId, SerialPk
 from app.datasets.enums import DatasetStatus
-from app.db import Base, new_id, utcnow
+from app.db import Base
 
 
-class Dataset(Base):
+class Dataset(NamedPerTenant, Base):
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
     uri: Mapped[str] = mapped_column(String(1000))
     sha256: Mapped[str] = mapped_column(String(64))
     n_points: Mapped[int]
@@ -32,7 +29,7 @@ class Dataset(Base):
     features: Mapped[str] = mapped_column(String(20), default="x")
     status: Mapped[str] = mapped_column(String(20), default=DatasetStatus.READY)  # a DatasetStatus
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Point(Base):
@@ -41,9 +38,9 @@ class Point(Base):
         UniqueConstraint("dataset_id", "point_id"),
         Index("ix_points_dataset_subject", "dataset_id", "subject_hash"),
     )
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[SerialPk]
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
-    point_id: Mapped[str] = mapped_column(String(200))
+    point_id: Mapped[PointId]
     row: Mapped[int]  # index into the dataset's arrays
     # Keyed hash (HMAC) of the data subject; subject ids are never stored in clear.
     subject_hash: Mapped[str | None] = mapped_column(String(64))

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, new_id, utcnow
+from app.columns import CreatedAt, UuidPk
+from app.db import Base
 from app.evidence.enums import PoolStatus
 
 
@@ -17,7 +18,7 @@ class ReferencePool(Base):
     audit. Valid while the lineage's removals since it was fitted stay under LETHE_POOL_MAX_REMOVED."""
 
     __tablename__ = "reference_pools"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UuidPk]
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     version: Mapped[int]  # the version whose training data (live rows) the pool measured
@@ -29,5 +30,5 @@ class ReferencePool(Base):
     n_points: Mapped[int | None]
     n_certified: Mapped[int | None]
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     completed_at: Mapped[datetime | None]

@@ -5,17 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text
+from sqlalchemy import Float, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, new_id, utcnow
+from app.columns import CreatedAt, SerialPk, TenantId, UuidPk
+from app.db import Base
 from app.jobs.enums import JobStatus
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[UuidPk]
+    tenant_id: Mapped[TenantId]
     kind: Mapped[str] = mapped_column(String(20))  # a JobKind
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), index=True)  # None: a dataset's job
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))  # validate: the dataset it checks
@@ -32,7 +33,7 @@ class Job(Base):
     lease_until: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(String(200))
     deadline: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
@@ -45,7 +46,7 @@ class JobRequest(Base):
 
 class Audit(Base):
     __tablename__ = "audits"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UuidPk]
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
     parent_version: Mapped[int]
@@ -55,16 +56,16 @@ class Audit(Base):
     passed: Mapped[bool]  # promoted: verdict passed, or accepted by policy, or a retrain
     verdict: Mapped[str | None] = mapped_column(String(20))  # a Verdict
     report: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Outbox(Base):
     __tablename__ = "outbox"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[SerialPk]
     task: Mapped[str] = mapped_column(String(100))
     job_id: Mapped[str | None] = mapped_column(String(36))
     payload: Mapped[dict[str, Any]]
     deadline: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     published_at: Mapped[datetime | None] = mapped_column(index=True)

@@ -9,7 +9,7 @@ from app.auth import Reader
 from app.db import SessionDep
 from app.ledger import service, signing
 from app.ledger.schemas import CheckpointRead, LedgerEntryRead, LedgerHead, LedgerVerify
-from app.paging import Page, decode_cursor, encode_cursor
+from app.paging import Page, decode_cursor, encode_cursor, page_of
 
 router = APIRouter(prefix="/ledger", tags=["ledger"])
 
@@ -22,7 +22,7 @@ def list_ledger(caller: Reader, session: SessionDep, limit: Annotated[int, Query
     rows, total = service.list_entries(session, tenant_id=caller.tenant_id, event=event, subject_id=subject_id,
                                        after=decode_cursor(cursor), limit=limit)
     nxt = encode_cursor(rows[-1].seq) if len(rows) == limit else None
-    return Page(items=[LedgerEntryRead.model_validate(r, from_attributes=True) for r in rows], total=total, next=nxt)
+    return page_of(LedgerEntryRead, rows, total=total, next=nxt)
 
 
 @router.get("/verify", response_model=LedgerVerify)

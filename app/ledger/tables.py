@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import SerialPk, TenantId
 from app.db import Base
 
 
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (UniqueConstraint("tenant_id", "seq"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[SerialPk]
+    tenant_id: Mapped[TenantId]
     seq: Mapped[int]
     event: Mapped[str] = mapped_column(String(50), index=True)
     subject_type: Mapped[str] = mapped_column(String(20))
@@ -30,8 +31,8 @@ class Checkpoint(Base):
 
     __tablename__ = "ledger_checkpoints"
     __table_args__ = (UniqueConstraint("tenant_id", "seq"),)  # one per head: asking again signs nothing new
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[SerialPk]
+    tenant_id: Mapped[TenantId]
     seq: Mapped[int]
     head: Mapped[str] = mapped_column(String(64))
     signed_at: Mapped[str] = mapped_column(String(40))  # ISO timestamp as signed

@@ -8,14 +8,15 @@ from typing import Any
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, new_id, utcnow
+from app.columns import TenantId, UuidPk
+from app.db import Base, utcnow
 
 
 class OpenDsrRequest(Base):
     __tablename__ = "opendsr_requests"
     __table_args__ = (UniqueConstraint("tenant_id", "subject_request_id"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[UuidPk]
+    tenant_id: Mapped[TenantId]
     subject_request_id: Mapped[str] = mapped_column(String(36))  # the controller's UUID v4
     regulation: Mapped[str] = mapped_column(String(10))  # gdpr | ccpa
     subject_request_type: Mapped[str] = mapped_column(String(20))  # erasure

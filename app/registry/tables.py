@@ -8,17 +8,14 @@ from typing import Any
 from sqlalchemy import Float, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, new_id, utcnow
+from app.columns import CreatedAt, NamedPerTenant, UuidPk
+from app.db import Base
 from app.registry.enums import RunStatus, VersionStatus
 from app.registry.schemas import Policy
 
 
-class Model(Base):
+class Model(NamedPerTenant, Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     architecture: Mapped[dict[str, Any]]
     recipe: Mapped[dict[str, Any]]
@@ -26,7 +23,7 @@ class Model(Base):
     current_version: Mapped[int | None]
     # Free deletions answered since the lineage's budget last reset.
     free_spent: Mapped[int] = mapped_column(default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
     @property
     def settings(self) -> Policy:
@@ -37,7 +34,7 @@ class Model(Base):
 class Version(Base):
     __tablename__ = "versions"
     __table_args__ = (UniqueConstraint("model_id", "number"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UuidPk]
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     number: Mapped[int]
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("versions.id"))
@@ -51,14 +48,14 @@ class Version(Base):
     threshold: Mapped[float | None] = mapped_column(Float)
     budget: Mapped[int | None]
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     revoked_at: Mapped[datetime | None]
 
 
 class InfluenceRun(Base):
     __tablename__ = "influence_runs"
     __table_args__ = (UniqueConstraint("version_id", "method"),)
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UuidPk]
     version_id: Mapped[str] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED)  # a RunStatus
@@ -68,6 +65,6 @@ class InfluenceRun(Base):
     n: Mapped[int | None]
     threshold: Mapped[float | None] = mapped_column(Float)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     completed_at: Mapped[datetime | None]
 

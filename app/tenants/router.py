@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from app.auth import OPERATOR, Admin
 from app.db import SessionDep
-from app.paging import Page
+from app.paging import Page, page_of, shown_once
 from app.tenants import service
 from app.tenants.schemas import KeyCreate, KeyCreated, KeyRead
 
@@ -19,15 +19,13 @@ def create_key(body: KeyCreate, caller: Admin, session: SessionDep) -> KeyCreate
                                            operator=caller.allows(OPERATOR))
     row, key = service.create_key(session, tenant_id=tenant_id, scopes=body.scopes, name=body.name,
                                   grantor_scopes=caller.scopes)
-    session.commit()
-    return KeyCreated(**KeyRead.model_validate(row, from_attributes=True).model_dump(), key=key)
+    return shown_once(session, KeyCreated, row, key=key)
 
 
 @router.get("", response_model=Page[KeyRead])
 def list_keys(caller: Admin, session: SessionDep) -> Page[KeyRead]:
     """The tenant's API keys (prefix, name, scopes, creation and revocation times; never the key)."""
-    rows = service.list_keys(session, tenant_id=caller.tenant_id)
-    return Page(items=[KeyRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
+    return page_of(KeyRead, service.list_keys(session, tenant_id=caller.tenant_id))
 
 
 @router.delete("/{key_id}", response_model=KeyRead)

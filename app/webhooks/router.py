@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth import Admin, Reader
 from app.db import SessionDep
-from app.paging import Page
+from app.paging import Page, page_of, shown_once
 from app.timestamps import Timestamp
 from app.webhooks import service
 
@@ -57,22 +57,20 @@ class DeliveryRead(BaseModel):
 def create_webhook(body: WebhookCreate, caller: Admin, session: SessionDep) -> WebhookCreated:
     """Register an http(s) URL to receive the chosen events, signed with a secret shown once."""
     hook, secret = service.create(session, tenant_id=caller.tenant_id, url=body.url, events=body.events)
-    session.commit()
-    return WebhookCreated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(), secret=secret)
+    return shown_once(session, WebhookCreated, hook, secret=secret)
 
 
 @router.get("", response_model=Page[WebhookRead])
 def list_webhooks(caller: Reader, session: SessionDep) -> Page[WebhookRead]:
     """The tenant's webhooks and the events each receives."""
-    rows = service.list_hooks(session, tenant_id=caller.tenant_id)
-    return Page(items=[WebhookRead.model_validate(r, from_attributes=True) for r in rows], total=len(rows), next=None)
+    return page_of(WebhookRead, service.list_hooks(session, tenant_id=caller.tenant_id))
 
 
 @router.get("/deliveries", response_model=Page[DeliveryRead])
 def list_deliveries(caller: Reader, session: SessionDep) -> Page[DeliveryRead]:
     """Recent webhook deliveries: event, attempts, last HTTP status or error."""
     rows, total = service.deliveries(session, tenant_id=caller.tenant_id)
-    return Page(items=[DeliveryRead.model_validate(r, from_attributes=True) for r in rows], total=total, next=None)
+    return page_of(DeliveryRead, rows, total=total)
 
 
 @router.delete("/{webhook_id}", response_model=WebhookRead)
@@ -87,6 +85,4 @@ def delete_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> Webho
 def rotate_webhook(webhook_id: str, caller: Admin, session: SessionDep) -> WebhookRotated:
     """A new signing secret, shown once; the old one keeps signing for LETHE_WEBHOOK_ROTATION_GRACE_HOURS."""
     hook, secret = service.rotate(session, tenant_id=caller.tenant_id, webhook_id=webhook_id)
-    session.commit()
-    return WebhookRotated(**WebhookRead.model_validate(hook, from_attributes=True).model_dump(), secret=secret,
-                          previous_valid_until=hook.previous_expires_at)
+    return shown_once(session, WebhookRotated, hook, secret=secret, previous_valid_until=hook.previous_expires_at)

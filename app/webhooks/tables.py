@@ -5,19 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, new_id, utcnow
+from app.columns import CreatedAt, SerialPk, TenantId, UuidPk
+from app.db import Base, utcnow
 
 
 class Webhook(Base):
     __tablename__ = "webhooks"
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[UuidPk]
+    tenant_id: Mapped[TenantId]
     url: Mapped[str] = mapped_column(String(2000))
     events: Mapped[list[Any]]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     deleted_at: Mapped[datetime | None]
     # Random per-webhook secrets, AES-GCM-sealed under an HKDF-derived key (app.keys). None: registered before
     # secrets were stored; such a hook signs with the old tenant-derived secret until rotated.
@@ -34,8 +35,8 @@ class Webhook(Base):
 
 class Delivery(Base):
     __tablename__ = "webhook_deliveries"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[SerialPk]
+    tenant_id: Mapped[TenantId]
     webhook_id: Mapped[str | None] = mapped_column(String(36))  # None: a request's callback_url
     url: Mapped[str] = mapped_column(String(2000))
     event_id: Mapped[str] = mapped_column(String(36))
@@ -46,4 +47,4 @@ class Delivery(Base):
     last_status: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]

@@ -34,10 +34,17 @@ def tiny_fashion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_fashion_mnist_demo_registers_parquet_images_and_trains_a_cnn(sqlite_env: dict[str, str],
-                                                                         tiny_fashion: Path) -> None:
+                                                                         tiny_fashion: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.celery_app as ca
+    from app.settings import get_settings
+
+    # this process publishes to this test's broker (an earlier test may have built the Celery app on another)
+    monkeypatch.setattr(ca, "celery", ca.make_celery(get_settings()))
     from app.datasets.tables import Dataset
     from app.db import session_scope
     from app.demo import run_demo
+    from app.jobs.tables import Job
     from app.registry.tables import Model
 
     lines: list[str] = []
@@ -50,6 +57,11 @@ def test_the_fashion_mnist_demo_registers_parquet_images_and_trains_a_cnn(sqlite
         assert (ds.n_points, ds.n_test) == (40, 10) and ds.has_subjects
         assert model.architecture["kind"] == "cnn" and model.current_version == 1
         uri = ds.uri
+        # every job went through the outbox and the broker to the worker the demo ran beside itself
+        ran = s.execute(select(Job.kind, Job.status, Job.worker).where(
+            (Job.model_id == model.id) | (Job.dataset_id == ds.id))).all()
+        assert {kind for kind, _, _ in ran} >= {"validate", "train", "score"}
+        assert all(status == "completed" and worker and worker != "inline" for _, status, worker in ran), ran
     table = pq.read_table(artifacts.path_of(uri))
     assert table.column("image")[0].as_py()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("validating" in line for line in lines)

@@ -33,6 +33,26 @@ def test_metrics_follow_a_forget_flow(client: TestClient, admin_headers: dict[st
     assert value(empty, "lethe_forget_requests_total", outcome="completed") == 0
     assert value(empty, "lethe_queue_oldest_age_seconds") == 0
 
+    _train_and_score(client, h)
+    body = _forget(client, h)
+    job = client.get(f"/jobs/{body['job_id']}", headers=h).json()
+    assert job["status"] == "completed", job["error"]
+    done = scrape(client)
+    _dispositions_and_jobs(client, h, done, body, job)
+    _phases(done, job["timings"])
+    _audits(done, job)
+    _savings(done, job)
+    after = _free_only_request(client, h, job)
+
+    # bounded labels: the flow added no series (only the AUC gauge appears once a version is audited),
+    # and nothing names a model or a tenant
+    assert {k for k in after if k[0] in ours - {"lethe_mia_auc"}} == {k for k in empty if k[0] in ours}
+    assert "toy" not in client.get("/metrics").text
+    _memoised(client, after)
+
+
+def _train_and_score(client: TestClient, h: dict[str, str]) -> None:
+    """toy@1 trained and scored: the queue while it waits, then the jobs, scores and latencies."""
     upload_dataset(client, h, n=300, n_test=100)
     create_model(client, h, policy={"algorithm": "finetune", "q_forget": 0.5, "q_retain": 0.2})
     assert client.post("/models/toy/train", headers=h).status_code == 202
@@ -50,6 +70,9 @@ def test_metrics_follow_a_forget_flow(client: TestClient, admin_headers: dict[st
     assert value(trained, "lethe_job_phase_seconds_count", kind="train", phase="training", algorithm="none") == 1
     assert value(trained, "lethe_compute_seconds_total", kind="train") > 0
 
+
+def _forget(client: TestClient, h: dict[str, str]) -> dict:
+    """A request of 3 free points and 20 pending, seen open while its job waits; its job run. The answer."""
     ids = [i["point_id"] for i in client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()["items"]]
     # 3 free (below the 10% quantile), 20 pending between it and the 25% prune bound: q_forget=0.5 prunes 10
     resp = client.post("/forget", headers=h, json={"model": "toy", "point_ids": ids[:3] + ids[40:60],
@@ -63,12 +86,12 @@ def test_metrics_follow_a_forget_flow(client: TestClient, admin_headers: dict[st
     assert value(accepted, "lethe_forget_points_total", disposition="free") == 3
     assert value(accepted, "lethe_queue_depth", kind="unlearn") == 1
     drain()
+    return body
 
-    job = client.get(f"/jobs/{body['job_id']}", headers=h).json()
-    assert job["status"] == "completed", job["error"]
+
+def _dispositions_and_jobs(client: TestClient, h: dict[str, str], done: Samples, body: dict, job: dict) -> None:
     req = client.get(f"/requests/{body['request_id']}", headers=h).json()
     disp = [p["disposition"] for p in req["points"]]
-    done = scrape(client)
     assert value(done, "lethe_forget_requests_total", outcome="completed") == 1
     assert value(done, "lethe_forget_requests_open") == 0
     assert value(done, "lethe_forget_points_pending") == 0
@@ -80,8 +103,9 @@ def test_metrics_follow_a_forget_flow(client: TestClient, admin_headers: dict[st
     assert value(done, "lethe_jobs_total", kind="unlearn", status="completed") == 1
     assert value(done, "lethe_queue_depth", kind="unlearn") == 0
 
-    # phase histograms: one observation per phase of the unlearning job, its seconds as the sum
-    timings = job["timings"]
+
+def _phases(done: Samples, timings: dict[str, float]) -> None:
+    """One observation per phase of the unlearning job, its seconds as the sum."""
     for phase in ("scoring", "pruning", "unlearning", "auditing", "registering"):
         labels = {"kind": "unlearn", "phase": phase, "algorithm": "finetune"}
         assert value(done, "lethe_job_phase_seconds_count", **labels) == 1
@@ -91,44 +115,54 @@ def test_metrics_follow_a_forget_flow(client: TestClient, admin_headers: dict[st
     assert value(done, "lethe_job_latency_seconds_count", kind="unlearn") == 1
     assert value(done, "lethe_compute_seconds_total", kind="unlearn") == pytest.approx(sum(timings.values()), rel=1e-6)
 
-    # audits and the current version's MIA AUC
+
+def _audits(done: Samples, job: dict) -> None:
+    """Every attempt's audit by algorithm and verdict, and the current version's MIA AUC."""
     audit, m = job["result"]["audit"], job["result"]["metrics"]
-    for attempt in job["result"]["metrics"]["attempts"]:  # an attempt that was not promoted escalates
+    for attempt in m["attempts"]:  # an attempt that was not promoted escalates
         result = attempt["verdict"]  # passed | failed | inconclusive (no pool in these tests: inconclusive)
-        n = sum(1 for a in job["result"]["metrics"]["attempts"]
-                if a["algorithm"] == attempt["algorithm"] and a["verdict"] == attempt["verdict"])
+        n = sum(1 for a in m["attempts"] if a["algorithm"] == attempt["algorithm"] and a["verdict"] == result)
         assert value(done, "lethe_audits_total", algorithm=attempt["algorithm"], result=result) == n
     assert sum(v for (name, _), v in done.items() if name == "lethe_audits_total") == len(m["attempts"])
     assert value(done, "lethe_audited_models") == 1
-    auc = audit["after"]["mia"]["auc"]
-    assert value(done, "lethe_mia_auc", stat="mean") == pytest.approx(auc)
+    assert value(done, "lethe_mia_auc", stat="mean") == pytest.approx(audit["after"]["mia"]["auc"])
     assert value(done, "lethe_mia_auc_threshold") == 0.55
 
-    # seconds saved, estimated against the unpruned run (linear in the points processed)
-    kept = m["n_forget_kept"] + m["n_retain_kept"]
-    u = sum(v for k, v in timings.items() if k.split("#")[0] == "unlearning")
+
+def _unlearning_seconds(job: dict) -> tuple[float, int]:
+    """The job's unlearning seconds and the points it kept."""
+    m = job["result"]["metrics"]
+    return (sum(v for k, v in job["timings"].items() if k.split("#")[0] == "unlearning"),
+            m["n_forget_kept"] + m["n_retain_kept"])
+
+
+def _savings(done: Samples, job: dict) -> None:
+    """Seconds saved, estimated against the unpruned run (linear in the points processed)."""
+    u, kept = _unlearning_seconds(job)
     pruned = job["result"]["pruned"]["forget"]["n"] + job["result"]["pruned"]["retain"]["n"]
     assert value(done, "lethe_saved_seconds_total", source="pruning") == pytest.approx(u * pruned / kept, rel=1e-6)
     assert value(done, "lethe_saved_seconds_total", source="free") == pytest.approx(u * 3 / kept, rel=1e-6)
 
-    # a request answered entirely free spares a whole job: valued at the lineage's first unlearning job
+
+def _free_only_request(client: TestClient, h: dict[str, str], job: dict) -> Samples:
+    """A request answered entirely free spares a whole job: valued at the lineage's first unlearning job."""
     v2 = client.get("/models/toy/versions/2/influence?limit=1000", headers=h).json()
     assert v2["status"] == "completed"
     free_only = client.post("/forget", headers=h, json={"model": "toy", "point_ids": [v2["items"][0]["point_id"]],
                                                         "reason": "gdpr", "requested_by": "dpo"})
     assert free_only.status_code == 200 and free_only.json()["job_id"] is None, free_only.text
     after = scrape(client)
-    spared = sum(v for k, v in timings.items() if k.split("#")[0] in ("unlearning", "auditing", "registering"))
+    u, kept = _unlearning_seconds(job)
+    spared = sum(v for k, v in job["timings"].items()
+                 if k.split("#")[0] in ("unlearning", "auditing", "registering"))
     assert value(after, "lethe_saved_seconds_total", source="free") == pytest.approx(u * 3 / kept + spared, rel=1e-6)
     assert value(after, "lethe_forget_requests_total", outcome="completed") == 2
     assert value(after, "lethe_forget_points_total", disposition="free") == 4
+    return after
 
-    # bounded labels: the flow added no series (only the AUC gauge appears once a version is audited),
-    # and nothing names a model or a tenant
-    assert {k for k in after if k[0] in ours - {"lethe_mia_auc"}} == {k for k in empty if k[0] in ours}
-    assert "toy" not in client.get("/metrics").text
 
-    # jobs finished over an hour ago are summed once per process (memoised), with the same numbers
+def _memoised(client: TestClient, after: Samples) -> None:
+    """Jobs finished over an hour ago are summed once per process (memoised), with the same numbers."""
     from datetime import timedelta
 
     from sqlalchemy import select

@@ -9,7 +9,7 @@ import argparse
 import numpy as np
 import pytest
 
-from bench import evidence, unlearning
+from bench import evidence, settings, unlearning, unlearning_report
 from workers.engine import fashion_mnist
 
 needs_data = pytest.mark.skipif(not fashion_mnist.available(), reason="Debian's dataset-fashion-mnist is not "
@@ -18,19 +18,19 @@ needs_data = pytest.mark.skipif(not fashion_mnist.available(), reason="Debian's 
 
 def test_flip_labels_moves_exactly_the_share_to_another_class() -> None:
     y = np.repeat(np.arange(10), 50)
-    flipped_y, rows = evidence.flip_labels(y, 0.1, n_classes=10, seed=0)
+    flipped_y, rows = settings.flip_labels(y, 0.1, n_classes=10, seed=0)
     assert len(rows) == 50 and len(np.unique(rows)) == 50 and np.all(np.diff(rows) > 0)
     assert np.all(flipped_y[rows] != y[rows])  # every flipped row lands in another class
     keep = np.setdiff1d(np.arange(len(y)), rows)
     assert np.array_equal(flipped_y[keep], y[keep]) and np.array_equal(y, np.repeat(np.arange(10), 50))
     assert flipped_y.min() >= 0 and flipped_y.max() <= 9
-    again, rows_again = evidence.flip_labels(y, 0.1, n_classes=10, seed=0)
+    again, rows_again = settings.flip_labels(y, 0.1, n_classes=10, seed=0)
     assert np.array_equal(again, flipped_y) and np.array_equal(rows_again, rows)  # seeded
 
 
 @needs_data
 def test_fashion_setting_builds_a_cnn_on_a_stratified_subset_with_known_wrong_labels() -> None:
-    s = evidence.make_setting("fashion", 2, fashion_n=300)
+    s = settings.make_setting("fashion", 2, fashion_n=300)
     assert s.name == "fashion" and s.x.shape == (300, 1, 28, 28) and s.x.dtype == np.float32
     assert 0.0 <= s.x.min() and s.x.max() <= 1.0 and s.recipe["epochs"] == 2
     assert s.x_test.shape == (2000, 1, 28, 28) and s.n_classes == 10
@@ -39,12 +39,12 @@ def test_fashion_setting_builds_a_cnn_on_a_stratified_subset_with_known_wrong_la
     assert np.bincount(true_y).tolist() == [30] * 10
     net = s.build(0)
     assert net(__import__("torch").as_tensor(s.x[:4])).shape == (4, 10)
-    assert s.describe()["arch"] == evidence.FASHION_ARCH and s.describe()["name"] == "fashion"
+    assert s.describe()["arch"] == settings.FASHION_ARCH and s.describe()["name"] == "fashion"
 
 
 @needs_data
 def test_forget_sets_on_fashion_mislabelled_and_one_class() -> None:
-    s = evidence.make_setting("fashion", 2, fashion_n=500)
+    s = settings.make_setting("fashion", 2, fashion_n=500)
     cfg = unlearning.preset("fashion")
     cfg.forget_size, cfg.slice_size = 20, 15
     mis = unlearning.draw_forget(s, "mislabelled", cfg, seed=1)
@@ -91,8 +91,8 @@ def test_fig5_points_follow_one_fraction_with_the_other_at_zero() -> None:
     summary = [_summary("random", "scrub", 0.4, 0.0, 1.0, 0.5), _summary("random", "scrub", 0.0, 0.0, 2.0, 0.4),
                _summary("random", "scrub", 0.0, 0.4, 1.5, 0.6), _summary("random", "scrub", 0.4, 0.4, 0.5, 0.9),
                _summary("mislabelled", "scrub", 0.2, 0.0, 9.0, 0.1), _summary("random", "iau", 0.2, 0.0, 9.0, 0.1)]
-    f = unlearning.fig5_points(summary, "random", "scrub", "q_forget")
+    f = unlearning_report.fig5_points(summary, "random", "scrub", "q_forget")
     assert [(p["q"], p["seconds"], p["statistic"]) for p in f] == [(0.0, 2.0, 0.4), (0.4, 1.0, 0.5)]
-    r = unlearning.fig5_points(summary, "random", "scrub", "q_retain")
+    r = unlearning_report.fig5_points(summary, "random", "scrub", "q_retain")
     assert [p["q"] for p in r] == [0.0, 0.4] and r[1]["ci95"] == [0.5, 0.7]
-    assert unlearning.fig5_points(summary, "class_slice", "scrub", "q_forget") == []
+    assert unlearning_report.fig5_points(summary, "class_slice", "scrub", "q_forget") == []

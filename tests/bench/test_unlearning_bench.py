@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import unlearning
+from bench import common, unlearning, unlearning_report
 
 
 def test_tiny_run_writes_every_part_and_doing_nothing_fails(tmp_path: Path) -> None:
     cfg = unlearning.Config(seeds=2, variants=("finetune", "iau", "iau_scaled", "imu_per_point"),
                             pruning=((0.0, 0.0), (0.4, 0.0)), fa_seeds=2, fig41_n=(20,), k=8, shift_models=2,
                             strengths=2, quick=True)
-    results = unlearning.run(cfg, log=lambda _: None)
     out = tmp_path / "unlearning.json"
-    unlearning.write(results, out)
-    unlearning.print_tables(results)
+    common.run_and_report(unlearning.run, cfg, out, write=unlearning_report.write,
+                          print_tables=unlearning_report.print_tables)
     assert out.with_suffix(".png").stat().st_size > 0
     saved = json.loads(out.read_text())
     assert saved["size"] == "quick" and saved["config"]["seeds"] == 2

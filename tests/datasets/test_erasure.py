@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 
 from app import artifacts
-from app.datasets.service import _erased_copy
+from app.datasets.npz_erasure import erased_copy
 
 MiB = 1024 * 1024
 
@@ -23,7 +23,7 @@ def test_erased_copy_zeroes_rows_streamed(sqlite_env: dict[str, str]) -> None:
     rows = {0, 7, 4095}
     tracemalloc.start()
     try:
-        sha = _erased_copy(src, "datasets/dst.npz", rows=rows)
+        sha = erased_copy(src, "datasets/dst.npz", rows=rows)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -42,7 +42,7 @@ def test_a_fortran_ordered_x_is_erased_too(sqlite_env: dict[str, str]) -> None:
     src = artifacts.path_of("datasets/f.npz")
     src.parent.mkdir(parents=True, exist_ok=True)
     np.savez(src, x=x, y=np.zeros(10, np.int64))
-    _erased_copy(src, "datasets/f2.npz", rows={2, 9})
+    erased_copy(src, "datasets/f2.npz", rows={2, 9})
     with np.load(artifacts.path_of("datasets/f2.npz")) as out:
         expected = np.array(x)
         expected[[2, 9]] = 0

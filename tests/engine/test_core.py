@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
+from tests.engine.digits import digits_split
 from workers.engine.architectures import build_model
 from workers.engine.audit import audit_model, audit_passes, cv_auc, loss_mia, predict_losses
 from workers.engine.cache import load_meta, load_scores, save_scores
@@ -26,13 +26,7 @@ RECIPE = {"optimizer": "adam", "lr": 3e-3, "epochs": 12, "batch_size": 64, "seed
 
 @pytest.fixture(scope="module")
 def digits() -> dict[str, ArraySet]:
-    d = load_digits()
-    x, y = (d.data / 16).astype(np.float32), d.target
-    order = np.random.default_rng(0).permutation(len(x))
-    tr, te = order[:1400], order[1400:]
-    forget = tr[:60]
-    return {"train": ArraySet(x[tr], y[tr]), "forget": ArraySet(x[forget], y[forget]),
-            "retain": ArraySet(x[tr[60:]], y[tr[60:]]), "test": ArraySet(x[te], y[te])}
+    return digits_split(1400)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
+from tests.engine.digits import digits_split
 from workers.engine.architectures import build_model
 from workers.engine.audit import accuracy, audit_model, confidence_mia, predict_losses
 from workers.engine.data import ArraySet
@@ -40,13 +40,7 @@ def _one_thread() -> object:
 
 @pytest.fixture(scope="module")
 def digits() -> dict[str, ArraySet]:
-    d = load_digits()
-    x, y = (d.data / 16).astype(np.float32), d.target
-    order = np.random.default_rng(0).permutation(len(x))
-    tr, te = order[:600], order[600:]
-    forget, retain = tr[:60], tr[60:]
-    return {"train": ArraySet(x[tr], y[tr]), "forget": ArraySet(x[forget], y[forget]),
-            "retain": ArraySet(x[retain], y[retain]), "test": ArraySet(x[te], y[te])}
+    return digits_split(600)
 
 
 def build() -> torch.nn.Module:

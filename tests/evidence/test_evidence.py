@@ -21,7 +21,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from bench import evidence as fixtures  # the same fixtures the evidence benchmark measures
+from bench import settings as fixtures  # the same fixtures the evidence benchmark measures
 from tests.factories import upload_dataset
 from tests.workers.test_worker import stack, wait_for  # noqa: F401 - the real-worker fixture
 

@@ -10,23 +10,7 @@ from tests.factories import create_model, drain, upload_dataset
 
 def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_headers: dict[str, str]) -> None:
     h = admin_headers
-    upload_dataset(client, h, n=300, n_test=100)
-    create_model(client, h, policy={"algorithm": "finetune", "q_forget": 0.5})
-    create_model(client, h, name="twin")  # a second model on the same data: gets linked requests
-    for name in ("toy", "twin"):
-        train = client.post(f"/models/{name}/train", headers=h)
-        assert train.status_code == 202 and train.json()["kind"] == "train"
-    drain()
-    model = client.get("/models/toy", headers=h).json()
-    assert model["current"] == 1 and model["ref"] == "toy@1"
-    v1 = client.get("/models/toy/versions/1", headers=h).json()
-    assert v1["source"] == "train" and v1["n_train"] == 300 and v1["threshold"] is not None
-    assert v1["influence"][0]["status"] == "completed" and v1["budget"] == 6  # 2% of 300
-    scores = client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()
-    assert scores["total"] == 300 and scores["status"] == "completed"
-    values = [i["score"] for i in scores["items"]]
-    assert values == sorted(values) and values[0] >= 0
-
+    scores = _trained_and_scored(client, h)
     lowest = [i["point_id"] for i in scores["items"][:3]]
     highest = [i["point_id"] for i in scores["items"][-40:]]
     resp = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest + highest,
@@ -38,49 +22,9 @@ def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_hea
     assert len(body["linked_requests"]) == 1
     drain()
 
-    job = client.get(f"/jobs/{body['job_id']}", headers=h).json()
-    assert job["status"] == "completed", job["error"]
-    assert job["result"]["ref"] == "toy@2" and job["result"]["version"] == 2
-    assert {"scoring", "pruning", "unlearning", "auditing", "registering"} <= set(job["timings"])
-    assert job["progress"] == 1.0 and job["requests"] == [body["request_id"]]
-    audit = job["result"]["audit"]
-    assert audit["passed"] and audit["n_audit"] == 43 and {"ra", "ta", "ua", "mia"} <= set(audit["after"])
-    assert audit["before"]["mia"]["auc"] is not None
-    assert client.get("/models/toy", headers=h).json()["current"] == 2
-    v2 = client.get("/models/toy/versions/2", headers=h).json()
-    assert v2["parent"] == 1 and v2["request_id"] == body["request_id"] and v2["audit"]["passed"]
-    assert client.get("/models/toy/versions/1/weights", headers=h).status_code == 410
-    weights = client.get("/models/toy/versions/2/weights", headers=h)
-    assert weights.status_code == 200 and weights.content[:8] != b""
-
-    req = client.get(f"/requests/{body['request_id']}", headers=h).json()
-    assert req["status"] == "completed"
-    by_point = {p["point_id"]: p for p in req["points"]}
-    assert {by_point[p]["disposition"] for p in lowest} == {"free"}
-    assert {by_point[p]["disposition"] for p in highest} <= {"unlearned", "pruned"}
-    assert all(by_point[p]["version"] == 2 for p in highest)
-    # the twin's linked request ran too, so nobody holds the points any more
-    linked = client.get(f"/requests/{body['linked_requests'][0]}", headers=h).json()
-    assert linked["status"] == "completed" and linked["linked_from"] == body["request_id"]
-    assert all(not p["still_held_by"] for p in req["points"])
-
-    cert = client.get(f"/requests/{body['request_id']}/certificate", headers=h).json()
-    assert cert["status"] == "completed" and len(cert["points"]) == 43 and cert["ledger_ok"]
-    assert cert["audits"][-1]["passed"] and cert["audits"][-1]["version"] == 2
-    assert {"request.received", "points.free", "request.completed"} <= {e["event"] for e in cert["ledger"]}
-    import base64
-    import json
-
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    # Ed25519 under the published public key: an auditor checks it with no Lethe secret
-    signed = json.dumps({k: v for k, v in cert.items() if k != "signature"}, sort_keys=True,
-                        separators=(",", ":")).encode()
-    assert cert["signature"]["alg"] == "Ed25519"
-    public = load_pem_public_key(client.get("/ledger/public-key").content)
-    public.verify(base64.b64decode(cert["signature"]["value"]), signed)  # raises if forged
-    assert cert["checkpoint"]["seq"] >= max(e["seq"] for e in cert["ledger"])
-
+    _unlearned_into_version_2(client, h, body)
+    _request_completed(client, h, body, lowest=lowest, highest=highest)
+    _certificate_verifies(client, h, body)
     again = client.post("/forget", headers=h, json={"model": "toy", "point_ids": lowest[:1] + highest[:2],
                                                     "reason": "again", "requested_by": "dpo"})
     assert again.status_code == 200 and again.json()["job_id"] is None
@@ -98,6 +42,80 @@ def test_train_score_forget_unlearn_audit_register(client: TestClient, admin_hea
                    "audit.recorded", "version.registered", "version.promoted", "version.revoked", "request.completed"):
         assert needed in events, needed
     assert client.get("/ledger/verify", headers=h).json()["ok"]
+
+
+def _trained_and_scored(client: TestClient, h: dict[str, str]) -> dict:
+    """toy and its twin (same data: linked requests) trained; toy@1's scores, lowest first."""
+    upload_dataset(client, h, n=300, n_test=100)
+    create_model(client, h, policy={"algorithm": "finetune", "q_forget": 0.5})
+    create_model(client, h, name="twin")  # a second model on the same data: gets linked requests
+    for name in ("toy", "twin"):
+        train = client.post(f"/models/{name}/train", headers=h)
+        assert train.status_code == 202 and train.json()["kind"] == "train"
+    drain()
+    model = client.get("/models/toy", headers=h).json()
+    assert model["current"] == 1 and model["ref"] == "toy@1"
+    v1 = client.get("/models/toy/versions/1", headers=h).json()
+    assert v1["source"] == "train" and v1["n_train"] == 300 and v1["threshold"] is not None
+    assert v1["influence"][0]["status"] == "completed" and v1["budget"] == 6  # 2% of 300
+    scores = client.get("/models/toy/versions/1/influence?limit=1000", headers=h).json()
+    assert scores["total"] == 300 and scores["status"] == "completed"
+    values = [i["score"] for i in scores["items"]]
+    assert values == sorted(values) and values[0] >= 0
+    return scores
+
+
+def _unlearned_into_version_2(client: TestClient, h: dict[str, str], body: dict) -> None:
+    """The request's job completed, audited, registered and promoted toy@2; toy@1 was revoked."""
+    job = client.get(f"/jobs/{body['job_id']}", headers=h).json()
+    assert job["status"] == "completed", job["error"]
+    assert job["result"]["ref"] == "toy@2" and job["result"]["version"] == 2
+    assert {"scoring", "pruning", "unlearning", "auditing", "registering"} <= set(job["timings"])
+    assert job["progress"] == 1.0 and job["requests"] == [body["request_id"]]
+    audit = job["result"]["audit"]
+    assert audit["passed"] and audit["n_audit"] == 43 and {"ra", "ta", "ua", "mia"} <= set(audit["after"])
+    assert audit["before"]["mia"]["auc"] is not None
+    assert client.get("/models/toy", headers=h).json()["current"] == 2
+    v2 = client.get("/models/toy/versions/2", headers=h).json()
+    assert v2["parent"] == 1 and v2["request_id"] == body["request_id"] and v2["audit"]["passed"]
+    assert client.get("/models/toy/versions/1/weights", headers=h).status_code == 410
+    weights = client.get("/models/toy/versions/2/weights", headers=h)
+    assert weights.status_code == 200 and weights.content[:8] != b""
+
+
+def _request_completed(client: TestClient, h: dict[str, str], body: dict, *, lowest: list[str],
+                       highest: list[str]) -> None:
+    """Each point's disposition and the version that removed it; the twin's linked request ran too."""
+    req = client.get(f"/requests/{body['request_id']}", headers=h).json()
+    assert req["status"] == "completed"
+    by_point = {p["point_id"]: p for p in req["points"]}
+    assert {by_point[p]["disposition"] for p in lowest} == {"free"}
+    assert {by_point[p]["disposition"] for p in highest} <= {"unlearned", "pruned"}
+    assert all(by_point[p]["version"] == 2 for p in highest)
+    # the twin's linked request ran too, so nobody holds the points any more
+    linked = client.get(f"/requests/{body['linked_requests'][0]}", headers=h).json()
+    assert linked["status"] == "completed" and linked["linked_from"] == body["request_id"]
+    assert all(not p["still_held_by"] for p in req["points"])
+
+
+def _certificate_verifies(client: TestClient, h: dict[str, str], body: dict) -> None:
+    """The deletion certificate: points, audits, ledger entries, signed with Ed25519 under the published key."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    cert = client.get(f"/requests/{body['request_id']}/certificate", headers=h).json()
+    assert cert["status"] == "completed" and len(cert["points"]) == 43 and cert["ledger_ok"]
+    assert cert["audits"][-1]["passed"] and cert["audits"][-1]["version"] == 2
+    assert {"request.received", "points.free", "request.completed"} <= {e["event"] for e in cert["ledger"]}
+    # an auditor checks it with no Lethe secret
+    signed = json.dumps({k: v for k, v in cert.items() if k != "signature"}, sort_keys=True,
+                        separators=(",", ":")).encode()
+    assert cert["signature"]["alg"] == "Ed25519"
+    public = load_pem_public_key(client.get("/ledger/public-key").content)
+    public.verify(base64.b64decode(cert["signature"]["value"]), signed)  # raises if forged
+    assert cert["checkpoint"]["seq"] >= max(e["seq"] for e in cert["ledger"])
 
 
 def test_erasure_once_every_model_cleared(client: TestClient, admin_headers: dict[str, str]) -> None:

@@ -11,12 +11,17 @@ from fastapi.testclient import TestClient
 from tests.factories import create_model, drain, upload_dataset
 
 
-def test_calibration_sets_threshold_budget_and_prune_bound(client: TestClient, admin_headers: dict[str, str]) -> None:
-    h = admin_headers
-    upload_dataset(client, h, n=240, n_test=60)
+def _trained_toy(client: TestClient, h: dict[str, str], *, n: int, n_test: int) -> None:
+    """toy@1 trained on n points (n_test held out), its jobs run."""
+    upload_dataset(client, h, n=n, n_test=n_test)
     create_model(client, h)
     client.post("/models/toy/train", headers=h)
     drain()
+
+
+def test_calibration_sets_threshold_budget_and_prune_bound(client: TestClient, admin_headers: dict[str, str]) -> None:
+    h = admin_headers
+    _trained_toy(client, h, n=240, n_test=60)
     assert client.get("/models/toy/versions/1/calibration", headers=h).status_code == 404
     job = client.post("/models/toy/versions/1/calibrate", headers=h, json={"grid": [5, 10, 20, 40], "compare": []})
     assert job.status_code == 202 and job.json()["kind"] == "calibrate"
@@ -51,10 +56,7 @@ def test_calibration_sets_threshold_budget_and_prune_bound(client: TestClient, a
 
 def test_calibration_compares_every_scorer(client: TestClient, admin_headers: dict[str, str]) -> None:
     h = admin_headers
-    upload_dataset(client, h, n=160, n_test=40)
-    create_model(client, h)
-    client.post("/models/toy/train", headers=h)
-    drain()
+    _trained_toy(client, h, n=160, n_test=40)
     job = client.post("/models/toy/versions/1/calibrate", headers=h, json={"grid": [8, 16]})
     drain()
     assert client.get(f"/jobs/{job.json()['job_id']}", headers=h).json()["status"] == "completed"

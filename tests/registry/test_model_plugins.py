@@ -85,7 +85,12 @@ def test_a_plugin_model_runs_every_feature_through_http_and_a_worker(stack: Test
     assert {"ua", "ra", "ta"} <= set(job["result"]["audit"]["after"])
     assert stack.get("/models/toy", headers=h).json()["current"] == 2
 
-    # every other algorithm on the plugin model, each on points of its own, each a new version
+    current = _every_other_algorithm(stack, h, ids)
+    _weights_round_trip(stack, h, current)
+
+
+def _every_other_algorithm(stack: TestClient, h: dict[str, str], ids: list[str]) -> int:
+    """Every other algorithm on the plugin model, each on points of its own, each a new version; the last one."""
     from workers.engine.params import PARAMS
 
     current = 2
@@ -100,8 +105,11 @@ def test_a_plugin_model_runs_every_feature_through_http_and_a_worker(stack: Test
         assert job["result"]["metrics"]["attempts"][0]["algorithm"] == algorithm
         current += 1
         assert stack.get("/models/toy", headers=h).json()["current"] == current, algorithm
+    return current
 
-    # the new version's weights upload back as a version; renamed keys are refused by name
+
+def _weights_round_trip(stack: TestClient, h: dict[str, str], current: int) -> None:
+    """The version's weights upload back as a version; renamed keys are refused by name."""
     from safetensors.numpy import load, save
 
     weights = stack.get(f"/models/toy/versions/{current}/weights", headers=h).content

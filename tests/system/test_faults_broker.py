@@ -51,20 +51,26 @@ def _outbox(url: str, job_id: str) -> tuple[object, int]:
         eng.dispose()
 
 
+def _scored_toy(http: httpx.Client) -> list[str]:
+    """toy@1 uploaded and scored in this process (triage then has free points to give); its point ids."""
+    assert http.post("/datasets", data={"name": "toy"},
+                     files={"file": ("d.npz", npz_bytes(n=200, n_test=80))}).status_code == 201
+    assert http.post("/models", json={"name": "toy", "dataset": "toy",
+                                      "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
+    assert http.post("/models/toy/versions", files={"weights": ("w", safetensors_bytes())}).status_code == 201
+    drain()
+    ids = [i["point_id"] for i in http.get("/models/toy/versions/1/influence?limit=1000").json()["items"]]
+    assert len(ids) == 200
+    return ids
+
+
 @pytest.mark.parametrize("lethe_env", ["postgres"], indirect=True)
 def test_forget_answers_while_the_broker_is_down_and_the_job_runs_once_it_is_back(
         lethe_env: dict[str, str], stack: tuple[Server, PrivateRedis, Workers]) -> None:
     server, redis, workers = stack
     db_url = lethe_env["LETHE_DATABASE_URL"]
     with httpx.Client(base_url=server.url, headers=H, timeout=30) as http:
-        assert http.post("/datasets", data={"name": "toy"},
-                         files={"file": ("d.npz", npz_bytes(n=200, n_test=80))}).status_code == 201
-        assert http.post("/models", json={"name": "toy", "dataset": "toy",
-                                          "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
-        assert http.post("/models/toy/versions", files={"weights": ("w", safetensors_bytes())}).status_code == 201
-        drain()  # score version 1 here, so that triage has free points to give
-        ids = [i["point_id"] for i in http.get("/models/toy/versions/1/influence?limit=1000").json()["items"]]
-        assert len(ids) == 200
+        ids = _scored_toy(http)
 
         # 1. Redis hangs (accepts connections, never answers): requests answer at once, publishing gives up in
         # bounded time (socket timeouts) instead of blocking the relay for good

@@ -90,9 +90,13 @@ def test_governance_system_forgets_50_points(server: tuple[str, dict[str, str], 
         v3 = http.get(f"/models/digits/versions/{tj['result']['version']}").json()
         assert v3["n_train"] == len(ids) - 50
         assert http.get("/models/digits").json()["current"] == 2  # promote=false
-    # and the CLI drives the same server
+    _cli_drives_the_same_server(url, h, env, sorted(set(ids) - set(pick)))
+
+
+def _cli_drives_the_same_server(url: str, h: dict[str, str], env: dict[str, str], unforgotten: list[str]) -> None:
+    """`lethe forget --wait` and `lethe status` against the served API: digits@4 (v3 was trained unpromoted)."""
     cli = subprocess.run([sys.executable, "-m", "app.cli", "forget", "digits", "--points",
-                          ",".join(np.random.default_rng(3).choice(sorted(set(ids) - set(pick)), 5, replace=False)),
+                          ",".join(np.random.default_rng(3).choice(unforgotten, 5, replace=False)),
                           "--wait", "--url", url, "--key", h["Authorization"].split()[1]],
                          env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stdout + cli.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from workers.engine.rows import Batch, Rows, batches
 # The engine's name for a set of rows since it held two arrays; every set is a Rows (a row-indexed batch source).
 ArraySet = Rows
 
-__all__ = ["ArraySet", "Batch", "Rows", "batches", "load_npz", "to_tensors"]
+__all__ = ["ArraySet", "Batch", "Rows", "batches", "load_npz", "scoring_batches", "to_tensors"]
 
 
 def load_npz(path: Path | str) -> dict[str, np.ndarray]:
@@ -24,3 +25,12 @@ def load_npz(path: Path | str) -> dict[str, np.ndarray]:
 def to_tensors(data: Rows, device: torch.device) -> tuple[Batch, torch.Tensor]:
     """The whole set as tensors (benchmarks comparing with libraries that take tensors; the engine reads batches)."""
     return data.tensors(device)
+
+
+def scoring_batches(model: torch.nn.Module, data: Rows, *, device: torch.device,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, Batch, torch.Tensor]]:
+    """(indices, x, y) of `data` in order, a batch at a time on `device`, with every parameter of `model` requiring
+    gradients: what a scorer that differentiates each point's loss iterates over."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    yield from data.loader(batch_size, device)

@@ -285,6 +285,20 @@ def _decode_x(column: pa.Array, ids: list[str], shape: list[int], report: Decode
     return out
 
 
+def _decode(features: str, cols: dict[str, pa.Array], shape: list[int], dtype: np.dtype,
+            report: DecodeReport) -> np.ndarray:
+    """One batch's feature column decoded to the cache's dtype; rows that do not decode go in the report."""
+    ids = cols["point_id"].to_pylist()
+    if features == "image":
+        return _decode_images(cols["image"].to_pylist(), ids, shape, report)
+    if features == "x":
+        return _decode_x(cols["x"], ids, shape, report)
+    texts = cols["text"].to_pylist()
+    for i in (i for i, t in enumerate(texts) if t is None):
+        report.add(ids[i], "no text (null)")
+    return np.array([t or "" for t in texts], dtype=dtype)
+
+
 def build_cache(path: Path, *, features: str, shape: list[int], n_train: int, n_test: int,
                 progress: Callable[[float], None] = lambda _: None, batch_rows: int = BATCH_ROWS) -> DecodeReport:
     """Decode every row of the Parquet file at `path` into its cache (written whole or not at all).
@@ -312,16 +326,7 @@ def build_cache(path: Path, *, features: str, shape: list[int], n_train: int, n_
     total = max(1, n_train + n_test)
     for batch in _batches(data, columns, batch_rows):
         cols = dict(zip(batch.schema.names, batch.columns, strict=True))
-        ids = cols["point_id"].to_pylist()
-        if features == "image":
-            x = _decode_images(cols["image"].to_pylist(), ids, shape, report)
-        elif features == "x":
-            x = _decode_x(cols["x"], ids, shape, report)
-        else:
-            texts = cols["text"].to_pylist()
-            for i in (i for i, t in enumerate(texts) if t is None):
-                report.add(ids[i], "no text (null)")
-            x = np.array([t or "" for t in texts], dtype=dtype)
+        x = _decode(features, cols, shape, dtype, report)
         y = cols["label"].to_numpy(zero_copy_only=False).astype(np.int64)
         test = (pc.equal(cols["split"], "test").to_numpy(zero_copy_only=False) if "split" in cols
                 else np.zeros(len(batch), bool))

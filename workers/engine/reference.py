@@ -58,57 +58,74 @@ def fit_pool(build: Callable[[int], nn.Module], x: np.ndarray, y: np.ndarray, x_
     n = len(rows)
     mask = evidence.design(n, k, seed)
     data, test = ArraySet(x, y, rows), ArraySet(x_test, y_test)  # row views: features are read a batch at a time
+    total = k + shift_models
+
+    def shadow(name: str, model_seed: int, keep: np.ndarray, on: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """φ on the rows `on` and on the test split of a model trained on the rows `keep` (cached by name)."""
+        measured_on = data.subset(on)
+        return _measured(cache, name, model_seed, len(measured_on), lambda: _train_and_measure(
+            build, model_seed, data.subset(keep), measured_on, test, recipe, device))
+
     phi = np.empty((k, n), dtype=np.float64)
     phi_test = np.empty((k, len(y_test)), dtype=np.float64)
-    total = k + shift_models
     for m in range(k):
-        model_seed = seed * 1000 + 100 + m  # apart from a job's seed + 1 retrain
-        phi[m], phi_test[m] = _measured(
-            cache, f"shadow-{m}", model_seed, n, lambda ms=model_seed, m=m: _train_and_measure(
-                build, ms, data.subset(mask[m]), data, test, recipe, device))
+        # seeds apart from a job's seed + 1 retrain
+        phi[m], phi_test[m] = shadow(f"shadow-{m}", seed * 1000 + 100 + m, mask[m], np.arange(n))
         if progress:
             progress((m + 1) / total)
     phi_std = evidence.standardise(phi, phi_test)
     stats = evidence.point_stats(phi_std, mask)
     shift: dict[str, Any] = {"models": shift_models, "fraction": shift_fraction}
-    offsets, shift_cols = [], []
     shift_points = (np.empty(0, dtype=np.int64), np.empty(0))
     if shift_models:
-        rng = np.random.default_rng(seed + 7)
-        order = rng.permutation(n)
-        size = max(1, int(shift_fraction * n))
-        for s in range(shift_models):
-            out_cols = order[s * size:(s + 1) * size]
-            keep = np.ones(n, dtype=bool)
-            keep[out_cols] = False
-            model_seed = seed * 1000 + 100 + k + s
-            left_out, left_out_test = _measured(
-                cache, f"shift-{s}", model_seed, len(out_cols),
-                lambda ms=model_seed, keep=keep, out_cols=out_cols: _train_and_measure(
-                    build, ms, data.subset(keep), data.subset(out_cols), test, recipe, device))
-            std = evidence.standardise(left_out[None], left_out_test[None])[0]
-            offsets.append((std - stats.mu_out[out_cols]) / np.sqrt(stats.var_out[out_cols]))
-            shift_cols.append(out_cols)
-            if progress:
-                progress((k + s + 1) / total)
-        every = np.concatenate(offsets)
-        shift_points = (np.concatenate(shift_cols), every)
-        # In units of each point's OUT spread, the same units the audit statistic's z uses (before weighting).
-        shift |= {"shift_out": round(float(np.median(every)), 6),
-                  "shift_out_mean": round(float(every.mean()), 6),
-                  "shift_out_se": round(float(every.std(ddof=1) / np.sqrt(len(every))), 6) if len(every) > 1 else None,
-                  "n_points": int(len(every))}
+        shift_points = _size_shift(shadow, stats, n, first_seed=seed * 1000 + 100 + k, models=shift_models,
+                                   fraction=shift_fraction, rng=np.random.default_rng(seed + 7),
+                                   done=lambda s: progress((k + s + 1) / total) if progress else None)
+        shift |= _summary(shift_points[1])
     if target is not None:
-        std = evidence.standardise(phi_of(target, data, device=device)[None],
-                                   phi_of(target, test, device=device)[None])[0]
-        rel = (std - stats.mu_in) / np.sqrt(stats.var_in)
-        shift |= {"shift_in": round(float(np.median(rel)), 6), "shift_in_mean": round(float(rel.mean()), 6)}
+        shift |= _target_shift(target, data, test, stats, device)
     pool = Pool(rows=rows, in_mask=mask, phi=phi, phi_test=phi_test, phi_std=phi_std,
                 scores=np.empty((k, n)), certified_by=np.full(n, -1, dtype=np.int8),
                 separation=np.full(n, np.nan), shift_cols=shift_points[0].astype(np.int64),
                 shift_offsets=shift_points[1].astype(np.float64), meta={"k": k, "seed": seed, "n_points": n,
                                                       "n_test": int(len(y_test))})
     return pool, shift
+
+
+def _size_shift(shadow: Callable[[str, int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                stats: evidence.Stats, n: int, *, first_seed: int, models: int, fraction: float,
+                rng: np.random.Generator, done: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Full-size models each leaving out a disjoint `fraction` of the rows: (the left-out columns, their
+    standardised φ's offsets from the pool's OUT means in units of each point's OUT spread)."""
+    order = rng.permutation(n)
+    size = max(1, int(fraction * n))
+    offsets, shift_cols = [], []
+    for s in range(models):
+        out_cols = order[s * size:(s + 1) * size]
+        keep = np.ones(n, dtype=bool)
+        keep[out_cols] = False
+        left_out, left_out_test = shadow(f"shift-{s}", first_seed + s, keep, out_cols)
+        std = evidence.standardise(left_out[None], left_out_test[None])[0]
+        offsets.append((std - stats.mu_out[out_cols]) / np.sqrt(stats.var_out[out_cols]))
+        shift_cols.append(out_cols)
+        done(s)
+    return np.concatenate(shift_cols), np.concatenate(offsets)
+
+
+def _summary(every: np.ndarray) -> dict[str, Any]:
+    """The size shift in units of each point's OUT spread, the same units the audit statistic's z uses (before
+    weighting)."""
+    return {"shift_out": round(float(np.median(every)), 6), "shift_out_mean": round(float(every.mean()), 6),
+            "shift_out_se": round(float(every.std(ddof=1) / np.sqrt(len(every))), 6) if len(every) > 1 else None,
+            "n_points": int(len(every))}
+
+
+def _target_shift(target: nn.Module, data: ArraySet, test: ArraySet, stats: evidence.Stats,
+                  device: torch.device) -> dict[str, Any]:
+    """The deployed model's offset from the pool's IN means, in units of each point's IN spread."""
+    std = evidence.standardise(phi_of(target, data, device=device)[None], phi_of(target, test, device=device)[None])[0]
+    rel = (std - stats.mu_in) / np.sqrt(stats.var_in)
+    return {"shift_in": round(float(np.median(rel)), 6), "shift_in_mean": round(float(rel.mean()), 6)}
 
 
 def _train_and_measure(build: Callable[[int], nn.Module], model_seed: int, train: ArraySet, on: ArraySet,

@@ -87,7 +87,7 @@ def _cancel(job_id: str, why: str) -> str:
 
 
 def run_inline(job_id: str) -> str:
-    """Run a job in this process (the demo, tests): mark its outbox row published, then run it."""
+    """Run a job in this process (tests that need no worker): mark its outbox row published, then run it."""
     with session_scope() as s:
         for row in s.scalars(select(Outbox).where(Outbox.job_id == job_id, Outbox.published_at.is_(None))):
             row.published_at = utcnow()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, Batch
+from workers.engine.data import ArraySet, Batch, scoring_batches
 
 STRUCTURED = (nn.Linear, nn.Conv2d)
 
@@ -92,9 +92,7 @@ def gradnorm_self_influence(model: nn.Module, data: ArraySet, *, device: torch.d
     fallback = _has_other_params(model) or any(
         isinstance(m, nn.Conv2d) and m.groups != 1 for m in model.modules())
     out = np.empty(len(data), dtype=np.float64)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for idx, x, y in data.loader(batch_size, device):
+    for idx, x, y in scoring_batches(model, data, device=device, batch_size=batch_size):
         model.zero_grad(set_to_none=True)
         sq = _vmap(model, x, y) if fallback else _structured(model, x, y)
         out[idx.numpy()] = sq.clamp_min(0).sqrt().cpu().numpy()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet
+from workers.engine.data import ArraySet, scoring_batches
 from workers.engine.influence.kfac import (
     Capture,
     KFACFactors,
@@ -103,9 +103,7 @@ def hessian_self_influence(model: nn.Module, data: ArraySet, *, device: torch.de
     us = {n: f.s_eigvecs.to(device, dtype) for n, f in factors.layers.items()}
     inv = {n: (1.0 / (f.eigenvalues() + lams[n])).to(device, dtype) for n, f in factors.layers.items()}
     out = np.zeros(len(data), dtype=np.float64)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for idx, x, y in data.loader(batch_size, device):
+    for idx, x, y in scoring_batches(model, data, device=device, batch_size=batch_size):
         with Capture(layers) as cap:
             logits = hooks.forward(model, x)
         seed = torch.softmax(logits.detach(), 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workers.engine import model_hooks as hooks
-from workers.engine.data import ArraySet, Batch
+from workers.engine.data import ArraySet, Batch, scoring_batches
 from workers.engine.influence.gradnorm import gradnorm_self_influence
 from workers.engine.influence.kfac import (
     Capture,
@@ -165,9 +165,7 @@ def _adam_term(model: nn.Module, data: ArraySet, ck: Checkpoint, *, device: torc
             moments[name] = _scaled_moments(*(layer_param_matrix(module, t, name).to(device, dtype)
                                               for t in (ck.exp_avg, ck.exp_avg_sq)), ck)
     out = np.zeros(len(data), dtype=np.float64)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for idx, x, y in data.loader(batch_size, device):
+    for idx, x, y in scoring_batches(model, data, device=device, batch_size=batch_size):
         total = torch.zeros(len(idx), dtype=torch.float64, device=device)
         if fallback:
             _vmap_adam(model, x, y, ck, total, own_term)

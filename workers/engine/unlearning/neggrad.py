@@ -11,12 +11,12 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches
+from workers.engine.unlearning.common import retain_needed
 
 
 def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
             device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
-    if retain is None or len(retain) == 0:
-        raise ValueError("neggrad needs retain data")
+    retain = retain_needed("neggrad", retain)
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
                           weight_decay=params["weight_decay"])
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet
+from workers.engine.unlearning.common import retain_needed
 
 
 def target_weights(model: nn.Module, target: str) -> list[nn.Parameter]:
@@ -36,8 +37,7 @@ def _accumulate(model: nn.Module, data: ArraySet, sign: float, batch_size: int, 
 
 def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
           device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
-    if retain is None or len(retain) == 0:
-        raise ValueError("rank2 needs retain data")
+    retain = retain_needed("rank2", retain)
     gen = torch.Generator().manual_seed(seed)
     weights = target_weights(model, params["target"])
     if not weights:
@@ -50,13 +50,21 @@ def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
     _accumulate(model, retain.subset(sample), 1.0, 512, device)
     if len(forget):
         _accumulate(model, forget, -1.0, 512, device)
+    reinit = _reinitialise_least_needed(weights, params["reinit_fraction"])
+    model.zero_grad(set_to_none=True)
+    progress(0.1)
+    steps = _finetune_scaled(model, retain, reinit, params, gen, progress, device)
+    return {"reinitialised": sum(int(m.sum()) for m in reinit.values()), "reinit_tensors": len(reinit),
+            "steps": steps, "n_forget": len(forget), "n_retain": len(retain)}
 
-    # 2. Re-initialise (Kaiming normal, fan_out) the reinit_fraction of each targeted tensor with smallest |grad|.
+
+def _reinitialise_least_needed(weights: list[nn.Parameter], fraction: float) -> dict[nn.Parameter, torch.Tensor]:
+    """2. Re-initialise (Kaiming normal, fan_out) the `fraction` of each tensor with the smallest |grad|; the
+    mask of what was re-initialised, per tensor."""
     reinit: dict[nn.Parameter, torch.Tensor] = {}
-    n_reinit = 0
     with torch.no_grad():
         for w in weights:
-            k = int(params["reinit_fraction"] * w.numel())
+            k = int(fraction * w.numel())
             if k == 0:
                 continue
             grad = w.grad if w.grad is not None else torch.zeros_like(w)
@@ -68,12 +76,14 @@ def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
             nn.init.kaiming_normal_(fresh, mode="fan_out", nonlinearity="relu")
             w[mask] = fresh[mask]
             reinit[w] = mask
-            n_reinit += k
-    model.zero_grad(set_to_none=True)
-    progress(0.1)
+    return reinit
 
-    # 3. Fine-tune on retain: SGD, warm-up then cosine decay; lr × lr_other_factor for the untouched weights.
-    # Weight decay is added by hand so the per-element factor scales it too.
+
+def _finetune_scaled(model: nn.Module, retain: ArraySet, reinit: dict[nn.Parameter, torch.Tensor],
+                     params: dict[str, Any], gen: torch.Generator, progress: Callable[[float], None],
+                     device: torch.device) -> int:
+    """3. Fine-tune on retain: SGD, warm-up then cosine decay; lr × lr_other_factor for the untouched weights.
+    Weight decay is added by hand so the per-element factor scales it too. The steps taken."""
     lr_of = {p: torch.where(reinit[p], 1.0, params["lr_other_factor"]).to(p.dtype) if p in reinit
              else params["lr_other_factor"] for p in model.parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
@@ -101,5 +111,4 @@ def rank2(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params
             sched.step()
             steps += 1
         progress(0.1 + 0.9 * (epoch + 1) / epochs)
-    return {"reinitialised": n_reinit, "reinit_tensors": len(reinit), "steps": steps,
-            "n_forget": len(forget), "n_retain": len(retain)}
+    return steps

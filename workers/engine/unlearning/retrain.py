@@ -10,6 +10,7 @@ from torch import nn
 
 from workers.engine.data import ArraySet
 from workers.engine.training import train_model
+from workers.engine.unlearning.common import retain_needed
 
 
 def retrain(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
@@ -17,8 +18,7 @@ def retrain(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, para
             build: Callable[[], nn.Module] | None = None, recipe: dict[str, Any] | None = None,
             **_: Any) -> dict[str, Any]:
     """`model` is already a fresh build (unlearn() passes build()); train it on retain with the recipe."""
-    if retain is None or len(retain) == 0:
-        raise ValueError("retrain needs retain data")
+    retain = retain_needed("retrain", retain)
     if build is None:
         raise ValueError("retrain needs a model builder")
     r = dict(recipe or {})

@@ -13,6 +13,7 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet
+from workers.engine.unlearning.common import retain_needed
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,8 +25,7 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 def scrub(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
           device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
-    if retain is None or len(retain) == 0:
-        raise ValueError("scrub needs retain data")
+    retain = retain_needed("scrub", retain)
     teacher = copy.deepcopy(model).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
