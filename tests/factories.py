@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+import tracemalloc
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi.testclient import TestClient
+
+T = TypeVar("T")
 
 
 def npz_bytes(n: int = 120, n_test: int = 40, d: int = 8, classes: int = 3, seed: int = 0,
@@ -167,3 +171,14 @@ def upload_parquet(client: TestClient, headers: dict[str, str], name: str = "pq"
                        files={"file": ("data.parquet", parquet_bytes(**kw), "application/octet-stream")})
     assert resp.status_code == 201, resp.text
     return resp.json()
+
+
+def peak_allocated(call: Callable[[], T]) -> tuple[T, int]:
+    """`call()`'s result and the peak bytes Python allocated while it ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        result = call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak

@@ -4,7 +4,6 @@ small archive expanding far beyond what real features compress to is refused at 
 from __future__ import annotations
 
 import io
-import tracemalloc
 import zipfile
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import get_settings
-from tests.factories import create_model
+from tests.factories import create_model, peak_allocated
 
 MiB = 1024 * 1024
 
@@ -49,12 +48,8 @@ def test_the_api_never_loads_the_features(client: TestClient, admin_headers: dic
     get_settings.cache_clear()
     data = zeros_npz(rows=2048, width=16384)  # x: 128 MiB of float32
     assert len(data) < 2 * MiB
-    tracemalloc.start()
-    try:
-        r = client.post("/datasets", headers=admin_headers, data={"name": "big"}, files={"file": ("d.npz", data)})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    r, peak = peak_allocated(lambda: client.post("/datasets", headers=admin_headers, data={"name": "big"},
+                                                 files={"file": ("d.npz", data)}))
     assert r.status_code == 201, r.text
     assert r.json()["n_points"] == 2048 and r.json()["input_shape"] == [16384] and r.json()["n_test"] == 4
     assert peak < 32 * MiB, f"registering allocated {peak / MiB:.0f} MiB for a 128 MiB x"

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from app import artifacts
 from app.settings import get_settings
 from tests.factories import parquet_bytes, upload_parquet
-from tests.workers.test_worker import wait_for, worker_stack
+from tests.workers.test_worker import forget_and_wait, wait_for, worker_stack
 
 CNN = {"kind": "cnn", "channels": [4], "hidden": 16}
 
@@ -55,11 +55,7 @@ def test_a_parquet_image_dataset_goes_through_every_feature_with_a_worker(stack:
     before = stack.get("/datasets/pq", headers=h).json()
     uri_before = _dataset_uri("pq")
     assert {"p0012", "p0013", "p0014", "p0015"} <= _ids_in_file(uri_before)
-    resp = stack.post("/forget", headers=h, json={"model": "img", "subject_ids": ["s003"], "reason": "gdpr",
-                                                  "requested_by": "dpo"})
-    assert resp.status_code == 202, resp.text
-    job = wait_for(stack, h, resp.json()["job_id"])
-    assert job["status"] == "completed", job["error"]
+    job = forget_and_wait(stack, h, model="img", subject_ids=["s003"])
     assert job["result"]["ref"] == "img@2" and {"ua", "ra", "ta"} <= set(job["result"]["audit"]["after"])
     assert stack.get("/models/img", headers=h).json()["current"] == 2
 

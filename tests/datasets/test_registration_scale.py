@@ -6,7 +6,6 @@ its row and its subject's keyed hash."""
 from __future__ import annotations
 
 import io
-import tracemalloc
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.datasets import service
+from tests.factories import peak_allocated
 
 MiB = 1024 * 1024
 N = 150_000
@@ -40,12 +40,8 @@ def test_registration_records_every_point_with_bounded_python_memory(client: Tes
     from app.identity import keyed_hash
 
     data = big_parquet(N)
-    tracemalloc.start()
-    try:
-        r = client.post("/datasets", headers=admin_headers, data={"name": "big"}, files={"file": ("d.parquet", data)})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    r, peak = peak_allocated(lambda: client.post("/datasets", headers=admin_headers, data={"name": "big"},
+                                                 files={"file": ("d.parquet", data)}))
     assert r.status_code == 201, r.text
     assert r.json()["n_points"] == N and r.json()["n_test"] == 100 and r.json()["has_subjects"]
     # the upload's own bytes and one slice of points: not a Python string a point for the whole dataset

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.factories import upload_dataset
-from tests.workers.test_worker import wait_for, worker_stack
+from tests.workers.test_worker import unlearn_as_next_version, wait_for, worker_stack
 
 PLUGIN_SRC = Path(__file__).resolve().parents[1] / "fixtures" / "lethe_toy_plugin"
 
@@ -96,15 +96,7 @@ def _every_other_algorithm(stack: TestClient, h: dict[str, str], ids: list[str])
     current = 2
     for k, algorithm in enumerate(sorted(set(PARAMS) - {"scrub"})):
         params = {"epochs": 1} if "epochs" in PARAMS[algorithm].model_fields else {}
-        resp = stack.post("/forget", headers=h, json={
-            "model": "toy", "point_ids": ids[-20 - 4 * k:-16 - 4 * k], "reason": "gdpr", "requested_by": "dpo",
-            "algorithm": algorithm, "params": params})
-        assert resp.status_code == 202, (algorithm, resp.text)
-        job = wait_for(stack, h, resp.json()["job_id"])
-        assert job["status"] == "completed", (algorithm, job["error"])
-        assert job["result"]["metrics"]["attempts"][0]["algorithm"] == algorithm
-        current += 1
-        assert stack.get("/models/toy", headers=h).json()["current"] == current, algorithm
+        current = unlearn_as_next_version(stack, h, "toy", ids[-20 - 4 * k:-16 - 4 * k], algorithm, params, current)
     return current
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from tests.factories import upload_dataset
 from tests.registry.test_model_plugins import toy_plugin  # noqa: F401 - the fixture installing the package
-from tests.workers.test_worker import wait_for, worker_stack
+from tests.workers.test_worker import train_and_wait, wait_for, worker_stack
 
 ARCH = {"kind": "toyenc", "channels": 4}
 
@@ -38,8 +38,7 @@ def test_a_plugin_with_encode_and_loss_runs_and_what_it_rules_out_is_a_422(stack
         "policy": {"scorer": "gradnorm", "algorithm": "scrub", "params": {"epochs": 1}}})
     assert created.status_code == 201, created.text
 
-    trained = wait_for(stack, h, stack.post("/models/enc/train", headers=h).json()["job_id"])
-    assert trained["status"] == "completed", trained["error"]  # model(x) would be a TypeError: encode was applied
+    trained = train_and_wait(stack, h, "enc")  # model(x) would be a TypeError: encode was applied
     assert wait_for(stack, h, trained["result"]["score_job_id"])["status"] == "completed"
     less = stack.post("/models/enc/versions/1/influence", headers=h, json={"method": "less"}).json()
     assert wait_for(stack, h, less["job_id"])["status"] == "completed"

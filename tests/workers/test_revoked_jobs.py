@@ -12,6 +12,16 @@ from tests.factories import create_model, drain, upload_dataset
 from workers.jobs import runner
 
 
+def _trained_toy(client: TestClient, h: dict[str, str]) -> list[str]:
+    """toy@1 trained and scored in-process; its point ids."""
+    upload_dataset(client, h, n=120, n_test=40)
+    create_model(client, h, recipe={"epochs": 3, "batch_size": 32, "lr": 0.01})
+    assert client.post("/models/toy/train", headers=h).status_code == 202
+    drain()
+    return [i["point_id"] for i in client.get("/models/toy/versions/1/influence", headers=h,
+                                              params={"limit": 1000}).json()["items"]]
+
+
 def _job(client: TestClient, h: dict[str, str], job_id: str) -> dict:
     return client.get(f"/jobs/{job_id}", headers=h).json()
 
@@ -19,12 +29,7 @@ def _job(client: TestClient, h: dict[str, str], job_id: str) -> dict:
 def test_jobs_of_a_version_revoked_before_they_ran_end_cancelled_with_the_reason(
         client: TestClient, admin_headers: dict[str, str]) -> None:
     h = admin_headers
-    upload_dataset(client, h, n=120, n_test=40)
-    create_model(client, h, recipe={"epochs": 3, "batch_size": 32, "lr": 0.01})
-    assert client.post("/models/toy/train", headers=h).status_code == 202
-    drain()
-    ids = [i["point_id"] for i in client.get("/models/toy/versions/1/influence", headers=h,
-                                             params={"limit": 1000}).json()["items"]]
+    ids = _trained_toy(client, h)
     # queued for v1, not run yet: another scorer and a calibration
     score = client.post("/models/toy/versions/1/influence", headers=h, json={"method": "hessian"}).json()["job_id"]
     calibrate = client.post("/models/toy/versions/1/calibrate", headers=h,
@@ -65,12 +70,7 @@ def test_a_job_running_when_its_version_is_revoked_ends_cancelled(
     from workers.jobs import calibrate, scoring
 
     h = admin_headers
-    upload_dataset(client, h, n=120, n_test=40)
-    create_model(client, h, recipe={"epochs": 3, "batch_size": 32, "lr": 0.01})
-    assert client.post("/models/toy/train", headers=h).status_code == 202
-    drain()
-    ids = [i["point_id"] for i in client.get("/models/toy/versions/1/influence", headers=h,
-                                             params={"limit": 1000}).json()["items"]]
+    ids = _trained_toy(client, h)
     if kind == "score":
         job_id = client.post("/models/toy/versions/1/influence", headers=h, json={"method": "less"}).json()["job_id"]
     else:

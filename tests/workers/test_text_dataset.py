@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app import artifacts
 from tests.factories import text_parquet_bytes, upload_dataset
-from tests.workers.test_worker import wait_for, worker_stack
+from tests.workers.test_worker import forget_and_wait, train_and_wait, unlearn_as_next_version, wait_for, worker_stack
 
 BAG = {"kind": "bag", "buckets": 1024, "dim": 16, "hidden": 16}
 
@@ -61,8 +61,7 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
         "recipe": {"epochs": 8, "batch_size": 32, "lr": 0.02, "checkpoints": 2},
         "policy": {"scorer": "gradnorm", "algorithm": "finetune", "params": {"epochs": 1}}})
     assert created.status_code == 201, created.text
-    trained = wait_for(stack, h, stack.post("/models/txt/train", headers=h).json()["job_id"])
-    assert trained["status"] == "completed", trained["error"]
+    trained = train_and_wait(stack, h, "txt")
     assert trained["result"]["metrics"]["test_accuracy"] > 0.8  # the class words are learnt from tokenised text
     assert wait_for(stack, h, trained["result"]["score_job_id"])["status"] == "completed"
     for method in ("hessian", "less"):
@@ -81,11 +80,7 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
     uri_before = _uri("txt")
     forgotten = {"p0012", "p0013", "p0014", "p0015"}
     assert forgotten <= set(pq.read_table(artifacts.path_of(uri_before), columns=["point_id"]).column(0).to_pylist())
-    resp = stack.post("/forget", headers=h, json={"model": "txt", "subject_ids": ["s003"], "reason": "gdpr",
-                                                  "requested_by": "dpo"})
-    assert resp.status_code == 202, resp.text
-    job = wait_for(stack, h, resp.json()["job_id"])
-    assert job["status"] == "completed", job["error"]
+    job = forget_and_wait(stack, h, model="txt", subject_ids=["s003"])
     assert job["result"]["ref"] == "txt@2" and {"ua", "ra", "ta"} <= set(job["result"]["audit"]["after"])
     assert stack.get("/models/txt", headers=h).json()["current"] == 2
     assert stack.get("/datasets/txt", headers=h).json()["n_erased"] == 4
@@ -104,15 +99,8 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
     current = 2
     for k, algorithm in enumerate(sorted(set(PARAMS) - {"finetune"})):
         params = {"epochs": 1} if "epochs" in PARAMS[algorithm].model_fields else {}
-        resp = stack.post("/forget", headers=h, json={
-            "model": "txt", "point_ids": ids[-4 * (k + 1):len(ids) - 4 * k], "reason": "gdpr", "requested_by": "dpo",
-            "algorithm": algorithm, "params": params})
-        assert resp.status_code == 202, (algorithm, resp.text)
-        job = wait_for(stack, h, resp.json()["job_id"])
-        assert job["status"] == "completed", (algorithm, job["error"])
-        assert job["result"]["metrics"]["attempts"][0]["algorithm"] == algorithm
-        current += 1
-        assert stack.get("/models/txt", headers=h).json()["current"] == current, algorithm
+        current = unlearn_as_next_version(stack, h, "txt", ids[-4 * (k + 1):len(ids) - 4 * k], algorithm, params,
+                                          current)
 
     # the newest weights upload back as a version (checked against the kind's state_shapes)
     weights = stack.get(f"/models/txt/versions/{current}/weights", headers=h).content

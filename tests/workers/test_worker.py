@@ -77,6 +77,32 @@ def wait_for(client: TestClient, headers: dict[str, str], job_id: str, timeout: 
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
 
 
+def train_and_wait(client: TestClient, headers: dict[str, str], model: str) -> dict:
+    """Train `model` on the worker; the completed train job."""
+    trained = wait_for(client, headers, client.post(f"/models/{model}/train", headers=headers).json()["job_id"])
+    assert trained["status"] == "completed", trained["error"]
+    return trained
+
+
+def forget_and_wait(client: TestClient, headers: dict[str, str], **body: object) -> dict:
+    """POST /forget (reason and requester filled in) and the job it queued, completed on the worker."""
+    resp = client.post("/forget", headers=headers, json={"reason": "gdpr", "requested_by": "dpo", **body})
+    assert resp.status_code == 202, (body, resp.text)
+    job = wait_for(client, headers, resp.json()["job_id"])
+    assert job["status"] == "completed", (body, job["error"])
+    return job
+
+
+def unlearn_as_next_version(client: TestClient, headers: dict[str, str], model: str, point_ids: list[str],
+                            algorithm: str, params: dict, current: int) -> int:
+    """Forget `point_ids` with `algorithm`: its job completes with that algorithm's attempt and the model's current
+    version moves from `current` to the next; returns it."""
+    job = forget_and_wait(client, headers, model=model, point_ids=point_ids, algorithm=algorithm, params=params)
+    assert job["result"]["metrics"]["attempts"][0]["algorithm"] == algorithm
+    assert client.get(f"/models/{model}", headers=headers).json()["current"] == current + 1, algorithm
+    return current + 1
+
+
 def test_worker_runs_forget_job_through_the_broker(stack: TestClient, admin_headers: dict[str, str]) -> None:
     h = admin_headers
     upload_dataset(stack, h, n=200, n_test=80)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from workers.engine.data import ArraySet
@@ -19,3 +21,9 @@ def descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+
+
+def sgd(model: torch.nn.Module, params: dict[str, Any]) -> torch.optim.SGD:
+    """The retain fine-tuning optimiser of finetune and NegGrad+: SGD with the params' lr, momentum, weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
+                           weight_decay=params["weight_decay"])

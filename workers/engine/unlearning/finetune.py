@@ -10,14 +10,13 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet
-from workers.engine.unlearning.common import retain_needed
+from workers.engine.unlearning.common import retain_needed, sgd
 
 
 def finetune(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
              device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
     retain = retain_needed("finetune", retain)
-    opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
-                          weight_decay=params["weight_decay"])
+    opt = sgd(model, params)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     steps = 0

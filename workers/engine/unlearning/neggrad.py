@@ -11,14 +11,13 @@ from torch import nn
 
 from workers.engine import model_hooks as hooks
 from workers.engine.data import ArraySet, batches
-from workers.engine.unlearning.common import retain_needed
+from workers.engine.unlearning.common import retain_needed, sgd
 
 
 def neggrad(model: nn.Module, *, forget: ArraySet, retain: ArraySet | None, params: dict[str, Any],
             device: torch.device, seed: int, progress: Callable[[float], None], **_: Any) -> dict[str, Any]:
     retain = retain_needed("neggrad", retain)
-    opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"],
-                          weight_decay=params["weight_decay"])
+    opt = sgd(model, params)
     gen = torch.Generator().manual_seed(seed)
     alpha, ceiling = params["alpha"], params["max_forget_loss"]
     model.train()
