@@ -180,7 +180,7 @@ SUMMARIES: dict[tuple[str, str], str] = {
 }
 
 
-# Where the answers of app/examples.py's ROUTES are shown: (method, path, media type).
+# Where the answers of app/examples/routes.py's ROUTES are shown: (method, path, media type).
 ROUTE_EXAMPLES: dict[str, tuple[str, str, str]] = {
     "healthz": ("get", "/healthz", "application/json"),
     "readyz": ("get", "/readyz", "application/json"),
@@ -201,7 +201,7 @@ FORM_EXAMPLES: dict[tuple[str, str], dict[str, str]] = {
 
 
 def _with_examples(schema: dict[str, Any]) -> None:
-    """Give every success answer an example: named schemas (and the pages of them) from app/examples.py's
+    """Give every success answer an example: named schemas (and the pages of them) from app/examples/'s
     SCHEMAS, the other answers and the multipart bodies here."""
     schemas = schema["components"]["schemas"]
     for name, example in examples.SCHEMAS.items():
