@@ -39,6 +39,18 @@ def _uri(name: str) -> str:
 def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestClient,
                                                                    admin_headers: dict[str, str]) -> None:
     h = admin_headers
+    _registered_and_refused_to_other_kinds(stack, h)
+    _trained_scored_and_calibrated(stack, h)
+    _a_subject_forgotten_and_erased(stack, h)
+    current = _every_other_algorithm_a_version(stack, h)
+    # the newest weights upload back as a version (checked against the kind's state_shapes)
+    weights = stack.get(f"/models/txt/versions/{current}/weights", headers=h).content
+    assert stack.post("/models/txt/versions", headers=h,
+                      files={"weights": ("w.safetensors", weights)}).status_code == 201
+    assert stack.get("/ledger/verify", headers=h).json()["ok"]
+
+
+def _registered_and_refused_to_other_kinds(stack: TestClient, h: dict[str, str]) -> None:
     resp = stack.post("/datasets", headers=h, data={"name": "txt"},
                       files={"file": ("t.parquet", text_parquet_bytes(n=160, n_test=60), "application/octet-stream")})
     assert resp.status_code == 201, resp.text
@@ -47,7 +59,6 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
     assert wait_for(stack, h, ds["validation_job"])["status"] == "completed"
     assert stack.get("/datasets/txt", headers=h).json()["status"] == "ready"
     assert "bag" in stack.get("/models/kinds", headers=h).json()["kinds"]
-
     # kinds that cannot read the dataset: 422 naming why, nothing recorded
     mlp = stack.post("/models", headers=h, json={"name": "m", "dataset": "txt", "architecture": {"kind": "mlp"}})
     assert mlp.status_code == 422 and "holds text" in mlp.json()["detail"] and "bag" in mlp.json()["detail"]
@@ -56,6 +67,8 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
     assert wrong.status_code == 422 and "'bag' models read text" in wrong.json()["detail"]
     assert stack.get("/models", headers=h).json()["total"] == 0
 
+
+def _trained_scored_and_calibrated(stack: TestClient, h: dict[str, str]) -> None:
     created = stack.post("/models", headers=h, json={
         "name": "txt", "dataset": "txt", "architecture": BAG,
         "recipe": {"epochs": 8, "batch_size": 32, "lr": 0.02, "checkpoints": 2},
@@ -76,7 +89,11 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
     cal = stack.post("/models/txt/versions/1/calibrate", headers=h, json={"grid": [8], "compare": []})
     assert wait_for(stack, h, cal.json()["job_id"])["status"] == "completed"
 
-    # forget a data subject: unlearned, audited, a new version, its texts erased from the file and the cache
+
+def _a_subject_forgotten_and_erased(stack: TestClient, h: dict[str, str]) -> None:
+    """Unlearned, audited, a new version, its texts erased from the file and the cache."""
+    from workers.engine.parquet import load_cache
+
     uri_before = _uri("txt")
     forgotten = {"p0012", "p0013", "p0014", "p0015"}
     assert forgotten <= set(pq.read_table(artifacts.path_of(uri_before), columns=["point_id"]).column(0).to_pylist())
@@ -86,12 +103,12 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
     assert stack.get("/datasets/txt", headers=h).json()["n_erased"] == 4
     table = pq.read_table(artifacts.path_of(_uri("txt")))
     assert not forgotten & set(table.column("point_id").to_pylist()) and table.num_rows == 220 - 4
-    from workers.engine.parquet import load_cache
-
     x = load_cache(artifacts.path_of(_uri("txt")))["x"]
     assert x.dtype.kind == "U" and not any(x[12:16]) and x[16]
 
-    # every other algorithm on the text model, each on points of its own, each a new version
+
+def _every_other_algorithm_a_version(stack: TestClient, h: dict[str, str]) -> int:
+    """Every other algorithm on the text model, each on points of its own, each a new version; the last."""
     from workers.engine.params import PARAMS
 
     ids = [i["point_id"] for i in stack.get("/models/txt/versions/2/influence", headers=h,
@@ -101,9 +118,4 @@ def test_a_text_dataset_goes_through_every_feature_with_a_bag_model(stack: TestC
         params = {"epochs": 1} if "epochs" in PARAMS[algorithm].model_fields else {}
         current = unlearn_as_next_version(stack, h, "txt", ids[-4 * (k + 1):len(ids) - 4 * k], algorithm, params,
                                           current)
-
-    # the newest weights upload back as a version (checked against the kind's state_shapes)
-    weights = stack.get(f"/models/txt/versions/{current}/weights", headers=h).content
-    assert stack.post("/models/txt/versions", headers=h,
-                      files={"weights": ("w.safetensors", weights)}).status_code == 201
-    assert stack.get("/ledger/verify", headers=h).json()["ok"]
+    return current
