@@ -3,7 +3,6 @@ and Retry-After, promptly (never a 500, never a hang); restored → the same pro
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,9 @@ from tests.system.faults import Server, TcpProxy, subprocess_env, tail
 pytestmark = pytest.mark.slow
 H = {"Authorization": f"Bearer {BOOTSTRAP}"}
 FORGET = {"model": "toy", "point_ids": ["p0001", "p0002"], "reason": "gdpr", "requested_by": "dpo"}
-BOUND = 12.0  # seconds any answer may take while the database is gone (connect_timeout is 5)
+# An answer that waited on the lost database would hang; one that gives up (connect_timeout 5 s) comes well within
+# this. Only a hang fails the test (httpx ReadTimeout), not a slow machine: no assertion on how long answers take.
+ANSWERS_WITHIN = 30.0
 
 
 @pytest.fixture
@@ -38,16 +39,10 @@ def proxied(lethe_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Server,
         proxy.cut()
 
 
-def _timed(http: httpx.Client, method: str, path: str, **kw: object) -> tuple[httpx.Response, float]:
-    began = time.monotonic()
-    resp = http.request(method, path, **kw)
-    return resp, time.monotonic() - began
-
-
 @pytest.mark.parametrize("lethe_env", ["postgres"], indirect=True)
 def test_database_cut_answers_503_and_recovers_unaided(proxied: tuple[Server, TcpProxy]) -> None:
     server, proxy = proxied
-    with httpx.Client(base_url=server.url, headers=H, timeout=30) as http:
+    with httpx.Client(base_url=server.url, headers=H, timeout=ANSWERS_WITHIN) as http:
         assert http.post("/datasets", data={"name": "toy"}, files={"file": ("d.npz", npz_bytes())}).status_code == 201
         assert http.post("/models", json={"name": "toy", "dataset": "toy",
                                           "architecture": {"kind": "mlp", "hidden": [16]}}).status_code == 201
@@ -57,21 +52,20 @@ def test_database_cut_answers_503_and_recovers_unaided(proxied: tuple[Server, Tc
 
         proxy.cut()
         for round_ in range(2):  # the first round meets dead pooled connections, the second an empty pool
-            ready, took = _timed(http, "GET", "/readyz")
-            assert ready.status_code == 503 and took < BOUND, (ready.text, took)
+            ready = http.get("/readyz")
+            assert ready.status_code == 503, ready.text
             assert ready.json()["checks"]["database"].startswith("down"), ready.json()
             for method, path, kw in (("GET", "/models", {}), ("GET", "/jobs", {}), ("GET", "/models/toy", {}),
                                      ("POST", "/forget", {"json": FORGET})):
-                resp, took = _timed(http, method, path, **kw)
+                resp = http.request(method, path, **kw)
                 assert resp.status_code == 503, (round_, method, path, resp.status_code, resp.text,
                                                   tail(server.log))
-                assert took < BOUND, (method, path, took)
                 assert check_problem(resp)["type"] in (PROBLEM_BASE + "database-unavailable",
                                                        PROBLEM_BASE + "database-busy"), resp.text
                 assert int(resp.headers["Retry-After"]) > 0
             # the OpenDSR routes answer in their specification's error shape, also while the database is away
-            dsr, took = _timed(http, "GET", "/opendsr/v1/opendsr_requests/0b6c2b9e-6f3c-4a8e-9d55-1d2f0a7c3e11")
-            assert dsr.status_code == 503 and took < BOUND, (dsr.status_code, dsr.text)
+            dsr = http.get("/opendsr/v1/opendsr_requests/0b6c2b9e-6f3c-4a8e-9d55-1d2f0a7c3e11")
+            assert dsr.status_code == 503, (dsr.status_code, dsr.text)
             assert dsr.json()["error"]["code"] == 503 and int(dsr.headers["Retry-After"]) > 0, dsr.text
             assert dsr.json()["error"]["errors"][0]["reason"] in ("DatabaseUnavailable", "DatabaseBusy")
         assert http.get("/healthz").status_code == 200  # liveness does not depend on the database
@@ -92,14 +86,14 @@ def test_database_frozen_answers_503_not_a_hang(proxied: tuple[Server, TcpProxy]
     """A stalled database (connections open, no answers: a paused host, a black-holed network) must not hang
     requests: pooled connections are pinged and statements watched under LETHE_DB_STATEMENT_TIMEOUT."""
     server, proxy = proxied
-    with httpx.Client(base_url=server.url, headers=H, timeout=60) as http:
+    with httpx.Client(base_url=server.url, headers=H, timeout=ANSWERS_WITHIN) as http:
         assert http.post("/models", json={"name": "toy", "dataset": "nope"}).status_code in (404, 422)
         assert http.get("/readyz").status_code == 200
         proxy.freeze()
         for method, path, kw in (("GET", "/readyz", {}), ("GET", "/models", {}), ("POST", "/forget", {"json": FORGET}),
                                  ("GET", "/jobs", {})):
-            resp, took = _timed(http, method, path, **kw)
-            assert resp.status_code == 503 and took < BOUND, (method, path, resp.status_code, took, resp.text)
+            resp = http.request(method, path, **kw)
+            assert resp.status_code == 503, (method, path, resp.status_code, resp.text)
         assert http.get("/healthz").status_code == 200
         proxy.thaw()
         wait_until(lambda: http.get("/readyz").status_code == 200, 20, "/readyz to recover after the stall")
