@@ -154,8 +154,15 @@ def run_demo(*, dataset: str = DEMO, size: int | None = None, echo=print) -> dic
     return {"key": key, "ref": ref}
 
 
-def wait_for_job(job_id: str, *, worker: subprocess.Popen | None = None, poll: float = 0.5) -> str:
-    """The job's final status once a worker has run it; RuntimeError if `worker` exits first."""
+QUEUED_LIMIT = 120.0  # seconds a demo job may wait unclaimed beside an idle worker before the demo gives up
+
+
+def wait_for_job(job_id: str, *, worker: subprocess.Popen | None = None, poll: float = 0.5,
+                 queued_limit: float = QUEUED_LIMIT) -> str:
+    """The job's final status once a worker has run it; RuntimeError if `worker` exits first, or if the job is
+    still unclaimed after `queued_limit` seconds (the worker never received it: another broker, say). A claimed
+    job may run as long as it needs."""
+    began = time.monotonic()
     while True:
         with session_scope(readonly=True) as s:
             status = s.scalar(select(Job.status).where(Job.id == job_id))
@@ -163,6 +170,9 @@ def wait_for_job(job_id: str, *, worker: subprocess.Popen | None = None, poll: f
             return status
         if worker is not None and worker.poll() is not None:
             raise RuntimeError(f"the demo's worker exited (code {worker.returncode}) before job {job_id} ended")
+        if status == JobStatus.QUEUED and time.monotonic() - began > queued_limit:
+            raise RuntimeError(f"job {job_id} is still queued after {queued_limit:.0f} s: the demo's worker does not "
+                               "receive from the broker it was published to (check LETHE_BROKER_URL)")
         time.sleep(poll)
 
 
