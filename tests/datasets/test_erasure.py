@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 
 from app import artifacts
 from app.datasets.npz_erasure import erased_copy
+from tests.factories import peak_allocated
 
 MiB = 1024 * 1024
 
@@ -21,12 +20,7 @@ def test_erased_copy_zeroes_rows_streamed(sqlite_env: dict[str, str]) -> None:
     np.savez(src, x=x, y=np.arange(4096) % 3, ids=np.array([f"p{i}" for i in range(4096)]), subjects=subjects,
              xf=np.asfortranarray(x[:8]))
     rows = {0, 7, 4095}
-    tracemalloc.start()
-    try:
-        sha = erased_copy(src, "datasets/dst.npz", rows=rows)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    sha, peak = peak_allocated(lambda: erased_copy(src, "datasets/dst.npz", rows=rows))
     assert peak < 16 * MiB, f"{peak / MiB:.0f} MiB for a 32 MiB x"
     assert sha == artifacts.sha256_file(artifacts.path_of("datasets/dst.npz"))
     with np.load(artifacts.path_of("datasets/dst.npz")) as out:
