@@ -24,12 +24,13 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.evidence import Setting, flip_labels, raw_phi, train
+from bench.settings import Setting, fashion, raw_phi, train
 from workers.engine import evidence as ev
 
 POOL_SEED = 300_000  # replicate r's pool design and model seeds: never a fresh shadow's
@@ -39,19 +40,11 @@ DEMO_ARCH = {"kind": "cnn", "channels": [8, 16], "hidden": 64}  # app/demo.py's 
 
 
 def setting(name: str, n: int = 1000) -> Setting:
-    from workers.engine import fashion_mnist
-
-    x, y = fashion_mnist.subset(n, split="train", seed=0)
-    xt, yt = fashion_mnist.subset(1000, split="test", seed=0)
-    flipped = np.empty(0, dtype=np.int64)
-    epochs = 4
-    if name == "memorising":
-        y, flipped = flip_labels(y, 0.1, n_classes=len(fashion_mnist.CLASSES), seed=0)
-        epochs = 30
-    elif name == "overfit":
-        epochs = 15
-    recipe = {"optimizer": "adam", "lr": 2e-3, "epochs": epochs, "batch_size": 64, "seed": 0, "checkpoints": 0}
-    return Setting(name, x, y, xt, yt, dict(DEMO_ARCH), recipe, flipped, ("random",))
+    """The benchmarks' Fashion-MNIST setting (bench.settings.fashion) with the demo's cnn and this recipe's labels
+    and epochs."""
+    epochs, flip = {"demo": (4, 0.0), "overfit": (15, 0.0), "memorising": (30, 0.1)}[name]
+    s = fashion(n, flip=flip, n_test=1000, epochs=epochs)
+    return replace(s, name=name, arch=dict(DEMO_ARCH), kinds=("random",))
 
 
 def shadows(s: Setting, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +65,8 @@ def check(cols: np.ndarray, fresh_std: np.ndarray, fresh_mask: np.ndarray, limit
                     "within": bool(ev.within(stats, limits))}
 
 
-def run(name: str, *, replicates: int, fresh: int) -> dict[str, Any]:
-    s = setting(name)
+def run(name: str, *, replicates: int, fresh: int, n: int = 1000) -> dict[str, Any]:
+    s = setting(name, n)
     limits = ev.Limits()
     began = time.monotonic()
     fresh_std, fresh_mask = shadows(s, fresh, FRESH_SEED)
