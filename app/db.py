@@ -262,8 +262,8 @@ def _run_after_commit(session: Session) -> None:
     commit."""
     from app import artifacts
 
-    if session.get_nested_transaction() is not None:
-        session.info.get("savepoints", {}).pop(id(session.get_nested_transaction()), None)
+    if (savepoint := session.get_nested_transaction()) is not None:
+        session.info.get("savepoints", {}).pop(id(savepoint), None)
         return
     session.info.pop("savepoints", None)
     for uri in session.info.pop("delete_after_commit", []):
